@@ -1,0 +1,86 @@
+"""Virtual-actor activation: per-tenant state loaded from storage on first use, evicted when idle.
+
+A shard holds many tenants; only the recently used ones stay in memory. `activate` loads all the
+missing tenants of a batch with one call to the loader (one query), and eviction drops tenants idle
+longer than `idle_seconds` or, beyond `max_tenants`, the least recently used ones. State that is
+evicted must be rebuildable from storage: shards only evict what they have already committed.
+"""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Awaitable, Callable, Generic, Iterable, TypeVar
+
+S = TypeVar("S")
+Loader = Callable[[list[str]], Awaitable[dict[str, S]]]
+
+
+class ActivationTable(Generic[S]):
+    def __init__(
+        self,
+        loader: Loader[S],
+        *,
+        idle_seconds: float = 600.0,
+        max_tenants: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._loader = loader
+        self._states: OrderedDict[str, S] = OrderedDict()
+        self._last_used: dict[str, float] = {}
+        self.idle_seconds = idle_seconds
+        self.max_tenants = max_tenants
+        self._clock = clock
+        self.activations = 0
+        self.evictions = 0
+
+    def __contains__(self, tenant: str) -> bool:
+        return tenant in self._states
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def peek(self, tenant: str) -> S | None:
+        """The state if active, without touching it or loading it."""
+        return self._states.get(tenant)
+
+    def touch(self, tenant: str) -> S:
+        state = self._states[tenant]
+        self._states.move_to_end(tenant)
+        self._last_used[tenant] = self._clock()
+        return state
+
+    async def activate(self, tenants: Iterable[str]) -> dict[str, S]:
+        """The states of `tenants`, loading the inactive ones together."""
+        wanted = list(dict.fromkeys(tenants))
+        missing = [t for t in wanted if t not in self._states]
+        if missing:
+            loaded = await self._loader(missing)
+            for tenant in missing:
+                if tenant not in self._states:  # another turn may have loaded it meanwhile
+                    self._states[tenant] = loaded[tenant]
+                    self.activations += 1
+        found = {t: self.touch(t) for t in wanted}
+        self.evict()
+        return found
+
+    def evict(self, keep: Iterable[str] = ()) -> list[str]:
+        """Drop idle tenants and, above max_tenants, the least recently used. Returns who left.
+
+        The table is kept in least-recently-used order, so the scan stops at the first tenant that
+        is neither idle nor over the limit: eviction costs O(evicted), not O(active).
+        """
+        keep = set(keep)
+        now = self._clock()
+        gone: list[str] = []
+        for tenant in self._states:
+            over = len(self._states) - len(gone) > self.max_tenants
+            idle = now - self._last_used[tenant] > self.idle_seconds
+            if not (over or idle):
+                break
+            if tenant not in keep:
+                gone.append(tenant)
+        for tenant in gone:
+            del self._states[tenant]
+            del self._last_used[tenant]
+        self.evictions += len(gone)
+        return gone

@@ -1,0 +1,277 @@
+"""EventHub: per-tenant event sequencing, durable append, replay and many-tenant long polls.
+
+`EventHubCore` is the plain state logic (tests drive it without Ray); `EventHub` is the Ray actor
+shell. A hub shard owns the tenants that hash to it. For each active tenant it keeps the head seq,
+the oldest stored seq (floor) and a window of recent events; everything else is in the events table.
+
+Appends go through a group commit: every append that arrives while a transaction is running joins
+the next one, and seqs are assigned inside the committer, so a tenant's seqs are gap-free and in
+commit order, and an append returns only once its events are committed.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import ray
+
+from actors.activation import ActivationTable
+from actors.batching import Batcher
+from storage.engine import create_engine
+from storage.events import Event, EventStore
+
+log = logging.getLogger("raytenant.event_hub")
+
+KIND = "event-hub"
+EventIn = dict[str, Any]  # {"type": str, "flow_id": str | None, "data": dict}
+AppendRequest = tuple[str, list[EventIn]]
+
+
+@dataclass(frozen=True)
+class HubOptions:
+    window: int = 1_000  # recent events kept in memory per active tenant
+    retention: int = 100_000  # events kept in storage per tenant; older ones are trimmed
+    idle_seconds: float = 600.0  # an idle tenant's state leaves memory after this
+    max_tenants: int = 100_000  # active tenants per shard before LRU eviction
+    read_limit: int = 1_000  # most events one poll or read returns per tenant
+    presence_ttl: float = 15.0  # a replica's presence report expires after this
+
+
+@dataclass
+class TenantLog:
+    head: int
+    floor: int
+    window: deque[Event] = field(default_factory=deque)
+
+    def after(self, seq: int, limit: int) -> list[Event] | None:
+        """Events with seq > `seq` from memory, or None when the window does not reach back that far."""
+        if seq >= self.head:
+            return []
+        if not self.window or self.window[0].seq > seq + 1:
+            return None
+        start = seq + 1 - self.window[0].seq
+        return [self.window[i] for i in range(start, min(len(self.window), start + limit))]
+
+
+class EventHubCore:
+    def __init__(self, store: EventStore, options: HubOptions = HubOptions(), clock=time.time) -> None:
+        self.store = store
+        self.options = options
+        self.clock = clock
+        self.tenants: ActivationTable[TenantLog] = ActivationTable(
+            self._load, idle_seconds=options.idle_seconds, max_tenants=options.max_tenants
+        )
+        self._commits: Batcher[AppendRequest, list[int]] = Batcher(self._commit)
+        self._wake = asyncio.Event()
+        self._presence: dict[str, tuple[float, dict[str, dict[str, int]]]] = {}
+        self._trims: set[asyncio.Task] = set()
+        self._polls: dict[str, dict[str, int]] = {}
+        self.appended = 0
+
+    async def _load(self, tenants: list[str]) -> dict[str, TenantLog]:
+        bounds = await self.store.bounds(tenants)
+        return {
+            t: TenantLog(b.head, b.floor, deque(maxlen=self.options.window)) for t, b in bounds.items()
+        }
+
+    # -- append -----------------------------------------------------------------------------------
+    async def append(self, requests: list[AppendRequest]) -> list[list[int]]:
+        """Append each request's events to its tenant's log; returns their seqs once committed."""
+        return await self._commits.submit_many(requests)
+
+    async def _commit(self, requests: list[AppendRequest]) -> list[list[int]]:
+        logs = await self.tenants.activate(tenant for tenant, _ in requests)
+        heads = {tenant: log.head for tenant, log in logs.items()}
+        now = self.clock()
+        events: list[Event] = []
+        results: list[list[int]] = []
+        for tenant, items in requests:
+            log = logs[tenant]
+            seqs = []
+            for item in items:
+                log.head += 1
+                seqs.append(log.head)
+                events.append(Event(tenant, log.head, item["type"], item.get("flow_id"), item.get("data") or {}, now))
+            results.append(seqs)
+        try:
+            await self.store.append(events)
+        except BaseException:
+            for tenant, head in heads.items():  # nothing was stored: hand the seqs out again
+                logs[tenant].head = head
+            raise
+        trims: dict[str, int] = {}
+        for event in events:
+            logs[event.tenant].window.append(event)
+        for tenant, log in logs.items():
+            floor = log.head - self.options.retention + 1
+            if floor > log.floor:
+                log.floor = trims[tenant] = floor
+        if trims:
+            self._trim_later(trims)
+        self.appended += len(events)
+        self._wake.set()
+        self._wake = asyncio.Event()
+        return results
+
+    def _trim_later(self, floors: dict[str, int]) -> None:
+        """Delete trimmed rows off the append path; until then reads below the floor are refused."""
+        task = asyncio.create_task(self.store.trim(floors))
+        self._trims.add(task)
+        task.add_done_callback(self._trims.discard)
+
+    # -- reads ------------------------------------------------------------------------------------
+    async def heads(self, tenants: list[str]) -> dict[str, int]:
+        logs = await self.tenants.activate(tenants)
+        return {t: log.head for t, log in logs.items()}
+
+    async def read(
+        self, tenant: str, after: int, *, flow_ids: list[str] | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
+        """Events of one tenant with seq > after (optionally only some flows plus tenant-wide ones).
+
+        `gap` is true when events after `after` were already trimmed: the caller cannot catch up
+        exactly and is told the oldest seq still kept (`floor`).
+        """
+        limit = min(limit or self.options.read_limit, self.options.read_limit)
+        log = (await self.tenants.activate([tenant]))[tenant]
+        if after < log.floor - 1:
+            return {"events": [], "head": log.head, "floor": log.floor, "gap": True}
+        events = log.after(after, limit if flow_ids is None else self.options.window)
+        if events is None:
+            events = await self.store.read(tenant, after, limit=limit, flow_ids=flow_ids)
+        elif flow_ids is not None:
+            wanted = set(flow_ids)
+            events = [e for e in events if e.flow_id is None or e.flow_id in wanted][:limit]
+        return {"events": events, "head": log.head, "floor": log.floor, "gap": False}
+
+    async def poll(self, cursors: dict[str, int], timeout: float, poll_id: str | None = None) -> dict[str, Any]:
+        """Long-poll many tenants at once: returns as soon as any has events after its cursor.
+
+        Returns {"events": {tenant: [Event]}, "heads": {tenant: head}, "floors": {tenant: floor}}.
+        A cursor behind the in-memory window is served from storage, so a poller that fell behind
+        (or a hub that just restarted) still delivers every event in order. With a `poll_id`,
+        `join` can add tenants to this poll while it waits.
+        """
+        deadline = self.clock() + max(0.0, timeout)
+        cursors = dict(cursors)
+        if poll_id is not None:
+            self._polls[poll_id] = cursors
+        try:
+            return await self._poll(cursors, deadline)
+        finally:
+            if poll_id is not None and self._polls.get(poll_id) is cursors:
+                del self._polls[poll_id]
+
+    def join(self, poll_id: str, cursors: dict[str, int]) -> bool:
+        """Add tenants to a waiting poll. False when that poll is not waiting (the caller's next
+        poll carries them anyway)."""
+        waiting = self._polls.get(poll_id)
+        if waiting is None:
+            return False
+        for tenant, cursor in cursors.items():
+            waiting.setdefault(tenant, cursor)
+        self._wake.set()
+        self._wake = asyncio.Event()
+        return True
+
+    async def _poll(self, cursors: dict[str, int], deadline: float) -> dict[str, Any]:
+        while True:
+            wake = self._wake
+            logs = await self.tenants.activate(list(cursors))
+            found: dict[str, list[Event]] = {}
+            for tenant, cursor in cursors.items():
+                log = logs[tenant]
+                if cursor >= log.head:
+                    continue
+                events = log.after(max(cursor, log.floor - 1), self.options.read_limit)
+                if events is None:
+                    events = await self.store.read(tenant, max(cursor, log.floor - 1), limit=self.options.read_limit)
+                if events:
+                    found[tenant] = events
+            remaining = deadline - self.clock()
+            if found or remaining <= 0:
+                return {
+                    "events": found,
+                    "heads": {t: log.head for t, log in logs.items()},
+                    "floors": {t: log.floor for t, log in logs.items()},
+                }
+            try:
+                await asyncio.wait_for(wake.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    # -- presence ---------------------------------------------------------------------------------
+    def report_presence(self, replica: str, counts: dict[str, dict[str, int]]) -> None:
+        """An ingress replica's current sockets: {tenant: {"*": connections, flow_id: subscribers}}."""
+        self._presence[replica] = (self.clock(), counts)
+
+    def presence(self, tenants: Iterable[str]) -> dict[str, dict[str, Any]]:
+        now = self.clock()
+        self._presence = {
+            r: (at, c) for r, (at, c) in self._presence.items() if now - at <= self.options.presence_ttl
+        }
+        result: dict[str, dict[str, Any]] = {}
+        for tenant in tenants:
+            total, flows, replicas = 0, {}, 0
+            for _, counts in self._presence.values():
+                mine = counts.get(tenant)
+                if not mine:
+                    continue
+                replicas += 1
+                for key, n in mine.items():
+                    if key == "*":
+                        total += n
+                    else:
+                        flows[key] = flows.get(key, 0) + n
+            result[tenant] = {"connections": total, "flows": flows, "replicas": replicas}
+        return result
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "active_tenants": len(self.tenants),
+            "appended": self.appended,
+            "commits": self._commits.flushes,
+            "activations": self.tenants.activations,
+            "evictions": self.tenants.evictions,
+            "replicas_reporting": len(self._presence),
+        }
+
+
+@ray.remote(num_cpus=0, max_concurrency=10_000)
+class EventHub:
+    """Ray shell around EventHubCore: one shard, its own engine, its own event loop."""
+
+    def __init__(self, database_url: str, options: HubOptions = HubOptions()) -> None:
+        self.engine = create_engine(database_url)
+        self.core = EventHubCore(EventStore(self.engine), options)
+
+    async def append(self, requests: list[AppendRequest]) -> list[list[int]]:
+        return await self.core.append(requests)
+
+    async def heads(self, tenants: list[str]) -> dict[str, int]:
+        return await self.core.heads(tenants)
+
+    async def read(self, tenant: str, after: int, flow_ids: list[str] | None = None, limit: int | None = None):
+        return await self.core.read(tenant, after, flow_ids=flow_ids, limit=limit)
+
+    async def poll(self, cursors: dict[str, int], timeout: float, poll_id: str | None = None) -> dict[str, Any]:
+        return await self.core.poll(cursors, timeout, poll_id)
+
+    async def join(self, poll_id: str, cursors: dict[str, int]) -> bool:
+        return self.core.join(poll_id, cursors)
+
+    async def report_presence(self, replica: str, counts: dict[str, dict[str, int]]) -> None:
+        self.core.report_presence(replica, counts)
+
+    async def presence(self, tenants: list[str]) -> dict[str, dict[str, Any]]:
+        return self.core.presence(tenants)
+
+    async def stats(self) -> dict[str, Any]:
+        return self.core.stats()
+
+    async def ready(self) -> bool:
+        return True

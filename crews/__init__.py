@@ -1,0 +1,1 @@
+"""CrewAI crews, agents, tools and LLM adapters (see the agent-collaboration issue; not built yet)."""

@@ -1,0 +1,1 @@
+"""Ray Serve ingress: the Starlette app (HTTP + WebSocket), auth, the deployment and the CLI."""

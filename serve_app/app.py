@@ -1,0 +1,27 @@
+"""The Starlette application: routes, error handlers and the replica's runtime in app.state."""
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.routing import Route, WebSocketRoute
+
+from serve_app import routes
+from serve_app.errors import EXCEPTION_HANDLERS
+from serve_app.runtime import Runtime
+from serve_app.websocket import websocket_endpoint
+
+
+def create_app(runtime: Runtime) -> Starlette:
+    app = Starlette(
+        routes=[
+            Route("/healthz", routes.healthz),
+            Route("/readyz", routes.readyz),
+            Route("/v1/events", routes.publish_events, methods=["POST"]),
+            Route("/v1/events", routes.replay_events, methods=["GET"]),
+            Route("/v1/connections", routes.connections),
+            Route("/v1/admin/tokens", routes.mint_token, methods=["POST"]),
+            WebSocketRoute("/v1/ws", websocket_endpoint),
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,
+    )
+    app.state.runtime = runtime
+    return app

@@ -1,0 +1,105 @@
+"""Bearer tokens: HS256 JWTs whose claims name the tenant. The tenant never comes from elsewhere.
+
+The operator token is a static secret held by whoever runs the service; it only mints tenant
+tokens. The JWT signing key is RAYTENANT_JWT_SECRET or, when unset, derived from the operator
+token, so a deployment configures one secret.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+import jwt
+
+ALGORITHM = "HS256"
+DEFAULT_SCOPES = ("*",)
+TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+class AuthError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Claims:
+    tenant: str
+    user: str | None
+    engagement: str | None
+    scopes: tuple[str, ...]
+    exp: int
+
+    def allows(self, scope: str) -> bool:
+        return "*" in self.scopes or scope in self.scopes
+
+
+def new_operator_token() -> str:
+    return "rt-op-" + secrets.token_urlsafe(32)
+
+
+def derive_secret(operator_token: str) -> str:
+    return hmac.new(operator_token.encode(), b"raytenant-jwt-v1", hashlib.sha256).hexdigest()
+
+
+def valid_tenant(tenant: object) -> bool:
+    return isinstance(tenant, str) and bool(TENANT_PATTERN.match(tenant))
+
+
+class Tokens:
+    def __init__(self, operator_token: str, jwt_secret: str = "", *, default_ttl: int = 24 * 3600) -> None:
+        if not operator_token:
+            raise ValueError("operator token must not be empty")
+        self._operator_token = operator_token
+        self._secret = jwt_secret or derive_secret(operator_token)
+        self.default_ttl = default_ttl
+
+    def is_operator(self, token: str | None) -> bool:
+        return bool(token) and hmac.compare_digest(token.encode(), self._operator_token.encode())
+
+    def mint(
+        self,
+        tenant: str,
+        *,
+        user: str | None = None,
+        engagement: str | None = None,
+        scopes: tuple[str, ...] | list[str] = DEFAULT_SCOPES,
+        ttl: int | None = None,
+        now: float | None = None,
+    ) -> tuple[str, int]:
+        """A signed tenant token and its expiry (epoch seconds)."""
+        if not valid_tenant(tenant):
+            raise ValueError("tenant must be 1-128 characters of letters, digits and . _ : -")
+        ttl = self.default_ttl if ttl is None else ttl
+        if ttl <= 0:
+            raise ValueError("ttl must be positive")
+        exp = int((now or time.time()) + ttl)
+        claims = {"tenant": tenant, "user": user, "engagement": engagement, "scopes": list(scopes), "exp": exp}
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM), exp
+
+    def verify(self, token: str | None) -> Claims:
+        if not token:
+            raise AuthError("missing_token", "a bearer token is required")
+        try:
+            claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM], options={"require": ["exp", "tenant"]})
+        except jwt.ExpiredSignatureError as error:
+            raise AuthError("token_expired", "the token has expired") from error
+        except jwt.InvalidTokenError as error:
+            raise AuthError("invalid_token", f"the token is not valid: {error}") from error
+        tenant = claims.get("tenant")
+        scopes = claims.get("scopes", list(DEFAULT_SCOPES))
+        if not valid_tenant(tenant) or not isinstance(scopes, list):
+            raise AuthError("invalid_token", "the token's claims are malformed")
+        return Claims(tenant, claims.get("user"), claims.get("engagement"), tuple(map(str, scopes)), int(claims["exp"]))
+
+
+def bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None

@@ -1,0 +1,30 @@
+"""What one ingress replica holds: settings, token service, hub client and stream router."""
+from __future__ import annotations
+
+import uuid
+
+from actors.event_hub import KIND, HubOptions
+from actors.event_hub_client import EventHubClient
+from serve_app.auth import Tokens
+from serve_app.settings import Settings
+from serve_app.streams import StreamRouter
+
+
+class Runtime:
+    def __init__(self, settings: Settings, *, hub: object | None = None, replica_id: str | None = None) -> None:
+        self.settings = settings
+        self.replica_id = replica_id or uuid.uuid4().hex[:12]
+        self.tokens = Tokens(settings.operator_token, settings.jwt_secret, default_ttl=settings.token_ttl_seconds)
+        self.hub = hub or EventHubClient(
+            settings.database_url,
+            settings.hub_shards,
+            HubOptions(window=settings.hub_window, retention=settings.hub_retention),
+            kind=settings.actor_prefix + KIND,
+        )
+        self.router = StreamRouter(self.hub, self.replica_id, poll_timeout=settings.poll_timeout)
+
+    async def start(self) -> None:
+        await self.hub.start()
+
+    async def stop(self) -> None:
+        await self.router.stop()

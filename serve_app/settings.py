@@ -1,0 +1,52 @@
+"""Runtime settings, read once from the environment (and overridable by the deployment's args)."""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from storage.engine import database_url
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    operator_token: str
+    jwt_secret: str = ""  # empty: derived from the operator token
+    hub_shards: int = 2
+    actor_prefix: str = ""  # lets several deployments (or test databases) share one Ray cluster
+    hub_window: int = 1_000
+    hub_retention: int = 100_000
+    max_frame_bytes: int = 64 * 1024
+    max_body_bytes: int = 1024 * 1024
+    max_events_per_request: int = 1_000
+    send_queue_size: int = 1_000
+    poll_timeout: float = 10.0
+    token_ttl_seconds: int = 24 * 3600
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "Settings":
+        values: dict[str, Any] = {
+            "database_url": database_url(),
+            "operator_token": os.environ.get("RAYTENANT_OPERATOR_TOKEN", ""),
+            "jwt_secret": os.environ.get("RAYTENANT_JWT_SECRET", ""),
+            "hub_shards": _env_int("RAYTENANT_HUB_SHARDS", 2),
+            "hub_retention": _env_int("RAYTENANT_EVENT_RETENTION", 100_000),
+            "send_queue_size": _env_int("RAYTENANT_SEND_QUEUE", 1_000),
+        }
+        known = {f.name for f in fields(cls)}
+        values.update({k: v for k, v in overrides.items() if k in known and v is not None})
+        settings = cls(**values)
+        if not settings.operator_token:
+            raise ValueError("an operator token is required (RAYTENANT_OPERATOR_TOKEN)")
+        return settings
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_(self, **changes: Any) -> "Settings":
+        return replace(self, **changes)

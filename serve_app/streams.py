@@ -1,0 +1,284 @@
+"""Per-replica stream delivery: sockets, subscriptions, hub polling, resume and back-pressure.
+
+Each ingress replica keeps its own sockets. For every hub shard that owns at least one of its
+tenants it runs one long poll carrying a cursor per tenant, then fans events out locally by
+subscription. A tenant's events reach only that tenant's connections: feeds are keyed by the
+tenant from the token, and flow ids are only ever compared within one tenant's feed.
+
+Every outgoing message goes through the connection's bounded queue and one writer task, so
+messages leave in order; a consumer that lets the queue fill is closed with 4008 and may resume.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from storage.events import Event
+
+log = logging.getLogger("raytenant.streams")
+
+ALL_FLOWS = "*"
+CLOSE_SLOW_CONSUMER = 4008
+Sender = Callable[[str], Awaitable[None]]
+Closer = Callable[[int, str], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class Connection:
+    """One socket's delivery state. `last_sent` is the highest tenant seq handed to the writer."""
+
+    tenant: str
+    user: str | None
+    send: Sender
+    close: Closer
+    queue_size: int = 1_000
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    flows: set[str] = field(default_factory=set)
+    last_sent: int = 0
+    joined_at: int = 0
+    resuming: bool = False
+    held: list[Event] = field(default_factory=list)
+    closed: bool = False
+
+    def __post_init__(self) -> None:
+        self.queue: asyncio.Queue[str] = asyncio.Queue(self.queue_size)
+        self.writer: asyncio.Task | None = None
+
+    def wants(self, event: Event) -> bool:
+        return event.flow_id is None or ALL_FLOWS in self.flows or event.flow_id in self.flows
+
+    def flow_filter(self) -> list[str] | None:
+        return None if ALL_FLOWS in self.flows else sorted(self.flows)
+
+    def offer(self, text: str) -> bool:
+        """Queue a message for the writer. False (and the socket is closing) when the queue is full."""
+        if self.closed:
+            return False
+        try:
+            self.queue.put_nowait(text)
+            return True
+        except asyncio.QueueFull:
+            self.shut(CLOSE_SLOW_CONSUMER, "slow consumer: reconnect and resume from your last seq")
+            return False
+
+    def send_json(self, message: dict[str, Any]) -> bool:
+        return self.offer(json.dumps(message, separators=(",", ":")))
+
+    def deliver(self, event: Event, text: str) -> None:
+        if event.seq <= self.last_sent or not self.wants(event):
+            return
+        if self.resuming:
+            self.held.append(event)
+            if len(self.held) > self.queue_size:
+                self.shut(CLOSE_SLOW_CONSUMER, "slow consumer: reconnect and resume from your last seq")
+            return
+        if self.offer(text):
+            self.last_sent = event.seq
+
+    async def push(self, message: dict[str, Any]) -> bool:
+        """Queue a message, waiting for room: replay is paced by the client, not dropped."""
+        if self.closed:
+            return False
+        await self.queue.put(json.dumps(message, separators=(",", ":")))
+        return not self.closed
+
+    def start_writer(self) -> None:
+        self.writer = asyncio.create_task(self._write())
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                await self.send(await self.queue.get())
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the socket went away; the reader side cleans up
+            self.closed = True
+
+    def shut(self, code: int, reason: str) -> None:
+        """Close from anywhere (the delivery path must not wait on a slow socket)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.writer:
+            self.writer.cancel()
+        asyncio.create_task(self.close(code, reason))
+
+
+@dataclass(eq=False)
+class TenantFeed:
+    tenant: str
+    shard: int
+    cursor: int
+    connections: set[Connection] = field(default_factory=set)
+
+
+class StreamRouter:
+    """The replica's sockets and the hub polls that feed them. `hub` is an EventHubClient."""
+
+    def __init__(self, hub: Any, replica_id: str, *, poll_timeout: float = 10.0, presence_interval: float = 2.0):
+        self.hub = hub
+        self.replica_id = replica_id
+        self.poll_timeout = poll_timeout
+        self.presence_interval = presence_interval
+        self.feeds: dict[str, TenantFeed] = {}
+        self.connections: dict[str, Connection] = {}
+        self._pollers: dict[int, asyncio.Task] = {}
+        self._presence_task: asyncio.Task | None = None
+        self._feed_locks: dict[str, asyncio.Lock] = {}
+        self.delivered = 0
+        self.slow_closed = 0
+
+    # -- connections ------------------------------------------------------------------------------
+    async def connect(self, conn: Connection) -> int:
+        """Register a connection; returns the tenant's head seq, from which live delivery starts."""
+        feed = await self._feed(conn.tenant)
+        conn.last_sent = conn.joined_at = feed.cursor
+        feed.connections.add(conn)
+        self.connections[conn.id] = conn
+        self._ensure_presence()
+        return feed.cursor
+
+    def disconnect(self, conn: Connection) -> None:
+        conn.closed = True
+        if conn.writer:
+            conn.writer.cancel()
+        self.connections.pop(conn.id, None)
+        feed = self.feeds.get(conn.tenant)
+        if feed:
+            feed.connections.discard(conn)
+            if not feed.connections:
+                del self.feeds[conn.tenant]
+
+    async def _feed(self, tenant: str) -> TenantFeed:
+        feed = self.feeds.get(tenant)
+        if feed:
+            return feed
+        lock = self._feed_locks.setdefault(tenant, asyncio.Lock())
+        async with lock:
+            feed = self.feeds.get(tenant)
+            if feed is None:
+                head = await self.hub.head(tenant)
+                feed = self.feeds[tenant] = TenantFeed(tenant, self.hub.shard_of(tenant), head)
+                self._watch(feed)
+        self._feed_locks.pop(tenant, None)
+        return feed
+
+    def _watch(self, feed: TenantFeed) -> None:
+        poller = self._pollers.get(feed.shard)
+        if poller is None or poller.done():
+            self._pollers[feed.shard] = asyncio.create_task(self._poll_shard(feed.shard))
+        else:  # add the tenant to the poll already waiting on that shard
+            asyncio.create_task(self.hub.join(feed.shard, self._poll_id(feed.shard), {feed.tenant: feed.cursor}))
+
+    def _poll_id(self, shard: int) -> str:
+        return f"{self.replica_id}:{shard}"
+
+    # -- polling and fan-out ----------------------------------------------------------------------
+    async def _poll_shard(self, shard: int) -> None:
+        while True:
+            cursors = {t: f.cursor for t, f in self.feeds.items() if f.shard == shard}
+            if not cursors:
+                self._pollers.pop(shard, None)
+                return
+            try:
+                result = await self.hub.poll(shard, cursors, self.poll_timeout, self._poll_id(shard))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("poll of hub shard %s failed; retrying", shard)
+                await asyncio.sleep(0.5)
+                continue
+            for tenant, events in result["events"].items():
+                self.dispatch(tenant, events)
+
+    def dispatch(self, tenant: str, events: list[Event]) -> None:
+        """Fan one tenant's events out to its connections on this replica, in seq order."""
+        feed = self.feeds.get(tenant)
+        if feed is None:
+            return
+        for event in events:
+            if event.seq <= feed.cursor:
+                continue
+            feed.cursor = event.seq
+            text = json.dumps(event.to_message(), separators=(",", ":"))
+            for conn in list(feed.connections):
+                before = conn.closed
+                conn.deliver(event, text)
+                if conn.closed and not before:
+                    self.slow_closed += 1
+            self.delivered += len(feed.connections)
+
+    # -- resume -----------------------------------------------------------------------------------
+    async def resume(self, conn: Connection, last_seq: int) -> None:
+        """Send every event after `last_seq` that this connection has not yet been sent, in order,
+        then continue live. Live events that arrive meanwhile are held and released after.
+
+        Everything up to the head at connect time is replayed from the hub; events after that were
+        (or will be) delivered live, so nothing is sent twice.
+        """
+        until = conn.joined_at
+        conn.resuming = True
+        try:
+            after = last_seq
+            replayed = 0
+            while after < until and not conn.closed:
+                page = await self.hub.read(conn.tenant, after, flow_ids=conn.flow_filter())
+                if page["gap"]:
+                    conn.send_json(
+                        {"type": "resume_failed", "last_seq": last_seq, "oldest_seq": page["floor"], "head": page["head"],
+                         "message": "events after last_seq are no longer kept; reload state and continue live"}
+                    )
+                    return
+                events = [e for e in page["events"] if e.seq <= until]
+                for event in events:
+                    if conn.wants(event) and await conn.push(event.to_message()):
+                        replayed += 1
+                if len(events) < len(page["events"]) or not page["events"]:
+                    break
+                after = page["events"][-1].seq
+            conn.send_json({"type": "resume_completed", "last_seq": last_seq, "replayed": replayed, "head": until})
+        finally:
+            conn.resuming = False
+            held, conn.held = conn.held, []
+            for event in held:
+                conn.deliver(event, json.dumps(event.to_message(), separators=(",", ":")))
+
+    # -- presence ---------------------------------------------------------------------------------
+    def presence_counts(self) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for tenant, feed in self.feeds.items():
+            tenant_counts = counts[tenant] = {ALL_FLOWS: len(feed.connections)}
+            for conn in feed.connections:
+                for flow in conn.flows:
+                    if flow != ALL_FLOWS:
+                        tenant_counts[flow] = tenant_counts.get(flow, 0) + 1
+        return counts
+
+    def _ensure_presence(self) -> None:
+        if self._presence_task is None or self._presence_task.done():
+            self._presence_task = asyncio.create_task(self._report_presence())
+
+    async def _report_presence(self) -> None:
+        while True:
+            try:
+                await self.hub.report_presence(self.replica_id, self.presence_counts())
+            except Exception:
+                log.exception("presence report failed")
+            if not self.feeds:  # the last report above said "none left"; stop until a new socket
+                self._presence_task = None
+                return
+            await asyncio.sleep(self.presence_interval)
+
+    async def report_now(self) -> None:
+        await self.hub.report_presence(self.replica_id, self.presence_counts())
+
+    async def stop(self) -> None:
+        for task in [*self._pollers.values(), self._presence_task]:
+            if task:
+                task.cancel()
+        for conn in list(self.connections.values()):
+            conn.shut(1001, "server shutting down")

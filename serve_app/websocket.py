@@ -1,0 +1,141 @@
+"""The WebSocket protocol at /v1/ws (docs/websocket-protocol.md is the reference)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from serve_app.auth import AuthError, bearer
+from serve_app.runtime import Runtime
+from serve_app.streams import ALL_FLOWS, Connection
+
+log = logging.getLogger("raytenant.ws")
+
+CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN = 1013
+CLOSE_UNAUTHORIZED = 4001
+CLOSE_BAD_REQUEST = 4000
+
+
+def valid_flow_id(flow_id: Any) -> bool:
+    return isinstance(flow_id, str) and 0 < len(flow_id) <= 128
+
+
+def _int_arg(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    runtime: Runtime = websocket.app.state.runtime
+    token = bearer(websocket.headers.get("authorization")) or websocket.query_params.get("token")
+    await websocket.accept()
+    try:
+        claims = runtime.tokens.verify(token)
+    except AuthError as error:
+        if token and runtime.tokens.is_operator(token):
+            error = AuthError("operator_token", "the operator token cannot open streams; use a tenant token")
+        log.warning("websocket refused: %s", error.code)
+        await websocket.close(CLOSE_UNAUTHORIZED, error.message[:120])
+        return
+    if not claims.allows("events:read"):
+        await websocket.close(CLOSE_UNAUTHORIZED, "the token lacks the events:read scope")
+        return
+
+    flow_id = websocket.query_params.get("flow_id")
+    last_seq_arg = websocket.query_params.get("last_seq")
+    last_seq = _int_arg(last_seq_arg) if last_seq_arg is not None else None
+    if (flow_id is not None and not valid_flow_id(flow_id)) or (last_seq_arg is not None and last_seq is None):
+        await websocket.close(CLOSE_BAD_REQUEST, "invalid flow_id or last_seq")
+        return
+
+    conn = Connection(
+        claims.tenant, claims.user, websocket.send_text, websocket.close, runtime.settings.send_queue_size
+    )
+    if flow_id:
+        conn.flows.add(flow_id)
+    router = runtime.router
+    try:
+        head = await router.connect(conn)
+    except Exception:
+        log.exception("could not attach a socket for tenant %s", claims.tenant)
+        await websocket.close(CLOSE_TRY_AGAIN, "event stream unavailable, retry")
+        return
+    conn.start_writer()
+    conn.send_json({"type": "connection_established", "connection_id": conn.id, "tenant": claims.tenant, "last_seq": head})
+    if flow_id:
+        conn.send_json({"type": "subscription_confirmed", "flow_id": flow_id})
+    tasks: set[asyncio.Task] = set()
+    if last_seq is not None:
+        conn.resuming = True  # hold live events until the replay is out
+        tasks.add(asyncio.create_task(router.resume(conn, last_seq)))
+    try:
+        await _read_loop(websocket, runtime, conn, tasks)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        for task in tasks:
+            task.cancel()
+        router.disconnect(conn)
+
+
+async def _read_loop(websocket: WebSocket, runtime: Runtime, conn: Connection, tasks: set[asyncio.Task]) -> None:
+    limit = runtime.settings.max_frame_bytes
+    while not conn.closed:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        raw = message.get("text")
+        size = len(raw.encode()) if raw is not None else len(message.get("bytes") or b"")
+        if size > limit:
+            conn.closed = True
+            await websocket.close(CLOSE_TOO_BIG, f"frame larger than {limit} bytes")
+            return
+        if raw is None:
+            raw = (message.get("bytes") or b"").decode("utf-8", errors="replace")
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            conn.send_json({"type": "error", "code": "malformed_json", "message": "messages must be JSON objects"})
+            continue
+        if not isinstance(payload, dict):
+            conn.send_json({"type": "error", "code": "malformed_json", "message": "messages must be JSON objects"})
+            continue
+        _handle(runtime, conn, payload, tasks)
+
+
+def _handle(runtime: Runtime, conn: Connection, message: dict[str, Any], tasks: set[asyncio.Task]) -> None:
+    kind = message.get("type")
+    if kind in ("subscribe_flow", "unsubscribe_flow"):
+        flow_id = message.get("flow_id")
+        if not (valid_flow_id(flow_id) or flow_id == ALL_FLOWS):
+            conn.send_json({"type": "error", "code": "invalid_flow_id", "message": "flow_id must be a string of 1-128 characters"})
+        elif kind == "subscribe_flow":
+            conn.flows.add(flow_id)
+            conn.send_json({"type": "subscription_confirmed", "flow_id": flow_id})
+        else:
+            conn.flows.discard(flow_id)
+            conn.send_json({"type": "unsubscription_confirmed", "flow_id": flow_id})
+    elif kind == "ping":
+        conn.send_json({"type": "pong", "last_seq": conn.last_sent})
+    elif kind == "resume":
+        last_seq = _int_arg(message.get("last_seq"))
+        if last_seq is None:
+            conn.send_json({"type": "error", "code": "invalid_last_seq", "message": "last_seq must be a non-negative integer"})
+        elif conn.resuming:
+            conn.send_json({"type": "error", "code": "resume_in_progress", "message": "a resume is already running"})
+        else:
+            conn.resuming = True
+            task = asyncio.create_task(runtime.router.resume(conn, last_seq))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    else:
+        conn.send_json({"type": "error", "code": "unknown_type", "message": f"Unknown message type: {kind}"})

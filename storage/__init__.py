@@ -1,0 +1,1 @@
+"""Persistence: the async engine, the tables, the repositories and the migrations."""

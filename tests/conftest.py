@@ -1,0 +1,131 @@
+"""Shared fixtures: one Ray session per run, a fresh PostgreSQL database and a SQLite file, and
+in-process ingress servers on real sockets.
+
+Integration tests run on both databases through the `db_url` fixture.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from typing import Any, AsyncIterator
+
+os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("OTEL_SDK_DISABLED", "true")
+os.environ.setdefault("CREWAI_TRACING_ENABLED", "false")
+os.environ.setdefault("CREWAI_DISABLE_VERSION_CHECK", "true")
+
+from serve_app.launcher import configure_environment  # noqa: E402
+
+configure_environment()
+
+import asyncpg  # noqa: E402
+import pytest  # noqa: E402
+import uvicorn  # noqa: E402
+
+from serve_app.app import create_app  # noqa: E402
+from serve_app.runtime import Runtime  # noqa: E402
+from serve_app.settings import Settings  # noqa: E402
+from storage.migrate import upgrade  # noqa: E402
+
+PG_ADMIN_DSN = os.environ.get("RAYTENANT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+OPERATOR_TOKEN = "test-operator-token"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole run; shut down only if this fixture started it."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, namespace="raytenant", log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    name = f"raytenant_test_{uuid.uuid4().hex[:10]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    host_part = PG_ADMIN_DSN.split("://", 1)[1].rsplit("/", 1)[0]
+    url = f"postgresql+asyncpg://{host_part}/{name}"
+    upgrade(url)
+    yield url
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory):
+    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'raytenant.db'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def db_url(request, backend) -> str:
+    return request.getfixturevalue("pg_url" if backend == "postgresql" else "sqlite_url")
+
+
+@pytest.fixture
+def tenant() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def settings_for(db_url: str, backend: str, **overrides: Any) -> Settings:
+    return Settings.from_env(
+        database_url=db_url, operator_token=OPERATOR_TOKEN, actor_prefix=f"test-{backend}-", **overrides
+    )
+
+
+class LiveServer:
+    """An ingress app on a real loopback socket, served by uvicorn in the test's event loop."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.server = uvicorn.Server(
+            uvicorn.Config(create_app(runtime), host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+        )
+        self.task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "LiveServer":
+        await self.runtime.start()
+        self.task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            await asyncio.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}/v1/ws"
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.runtime.stop()
+        self.server.should_exit = True
+        await asyncio.wait_for(self.task, 10)
+
+    def token(self, tenant: str, **kwargs: Any) -> str:
+        return self.runtime.tokens.mint(tenant, **kwargs)[0]
+
+    def auth(self, tenant: str, **kwargs: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(tenant, **kwargs)}"}
+
+
+@pytest.fixture
+async def live(ray_session, db_url, backend) -> AsyncIterator[LiveServer]:
+    """The real ingress app over real sockets, backed by real EventHub actors and the database."""
+    async with LiveServer(Runtime(settings_for(db_url, backend))) as server:
+        yield server

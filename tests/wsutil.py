@@ -1,0 +1,47 @@
+"""Small WebSocket client helpers for the tests."""
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import websockets
+
+
+async def connect(url: str, bearer: str | None = None, **params: Any):
+    query = "&".join(f"{k}={v}" for k, v in params.items() if v is not None)
+    headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+    ws = await websockets.connect(url + (f"?{query}" if query else ""), additional_headers=headers, max_size=2**22)
+    return ws
+
+
+async def recv(ws, timeout: float = 10.0) -> dict[str, Any]:
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def recv_until(ws, predicate, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Messages received up to and including the first that satisfies `predicate`."""
+    seen = []
+    while True:
+        message = await recv(ws, timeout)
+        seen.append(message)
+        if predicate(message):
+            return seen
+
+
+async def drain(ws, quiet: float = 0.5) -> list[dict[str, Any]]:
+    """Everything that arrives until the socket has been quiet for `quiet` seconds."""
+    seen = []
+    while True:
+        try:
+            seen.append(json.loads(await asyncio.wait_for(ws.recv(), quiet)))
+        except asyncio.TimeoutError:
+            return seen
+
+
+async def publish(base: str, headers: dict[str, str], events: list[dict[str, Any]]) -> list[int]:
+    async with httpx.AsyncClient() as client:
+        response = await client.post(f"{base}/v1/events", json={"events": events}, headers=headers)
+    assert response.status_code == 201, response.text
+    return response.json()["seqs"]
