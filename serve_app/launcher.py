@@ -17,6 +17,9 @@ SERVE_ENV = {
     "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "30999",
     "RAY_worker_niceness": "0",
     "RAY_SERVE_DEFAULT_HTTP_HOST": "127.0.0.1",
+    # Serve keeps a removed direct-ingress replica draining 30 s for external load balancers; a
+    # local service has none, and Ctrl-C should not hang that long. Clusters may raise it again.
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
 }
 
 

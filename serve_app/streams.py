@@ -228,7 +228,7 @@ class StreamRouter:
             while after < until and not conn.closed:
                 page = await self.hub.read(conn.tenant, after, flow_ids=conn.flow_filter())
                 if page["gap"]:
-                    conn.send_json(
+                    await conn.push(
                         {"type": "resume_failed", "last_seq": last_seq, "oldest_seq": page["floor"], "head": page["head"],
                          "message": "events after last_seq are no longer kept; reload state and continue live"}
                     )
@@ -240,12 +240,16 @@ class StreamRouter:
                 if len(events) < len(page["events"]) or not page["events"]:
                     break
                 after = page["events"][-1].seq
-            conn.send_json({"type": "resume_completed", "last_seq": last_seq, "replayed": replayed, "head": until})
+            await conn.push({"type": "resume_completed", "last_seq": last_seq, "replayed": replayed, "head": until})
         finally:
+            # Release what arrived live meanwhile; anything arriving during this is held too, so
+            # order holds until the hand-over to live delivery.
+            while conn.held and not conn.closed:
+                held, conn.held = conn.held, []
+                for event in held:
+                    if event.seq > conn.last_sent and conn.wants(event) and await conn.push(event.to_message()):
+                        conn.last_sent = event.seq
             conn.resuming = False
-            held, conn.held = conn.held, []
-            for event in held:
-                conn.deliver(event, json.dumps(event.to_message(), separators=(",", ":")))
 
     # -- presence ---------------------------------------------------------------------------------
     def presence_counts(self) -> dict[str, dict[str, int]]:

@@ -87,9 +87,8 @@ def tenant() -> str:
 
 
 def settings_for(db_url: str, backend: str, **overrides: Any) -> Settings:
-    return Settings.from_env(
-        database_url=db_url, operator_token=OPERATOR_TOKEN, actor_prefix=f"test-{backend}-", **overrides
-    )
+    values = {"database_url": db_url, "operator_token": OPERATOR_TOKEN, "actor_prefix": f"test-{backend}-"}
+    return Settings.from_env(**{**values, **overrides})
 
 
 class LiveServer:

@@ -1,0 +1,182 @@
+"""`raytenant`: run the service, mint tokens, migrate the database."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from serve_app.auth import Tokens, new_operator_token
+from storage.engine import data_dir, database_url
+
+DEMO_TENANT = "demo"
+
+
+def operator_token(explicit: str | None = None, *, create: bool = False) -> str:
+    """RAYTENANT_OPERATOR_TOKEN, else the one `raytenant run` saved in the data folder (0600)."""
+    token = explicit or os.environ.get("RAYTENANT_OPERATOR_TOKEN")
+    if token:
+        return token
+    path = data_dir() / "operator_token"
+    if path.exists():
+        return path.read_text().strip()
+    if not create:
+        raise SystemExit("no operator token: set RAYTENANT_OPERATOR_TOKEN or start `raytenant run` once")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = new_operator_token()
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return token
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    tokens = Tokens(operator_token(args.operator_token), os.environ.get("RAYTENANT_JWT_SECRET", ""))
+    scopes = args.scopes.split(",") if args.scopes else ["*"]
+    try:
+        token, exp = tokens.mint(args.tenant, user=args.user, engagement=args.engagement, scopes=scopes, ttl=args.ttl)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(token)
+    print(f"# tenant={args.tenant} expires={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(exp))}", file=sys.stderr)
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from storage.migrate import downgrade, upgrade
+
+    url = args.url or database_url()
+    (upgrade if args.action == "upgrade" else downgrade)(url, args.revision)
+    print(f"database {args.action}d to {args.revision}: {url.split('@')[-1]}")
+    return 0
+
+
+async def demo(base_url: str, token: str) -> dict[str, Any]:
+    """Show the service working: a socket subscribes, an event is published over HTTP and arrives."""
+    import httpx
+    import websockets
+
+    ws_url = base_url.replace("http", "ws", 1) + "/v1/ws?flow_id=demo-flow"
+    async with websockets.connect(ws_url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        hello = json.loads(await ws.recv())
+        await ws.recv()  # subscription_confirmed
+        started = time.perf_counter()
+        async with httpx.AsyncClient() as client:
+            response = await client.post(
+                f"{base_url}/v1/events",
+                json={"type": "flow_update", "flow_id": "demo-flow", "data": {"status": "running", "progress": 42}},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            response.raise_for_status()
+        event = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        latency_ms = (time.perf_counter() - started) * 1000
+    return {"connection": hello, "published": response.json(), "received": event, "round_trip_ms": round(latency_ms, 1)}
+
+
+def run_service(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
+    """Local Ray + Serve + embedded database. Stops what it started on Ctrl-C (or when `stop` is set)."""
+    from serve_app.launcher import configure_environment
+
+    configure_environment(direct_ingress=not args.proxy)
+    from storage.migrate import upgrade
+
+    url = database_url()
+    upgrade(url)
+    token = operator_token(create=True)
+
+    import ray
+    from ray import serve
+
+    from serve_app.deployment import APP_NAME
+    from serve_app.launcher import deploy, start_ray
+
+    started_ray = not ray.is_initialized()
+    context = start_ray(num_cpus=args.num_cpus, dashboard=not args.no_dashboard) if started_ray else None
+    settings = {"database_url": url, "operator_token": token, "hub_shards": args.shards}
+    try:
+        urls = deploy(settings, host=args.host, port=args.port, num_replicas=args.replicas)
+        tenant_token, _ = Tokens(token).mint(DEMO_TENANT, user="demo-user")
+        dashboard = getattr(context, "dashboard_url", None) if context is not None else None
+        print()
+        print(f"raytenant is running ({'direct ingress' if len(urls) > 1 else 'Serve proxy'})")
+        print(f"  HTTP + WebSocket : {urls[0]}   (WebSocket: {urls[0].replace('http', 'ws', 1)}/v1/ws)")
+        if len(urls) > 1:
+            print(f"  via Serve proxy  : {urls[-1]}")
+        print(f"  Ray dashboard    : http://{dashboard}" if dashboard else "  Ray dashboard    : (disabled)")
+        print(f"  database         : {url.split('@')[-1]}")
+        print(f"  operator token   : {token}")
+        print(f"  demo tenant token: {tenant_token}")
+        result = asyncio.run(demo(urls[0], tenant_token))
+        print(f"  demo             : published seq {result['published']['seqs'][0]} for tenant "
+              f"{result['connection']['tenant']}, received over WebSocket in {result['round_trip_ms']} ms")
+        print(f"                     {json.dumps(result['received'])}")
+        if args.check:
+            return 0
+        print("\nPress Ctrl-C to stop.")
+        stop = stop or threading.Event()
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        stop.wait()
+        print("stopping...")
+        return 0
+    finally:
+        try:
+            serve.delete(APP_NAME)
+            from actors.event_hub import KIND
+            from actors.shards import kill_all
+
+            kill_all(KIND, args.shards)
+            if started_ray:
+                serve.shutdown()
+        finally:
+            if started_ray:
+                ray.shutdown()
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="raytenant", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run locally: Ray, Serve and the embedded SQLite database")
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", type=int, default=8000, help="the Serve proxy port")
+    run.add_argument("--shards", type=int, default=int(os.environ.get("RAYTENANT_HUB_SHARDS", 2)))
+    run.add_argument("--replicas", type=int, default=1, help="ingress replicas")
+    run.add_argument("--num-cpus", type=int, default=None)
+    run.add_argument("--proxy", action="store_true", help="serve through the Serve proxy instead of direct ingress")
+    run.add_argument("--no-dashboard", action="store_true")
+    run.add_argument("--check", action="store_true", help="start, run the demo, stop (for smoke tests)")
+    run.set_defaults(func=run_service)
+
+    token = commands.add_parser("token", help="mint a tenant token with the operator token")
+    token.add_argument("--tenant", required=True)
+    token.add_argument("--user")
+    token.add_argument("--engagement")
+    token.add_argument("--scopes", help="comma-separated; default: all tenant scopes")
+    token.add_argument("--ttl", type=int, default=24 * 3600, help="seconds")
+    token.add_argument("--operator-token")
+    token.set_defaults(func=cmd_token)
+
+    db = commands.add_parser("db", help="database migrations")
+    db.add_argument("action", choices=["upgrade", "downgrade"])
+    db.add_argument("revision", nargs="?", default=None)
+    db.add_argument("--url", help="default: DATABASE_URL or the embedded SQLite file")
+    db.set_defaults(func=cmd_db)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if getattr(args, "action", None) and args.revision is None:
+        args.revision = "head" if args.action == "upgrade" else "base"
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

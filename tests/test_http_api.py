@@ -1,0 +1,115 @@
+"""HTTP routes over real sockets: errors, tokens, replay pages, health."""
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from serve_app.runtime import Runtime
+from tests.conftest import OPERATOR_TOKEN, LiveServer, settings_for
+from tests.wsutil import publish
+
+pytestmark = pytest.mark.integration
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()["error"]
+    assert body["code"] == code and body["message"]
+
+
+async def test_publish_validation_changes_nothing(live, tenant):
+    auth = live.auth(tenant)
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        assert_error(await client.post("/v1/events", content=b"{oops", headers=auth), 400, "malformed_json")
+        assert_error(await client.post("/v1/events", json=[], headers=auth), 422, "invalid_events")
+        assert_error(await client.post("/v1/events", json={"events": [1]}, headers=auth), 422, "invalid_events")
+        assert_error(await client.post("/v1/events", json={"type": "nope"}, headers=auth), 422, "invalid_event_type")
+        bad_flow = {"type": "flow_update", "flow_id": "x" * 129}
+        assert_error(await client.post("/v1/events", json=bad_flow, headers=auth), 422, "invalid_flow_id")
+        bad_data = {"type": "flow_update", "data": [1]}
+        assert_error(await client.post("/v1/events", json=bad_data, headers=auth), 422, "invalid_data")
+        many = {"events": [{"type": "flow_update"}] * 1001}
+        assert_error(await client.post("/v1/events", json=many, headers=auth), 422, "too_many_events")
+        huge = {"type": "flow_update", "data": {"x": "y" * (1024 * 1024)}}
+        assert_error(await client.post("/v1/events", json=huge, headers=auth), 413, "payload_too_large")
+        # One bad event in a batch rejects the whole batch.
+        mixed = {"events": [{"type": "flow_update"}, {"type": "bogus"}]}
+        assert_error(await client.post("/v1/events", json=mixed, headers=auth), 422, "invalid_event_type")
+        replay = await client.get("/v1/events", headers=auth)
+        assert replay.json() == {"events": [], "next_after": 0, "head": 0, "has_more": False}
+
+
+async def test_auth_failures_and_scopes(live, tenant):
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        assert_error(await client.get("/v1/events"), 401, "missing_token")
+        assert_error(await client.get("/v1/events", headers={"Authorization": "Bearer junk"}), 401, "invalid_token")
+        expired = live.auth(tenant, ttl=1, now=1_000_000)
+        assert_error(await client.get("/v1/events", headers=expired), 401, "token_expired")
+        reader = live.auth(tenant, scopes=["events:read"])
+        assert (await client.get("/v1/events", headers=reader)).status_code == 200
+        assert_error(await client.post("/v1/events", json={"type": "flow_update"}, headers=reader), 403, "forbidden")
+        assert_error(await client.get("/nowhere"), 404, "not_found")
+        assert_error(await client.delete("/v1/events", headers=reader), 405, "method_not_allowed")
+
+
+async def test_operator_mints_tenant_tokens(live, tenant):
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        body = {"tenant": tenant, "user": "ann", "engagement": "e1", "scopes": ["events:read"], "ttl_seconds": 60}
+        assert_error(await client.post("/v1/admin/tokens", json=body), 401, "operator_token_required")
+        assert_error(
+            await client.post("/v1/admin/tokens", json=body, headers=live.auth(tenant)), 401, "operator_token_required"
+        )
+        op = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+        for bad, code in [
+            ({"tenant": "has space"}, "invalid_tenant"),
+            ({"tenant": tenant, "scopes": "all"}, "invalid_scopes"),
+            ({"tenant": tenant, "ttl_seconds": 0}, "invalid_ttl"),
+            ({"tenant": tenant, "user": 5}, "invalid_claims"),
+            ([tenant], "invalid_body"),
+        ]:
+            assert_error(await client.post("/v1/admin/tokens", json=bad, headers=op), 422, code)
+        minted = await client.post("/v1/admin/tokens", json=body, headers=op)
+        assert minted.status_code == 201
+        claims = live.runtime.tokens.verify(minted.json()["token"])
+        assert (claims.tenant, claims.user, claims.engagement, claims.scopes) == (tenant, "ann", "e1", ("events:read",))
+        # The operator token itself is not a tenant token.
+        assert_error(await client.get("/v1/events", headers=op), 401, "invalid_token")
+
+
+async def test_replay_pages_and_flow_filter(live, tenant):
+    auth = live.auth(tenant)
+    await publish(live.url, auth, [{"type": "flow_update", "flow_id": "a" if i % 2 else "b", "data": {"i": i}} for i in range(25)])
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        seen, after = [], 0
+        while True:
+            page = (await client.get("/v1/events", params={"after": after, "limit": 10}, headers=auth)).json()
+            seen += [e["seq"] for e in page["events"]]
+            after = page["next_after"]
+            if not page["has_more"]:
+                break
+        assert seen == list(range(1, 26))
+        only_a = (await client.get("/v1/events", params={"flow_id": "a", "limit": 100}, headers=auth)).json()
+        assert [e["data"]["i"] for e in only_a["events"]] == list(range(1, 25, 2))
+        for params in ({"after": "-1"}, {"limit": "0"}, {"limit": "1001"}, {"after": "x"}, {"flow_id": "y" * 200}):
+            response = await client.get("/v1/events", params=params, headers=auth)
+            assert response.status_code == 422 and response.json()["error"]["code"] in ("invalid_parameter", "invalid_flow_id")
+
+
+async def test_expired_history_is_410(ray_session, db_url, backend, tenant):
+    settings = settings_for(db_url, backend, hub_retention=5, actor_prefix=f"test-{backend}-short-")
+    async with LiveServer(Runtime(settings)) as live:
+        auth = live.auth(tenant)
+        await publish(live.url, auth, [{"type": "flow_update", "data": {"i": i}} for i in range(12)])
+        async with httpx.AsyncClient(base_url=live.url) as client:
+            response = await client.get("/v1/events", params={"after": 2}, headers=auth)
+            assert_error(response, 410, "events_expired")
+            assert response.json()["error"]["oldest_seq"] == 8
+            ok = await client.get("/v1/events", params={"after": 7}, headers=auth)
+            assert [e["seq"] for e in ok.json()["events"]] == [8, 9, 10, 11, 12]
+
+
+async def test_health_and_readiness(live):
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["status"] == "ready"

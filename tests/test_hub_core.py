@@ -1,0 +1,143 @@
+"""EventHubCore without Ray, on the real databases."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from actors.event_hub import EventHubCore, HubOptions, TenantLog
+from storage.engine import create_engine
+from storage.events import EventStore
+
+
+@pytest.fixture
+async def store(db_url):
+    engine = create_engine(db_url)
+    yield EventStore(engine)
+    await engine.dispose()
+
+
+def ev(i: int, flow: str | None = "f", kind: str = "flow_update") -> dict:
+    return {"type": kind, "flow_id": flow, "data": {"i": i}}
+
+
+async def test_seqs_are_per_tenant_and_gap_free(store, tenant):
+    hub = EventHubCore(store)
+    a, b = tenant + "a", tenant + "b"
+    assert await hub.append([(a, [ev(0), ev(1)]), (b, [ev(2)]), (a, [ev(3)])]) == [[1, 2], [1], [3]]
+    assert await hub.heads([a, b, tenant + "none"]) == {a: 3, b: 1, tenant + "none": 0}
+
+
+async def test_concurrent_appends_share_commits(store, tenant):
+    hub = EventHubCore(store)
+    results = await asyncio.gather(*(hub.append([(tenant, [ev(i)])]) for i in range(200)))
+    assert sorted(r[0][0] for r in results) == list(range(1, 201))
+    assert hub.stats()["commits"] < 200
+    page = await hub.read(tenant, 0, limit=1000)
+    assert [e.seq for e in page["events"]] == list(range(1, 201))
+
+
+async def test_read_uses_window_then_storage_and_filters_flows(store, tenant):
+    hub = EventHubCore(store, HubOptions(window=3))
+    await hub.append([(tenant, [ev(0, "a"), ev(1, "b"), ev(2, None, "budget_alert"), ev(3, "a"), ev(4, "b")])])
+    assert [e.seq for e in (await hub.read(tenant, 3))["events"]] == [4, 5]  # from memory
+    assert [e.seq for e in (await hub.read(tenant, 0))["events"]] == [1, 2, 3, 4, 5]  # from storage
+    assert [e.seq for e in (await hub.read(tenant, 0, flow_ids=["a"]))["events"]] == [1, 3, 4]
+    assert [e.seq for e in (await hub.read(tenant, 2, flow_ids=["b"]))["events"]] == [3, 5]
+    assert [e.seq for e in (await hub.read(tenant, 0, limit=2))["events"]] == [1, 2]
+    assert (await hub.read(tenant, 5))["events"] == []
+
+
+async def test_retention_trims_and_reports_gaps(store, tenant):
+    hub = EventHubCore(store, HubOptions(retention=3, window=2))
+    await hub.append([(tenant, [ev(i) for i in range(10)])])
+    await asyncio.sleep(0.2)  # let the background trim run
+    page = await hub.read(tenant, 2)
+    assert page["gap"] and page["floor"] == 8 and page["head"] == 10
+    ok = await hub.read(tenant, 7)
+    assert not ok["gap"] and [e.seq for e in ok["events"]] == [8, 9, 10]
+    restarted = EventHubCore(store, HubOptions(retention=3))
+    assert (await restarted.read(tenant, 0))["floor"] == 8
+
+
+async def test_restart_continues_from_storage(store, tenant):
+    first = EventHubCore(store)
+    await first.append([(tenant, [ev(0), ev(1)])])
+    second = EventHubCore(store)
+    assert await second.append([(tenant, [ev(2)])]) == [[3]]
+    assert [e.data["i"] for e in (await second.read(tenant, 0))["events"]] == [0, 1, 2]
+
+
+async def test_failed_commit_acknowledges_nothing_and_reuses_seqs(store, tenant):
+    hub = EventHubCore(store)
+    await hub.append([(tenant, [ev(0)])])
+    real_append = store.append
+
+    async def broken(events):
+        raise ConnectionError("database went away")
+
+    store.append = broken
+    with pytest.raises(ConnectionError):
+        await hub.append([(tenant, [ev(1), ev(2)])])
+    store.append = real_append
+    assert await hub.append([(tenant, [ev(3)])]) == [[2]]
+    assert [e.data["i"] for e in (await hub.read(tenant, 0))["events"]] == [0, 3]
+
+
+async def test_poll_returns_waits_wakes_and_times_out(store, tenant):
+    hub = EventHubCore(store)
+    other = tenant + "-x"
+    await hub.append([(tenant, [ev(0)])])
+    ready = await hub.poll({tenant: 0, other: 0}, timeout=5)
+    assert [e.seq for e in ready["events"][tenant]] == [1] and other not in ready["events"]
+    assert ready["heads"] == {tenant: 1, other: 0}
+
+    waiting = asyncio.create_task(hub.poll({tenant: 1}, timeout=5, poll_id="r1:0"))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    assert hub.join("r1:0", {other: 0})
+    await hub.append([(other, [ev(1)])])
+    woke = await asyncio.wait_for(waiting, 2)
+    assert list(woke["events"]) == [other]
+    assert not hub.join("r1:0", {other: 0}), "the poll has returned"
+
+    empty = await hub.poll({tenant: 1}, timeout=0.05)
+    assert empty["events"] == {}
+
+
+async def test_poll_behind_window_reads_storage(store, tenant):
+    hub = EventHubCore(store, HubOptions(window=2, read_limit=3))
+    await hub.append([(tenant, [ev(i) for i in range(6)])])
+    got = await hub.poll({tenant: 0}, timeout=1)
+    assert [e.seq for e in got["events"][tenant]] == [1, 2, 3]
+
+
+async def test_presence_aggregates_replicas_and_expires(store, tenant):
+    now = [1000.0]
+    hub = EventHubCore(store, HubOptions(presence_ttl=10), clock=lambda: now[0])
+    hub.report_presence("r1", {tenant: {"*": 2, "f": 1}})
+    hub.report_presence("r2", {tenant: {"*": 1, "f": 1, "g": 1}, "other": {"*": 5}})
+    assert hub.presence([tenant]) == {tenant: {"connections": 3, "flows": {"f": 2, "g": 1}, "replicas": 2}}
+    now[0] += 11
+    hub.report_presence("r2", {})
+    assert hub.presence([tenant])[tenant] == {"connections": 0, "flows": {}, "replicas": 0}
+
+
+async def test_idle_tenants_are_evicted_and_reactivated(store, tenant):
+    hub = EventHubCore(store, HubOptions(max_tenants=2))
+    for i in range(4):
+        await hub.append([(f"{tenant}-{i}", [ev(i)])])
+    assert len(hub.tenants) == 2 and hub.tenants.evictions == 2
+    assert await hub.append([(f"{tenant}-0", [ev(9)])]) == [[2]]
+
+
+def test_tenant_log_window_bounds():
+    from collections import deque
+
+    from storage.events import Event
+
+    log = TenantLog(head=5, floor=1, window=deque(Event("t", s, "x", None, {}, 0.0) for s in (4, 5)))
+    assert log.after(5, 10) == []
+    assert [e.seq for e in log.after(3, 10)] == [4, 5]
+    assert log.after(2, 10) is None
+    assert [e.seq for e in log.after(3, 1)] == [4]

@@ -1,0 +1,78 @@
+"""The real Ray Serve deployment (direct ingress and the proxy) and the `raytenant` CLI."""
+from __future__ import annotations
+
+import json
+import threading
+
+import httpx
+import pytest
+from ray import serve
+
+from serve_app import cli
+from serve_app.auth import Tokens
+from serve_app.deployment import APP_NAME
+from serve_app.launcher import deploy
+from tests.conftest import OPERATOR_TOKEN
+from tests.wsutil import connect, recv, recv_until
+
+pytestmark = pytest.mark.integration
+
+
+async def test_serve_deployment_direct_ingress_and_proxy(ray_session, db_url, backend, tenant):
+    settings = {"database_url": db_url, "operator_token": OPERATOR_TOKEN, "actor_prefix": f"serve-{backend}-"}
+    urls = deploy(settings, port=8010)
+    try:
+        assert len(urls) == 2 and urls[-1] == "http://127.0.0.1:8010", urls
+        direct, proxy = urls
+        token, _ = Tokens(OPERATOR_TOKEN).mint(tenant)
+        auth = {"Authorization": f"Bearer {token}"}
+        for base in (direct, proxy):
+            ws = await connect(base.replace("http", "ws") + "/v1/ws", token, flow_id="f")
+            await recv_until(ws, lambda m: m["type"] == "subscription_confirmed")
+            async with httpx.AsyncClient(base_url=base) as client:
+                assert (await client.get("/readyz")).status_code == 200
+                published = await client.post("/v1/events", json={"type": "flow_update", "flow_id": "f"}, headers=auth)
+                assert published.status_code == 201
+                bad = await client.post("/v1/events", content=b"[", headers=auth)
+                assert bad.status_code == 400 and bad.json()["error"]["code"] == "malformed_json"
+            event = await recv(ws)
+            assert event["seq"] == published.json()["seqs"][0]
+            await ws.send(json.dumps({"type": "ping"}))
+            assert (await recv(ws))["type"] == "pong"
+            await ws.close()
+    finally:
+        serve.delete(APP_NAME)
+
+
+def test_cli_token_and_db(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RAYTENANT_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("RAYTENANT_OPERATOR_TOKEN", raising=False)
+    with pytest.raises(SystemExit, match="no operator token"):
+        cli.main(["token", "--tenant", "acme"])
+    assert cli.main(["db", "upgrade"]) == 0
+    assert (tmp_path / "raytenant.db").exists()
+    assert cli.main(["db", "downgrade"]) == 0
+    assert cli.main(["token", "--tenant", "acme", "--operator-token", "op", "--scopes", "events:read", "--user", "u"]) == 0
+    token = capsys.readouterr().out.strip().splitlines()[-1]
+    claims = Tokens("op").verify(token)
+    assert claims.tenant == "acme" and claims.scopes == ("events:read",) and claims.user == "u"
+    assert cli.main(["token", "--tenant", "bad tenant", "--operator-token", "op"]) == 2
+
+
+def test_cli_run_starts_shows_and_stops(ray_session, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RAYTENANT_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("RAYTENANT_OPERATOR_TOKEN", raising=False)
+    assert cli.main(["run", "--check", "--port", "8011"]) == 0
+    out = capsys.readouterr().out
+    saved = (tmp_path / "operator_token").read_text().strip()
+    assert f"operator token   : {saved}" in out
+    assert "received over WebSocket" in out and '"progress": 42' in out
+    assert (tmp_path / "operator_token").stat().st_mode & 0o777 == 0o600
+    # Without --check it serves until told to stop.
+    stop = threading.Event()
+    args = cli.parser().parse_args(["run", "--port", "8011"])
+    stop.set()
+    assert cli.run_service(args, stop) == 0
+    assert "Press Ctrl-C to stop." in capsys.readouterr().out

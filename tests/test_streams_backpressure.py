@@ -1,0 +1,117 @@
+"""Slow consumers, expired resumes and the router's delivery rules."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import websockets
+
+from serve_app.runtime import Runtime
+from serve_app.streams import CLOSE_SLOW_CONSUMER, Connection, StreamRouter
+from storage.events import Event
+from tests.conftest import LiveServer, settings_for
+from tests.wsutil import connect, publish, recv, recv_until
+
+
+async def test_full_queue_closes_with_4008():
+    closed = []
+    stuck = asyncio.Event()
+
+    async def send(_text):
+        await stuck.wait()  # a consumer that never reads
+
+    async def close(code, reason):
+        closed.append((code, reason))
+
+    conn = Connection("t", None, send, close, queue_size=3)
+    conn.start_writer()
+    for seq in range(1, 10):
+        conn.deliver(Event("t", seq, "flow_update", None, {}, 0.0), "{}")
+    await asyncio.sleep(0.01)
+    assert closed and closed[0][0] == CLOSE_SLOW_CONSUMER
+    assert conn.closed and conn.last_sent < 9
+    assert not conn.offer("{}"), "nothing is queued after the close"
+
+
+async def test_router_drops_duplicates_and_unwanted_flows():
+    sent = []
+
+    async def send(text):
+        sent.append(json.loads(text)["seq"])
+
+    async def close(code, reason):
+        pass
+
+    class Hub:
+        def shard_of(self, tenant):
+            return 0
+
+        async def head(self, tenant):
+            return 0
+
+        async def poll(self, *args):
+            await asyncio.sleep(3600)
+
+        async def report_presence(self, *args):
+            pass
+
+        async def join(self, *args):
+            return True
+
+    router = StreamRouter(Hub(), "r", presence_interval=3600)
+    conn = Connection("t", None, send, close)
+    conn.flows.add("f")
+    await router.connect(conn)
+    conn.start_writer()
+    events = [Event("t", s, "flow_update", "f" if s != 3 else "g", {}, 0.0) for s in (1, 2, 3, 4)]
+    router.dispatch("t", events[:2])
+    router.dispatch("t", events)  # a repeated poll page
+    router.dispatch("other", events)  # no feed for that tenant here
+    await asyncio.sleep(0.01)
+    assert sent == [1, 2, 4]
+    assert router.presence_counts() == {"t": {"*": 1, "f": 1}}
+    router.disconnect(conn)
+    assert router.feeds == {} and router.connections == {}
+    await router.stop()
+
+
+@pytest.mark.integration
+async def test_slow_socket_is_closed_4008_and_can_resume(ray_session, db_url, backend, tenant):
+    settings = settings_for(db_url, backend, send_queue_size=4)
+    async with LiveServer(Runtime(settings)) as live:
+        ws = await websockets.connect(
+            live.ws_url, additional_headers=live.auth(tenant), max_size=2**24, max_queue=1
+        )
+        hello = json.loads(await ws.recv())
+        big = "z" * 60_000
+        for _ in range(40):
+            await publish(live.url, live.auth(tenant), [{"type": "budget_alert", "data": {"pad": big}}] * 10)
+        codes = []
+        try:
+            while True:
+                await asyncio.wait_for(ws.recv(), 10)
+        except websockets.ConnectionClosed as closed:
+            codes.append(closed.rcvd.code if closed.rcvd else None)
+        assert codes == [CLOSE_SLOW_CONSUMER]
+        assert live.runtime.router.slow_closed >= 1
+        # Resuming from the start delivers everything, paced by the reader.
+        ws = await connect(live.ws_url, live.token(tenant), last_seq=hello["last_seq"])
+        got = await recv_until(ws, lambda m: m["type"] == "resume_completed", timeout=30)
+        assert [m["seq"] for m in got if m["type"] == "budget_alert"] == list(range(1, 401))
+        await ws.close()
+
+
+@pytest.mark.integration
+async def test_resume_beyond_retention_fails_with_oldest_seq(ray_session, db_url, backend, tenant):
+    settings = settings_for(db_url, backend, hub_retention=5, actor_prefix=f"test-{backend}-short-")
+    async with LiveServer(Runtime(settings)) as live:
+        await publish(live.url, live.auth(tenant), [{"type": "flow_update", "data": {"i": i}} for i in range(12)])
+        ws = await connect(live.ws_url, live.token(tenant))
+        await recv(ws)
+        await ws.send(json.dumps({"type": "resume", "last_seq": 1}))
+        failed = await recv(ws)
+        assert failed["type"] == "resume_failed" and failed["oldest_seq"] == 8 and failed["head"] == 12
+        await publish(live.url, live.auth(tenant), [{"type": "flow_update", "data": {}}])
+        assert (await recv(ws))["seq"] == 13, "the connection continues live"
+        await ws.close()

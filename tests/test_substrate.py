@@ -1,0 +1,161 @@
+"""The shard substrate: batching, activation, turns, placement and race-safe shard creation."""
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+
+import pytest
+
+from actors.activation import ActivationTable
+from actors.batching import Batcher, ShardedBatcher
+from actors.shards import NAMESPACE, get_or_create, kill_all, shard_for, shard_name
+from actors.turns import TenantTurns
+
+
+async def test_batcher_coalesces_concurrent_submits():
+    calls = []
+
+    async def flush(items):
+        calls.append(list(items))
+        await asyncio.sleep(0.01)
+        return [i * 2 for i in items]
+
+    batcher = Batcher(flush)
+    first = asyncio.create_task(batcher.submit(0))
+    await asyncio.sleep(0.001)
+    assert calls == [[0]], "an item leaves at once when nothing is in flight"
+    rest = await asyncio.gather(*(batcher.submit(i) for i in range(1, 100)))
+    assert [await first, *rest] == [i * 2 for i in range(100)]
+    assert len(calls) == 2 and calls[1] == list(range(1, 100)), "what came meanwhile went together"
+
+
+async def test_batcher_errors_per_item_and_per_flush():
+    async def flush(items):
+        if "boom" in items:
+            raise RuntimeError("flush failed")
+        return [ValueError(i) if i == "bad" else i.upper() for i in items]
+
+    batcher = Batcher(flush)
+    assert await batcher.submit("ok") == "OK"
+    with pytest.raises(ValueError):
+        await batcher.submit("bad")
+    with pytest.raises(RuntimeError):
+        await batcher.submit("boom")
+    assert await batcher.submit_many(["a", "b"]) == ["A", "B"], "a failed flush does not stop the batcher"
+
+
+async def test_batcher_respects_max_batch_and_result_count():
+    sizes = []
+
+    async def flush(items):
+        sizes.append(len(items))
+        await asyncio.sleep(0)
+        return items
+
+    batcher = Batcher(flush, max_batch=10, linger=0.001)
+    await asyncio.gather(*(batcher.submit(i) for i in range(35)))
+    assert max(sizes) <= 10 and sum(sizes) == 35
+
+    async def short(items):
+        return items[:-1]
+
+    with pytest.raises(RuntimeError, match="results"):
+        await Batcher(short).submit(1)
+
+
+async def test_sharded_batcher_makes_one_call_per_shard():
+    calls = collections.Counter()
+
+    def flush_for(shard):
+        async def flush(items):
+            calls[shard] += 1
+            await asyncio.sleep(0.01)
+            return [(shard, i) for i in items]
+
+        return flush
+
+    sharded = ShardedBatcher(flush_for)
+    results = await asyncio.gather(*(sharded.submit(i % 3, i) for i in range(60)))
+    assert results == [(i % 3, i) for i in range(60)]
+    assert all(n <= 2 for n in calls.values())
+
+
+async def test_activation_loads_missing_together_and_evicts():
+    now = [0.0]
+    loads = []
+
+    async def loader(tenants):
+        loads.append(sorted(tenants))
+        return {t: {"tenant": t} for t in tenants}
+
+    table = ActivationTable(loader, idle_seconds=10, max_tenants=3, clock=lambda: now[0])
+    found = await table.activate(["a", "b", "a"])
+    assert found == {"a": {"tenant": "a"}, "b": {"tenant": "b"}} and loads == [["a", "b"]]
+    await table.activate(["a"])
+    assert loads == [["a", "b"]], "active tenants are not reloaded"
+    await table.activate(["c", "d"])
+    assert "b" not in table and "a" in table and len(table) == 3, "least recently used leaves first"
+    now[0] = 11
+    await table.activate(["e"])
+    assert list(table._states) == ["e"] and table.evictions == 4
+    assert table.peek("a") is None
+
+
+async def test_turns_serialise_a_tenant_but_not_others():
+    turns = TenantTurns()
+    order = []
+
+    async def op(tenant, name, delay):
+        async with turns.turn(tenant):
+            order.append(f"{name}+")
+            await asyncio.sleep(delay)
+            order.append(f"{name}-")
+
+    await asyncio.gather(op("a", "a1", 0.05), op("a", "a2", 0.0), op("b", "b1", 0.01))
+    assert order.index("a1-") < order.index("a2+"), "same tenant: one at a time"
+    assert order.index("b1+") < order.index("a1-"), "other tenants proceed meanwhile"
+    assert turns.active() == 0
+
+
+def test_rendezvous_is_stable_uniform_and_moves_little():
+    tenants = [f"tenant-{i}" for i in range(4000)]
+    four = {t: shard_for(t, 4) for t in tenants}
+    assert four == {t: shard_for(t, 4) for t in tenants}
+    counts = collections.Counter(four.values())
+    assert min(counts.values()) > 800
+    five = {t: shard_for(t, 5) for t in tenants}
+    moved = [t for t in tenants if four[t] != five[t]]
+    assert all(five[t] == 4 for t in moved), "growing only moves tenants to the new shard"
+    assert 0.1 < len(moved) / len(tenants) < 0.3
+    with pytest.raises(ValueError):
+        shard_for("t", 0)
+
+
+def test_get_or_create_is_safe_under_racing_creators(ray_session):
+    ray = ray_session
+
+    @ray.remote(num_cpus=0)
+    class Probe:
+        def __init__(self):
+            import uuid
+
+            self.id = uuid.uuid4().hex
+
+        def ident(self):
+            return self.id
+
+    handles = []
+
+    def create():
+        handles.append(get_or_create(Probe, "race-probe", 0))
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    idents = {ray.get(h.ident.remote()) for h in handles}
+    assert len(idents) == 1, "every racer got the same actor"
+    assert ray.get_actor(shard_name("race-probe", 0), namespace=NAMESPACE)
+    assert kill_all("race-probe", 2) == 1
