@@ -65,7 +65,7 @@ class EventHubCore:
         self.tenants: ActivationTable[TenantLog] = ActivationTable(
             self._load, idle_seconds=options.idle_seconds, max_tenants=options.max_tenants
         )
-        self._commits: Batcher[AppendRequest, list[int]] = Batcher(self._commit)
+        self._commits: Batcher[AppendRequest, list[Event]] = Batcher(self._commit)
         self._wake = asyncio.Event()
         self._presence: dict[str, tuple[float, dict[str, dict[str, int]]]] = {}
         self._trims: set[asyncio.Task] = set()
@@ -79,24 +79,24 @@ class EventHubCore:
         }
 
     # -- append -----------------------------------------------------------------------------------
-    async def append(self, requests: list[AppendRequest]) -> list[list[int]]:
-        """Append each request's events to its tenant's log; returns their seqs once committed."""
+    async def append(self, requests: list[AppendRequest]) -> list[list[Event]]:
+        """Append each request's events to its tenant's log; returns them, sequenced, once committed."""
         return await self._commits.submit_many(requests)
 
-    async def _commit(self, requests: list[AppendRequest]) -> list[list[int]]:
+    async def _commit(self, requests: list[AppendRequest]) -> list[list[Event]]:
         logs = await self.tenants.activate(tenant for tenant, _ in requests)
         heads = {tenant: log.head for tenant, log in logs.items()}
         now = self.clock()
         events: list[Event] = []
-        results: list[list[int]] = []
+        results: list[list[Event]] = []
         for tenant, items in requests:
             log = logs[tenant]
-            seqs = []
+            sequenced = []
             for item in items:
                 log.head += 1
-                seqs.append(log.head)
-                events.append(Event(tenant, log.head, item["type"], item.get("flow_id"), item.get("data") or {}, now))
-            results.append(seqs)
+                sequenced.append(Event(tenant, log.head, item["type"], item.get("flow_id"), item.get("data") or {}, now))
+            events += sequenced
+            results.append(sequenced)
         try:
             await self.store.append(events)
         except BaseException:
@@ -249,7 +249,7 @@ class EventHub:
         self.engine = create_engine(database_url)
         self.core = EventHubCore(EventStore(self.engine), options)
 
-    async def append(self, requests: list[AppendRequest]) -> list[list[int]]:
+    async def append(self, requests: list[AppendRequest]) -> list[list[Event]]:
         return await self.core.append(requests)
 
     async def heads(self, tenants: list[str]) -> dict[str, int]:

@@ -17,6 +17,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from actors.batching import ShardedBatcher
 from actors.event_hub import KIND, EventHub, EventIn, HubOptions
 from actors.shards import get_or_create, shard_for
+from storage.events import Event
 
 log = logging.getLogger("raytenant.event_hub_client")
 T = TypeVar("T")
@@ -75,9 +76,13 @@ class EventHubClient:
     # -- appends ----------------------------------------------------------------------------------
     async def append(self, tenant: str, events: list[EventIn]) -> list[int]:
         """Durably append a tenant's events; returns their seqs. Raises HubUnavailable."""
+        return [event.seq for event in await self.append_events(tenant, events)]
+
+    async def append_events(self, tenant: str, events: list[EventIn]) -> list[Event]:
+        """Like append, but returns the stored events (seq and timestamp assigned)."""
         return await self._appends.submit(self.shard_of(tenant), (tenant, events))
 
-    async def _append_flush(self, shard: int, requests: list[tuple[str, list[EventIn]]]) -> list[list[int]]:
+    async def _append_flush(self, shard: int, requests: list[tuple[str, list[EventIn]]]) -> list[list[Event]]:
         try:
             return await self.handle(shard).append.remote(requests)
         except RayActorError as error:

@@ -58,6 +58,8 @@ class Tokens:
         self._operator_token = operator_token
         self._secret = jwt_secret or derive_secret(operator_token)
         self.default_ttl = default_ttl
+        self.cache_size = 10_000
+        self._verified: dict[str, Claims] = {}
 
     def is_operator(self, token: str | None) -> bool:
         return bool(token) and hmac.compare_digest(token.encode(), self._operator_token.encode())
@@ -83,8 +85,23 @@ class Tokens:
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM), exp
 
     def verify(self, token: str | None) -> Claims:
+        """The token's claims. Verified tokens are cached until they expire: a busy client sends
+        the same token with every request, and checking the signature each time costs more than
+        the rest of a small request."""
         if not token:
             raise AuthError("missing_token", "a bearer token is required")
+        cached = self._verified.get(token)
+        if cached is not None:
+            if cached.exp > time.time():
+                return cached
+            del self._verified[token]
+        claims = self._verify(token)
+        if len(self._verified) >= self.cache_size:
+            self._verified.pop(next(iter(self._verified)))
+        self._verified[token] = claims
+        return claims
+
+    def _verify(self, token: str) -> Claims:
         try:
             claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM], options={"require": ["exp", "tenant"]})
         except jwt.ExpiredSignatureError as error:

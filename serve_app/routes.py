@@ -91,10 +91,11 @@ async def publish_events(request: Request) -> JSONResponse:
     runtime = runtime_of(request)
     events = _validate_events(await read_json(request), runtime.settings.max_events_per_request)
     try:
-        seqs = await runtime.hub.append(claims.tenant, events)
+        stored = await runtime.hub.append_events(claims.tenant, events)
     except HubUnavailable as error:
         raise ApiError(503, "stream_unavailable", "the event stream is unavailable; nothing was published") from error
-    return JSONResponse({"seqs": seqs}, status_code=201)
+    runtime.router.dispatch_local(claims.tenant, stored)
+    return JSONResponse({"seqs": [event.seq for event in stored]}, status_code=201)
 
 
 async def replay_events(request: Request) -> JSONResponse:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -119,10 +120,19 @@ class TenantFeed:
 class StreamRouter:
     """The replica's sockets and the hub polls that feed them. `hub` is an EventHubClient."""
 
-    def __init__(self, hub: Any, replica_id: str, *, poll_timeout: float = 10.0, presence_interval: float = 2.0):
+    def __init__(
+        self,
+        hub: Any,
+        replica_id: str,
+        *,
+        poll_timeout: float = 10.0,
+        poll_interval: float = 0.01,
+        presence_interval: float = 2.0,
+    ):
         self.hub = hub
         self.replica_id = replica_id
         self.poll_timeout = poll_timeout
+        self.poll_interval = poll_interval
         self.presence_interval = presence_interval
         self.feeds: dict[str, TenantFeed] = {}
         self.connections: dict[str, Connection] = {}
@@ -184,6 +194,7 @@ class StreamRouter:
             if not cursors:
                 self._pollers.pop(shard, None)
                 return
+            started = time.monotonic()
             try:
                 result = await self.hub.poll(shard, cursors, self.poll_timeout, self._poll_id(shard))
             except asyncio.CancelledError:
@@ -194,6 +205,22 @@ class StreamRouter:
                 continue
             for tenant, events in result["events"].items():
                 self.dispatch(tenant, events)
+            # Pace the polls: under load every commit would otherwise cost a poll round trip per
+            # shard. Events this replica publishes go out at once (dispatch_local); events from
+            # other writers wait at most poll_interval longer.
+            pause = self.poll_interval - (time.monotonic() - started)
+            if pause > 0:
+                await asyncio.sleep(pause)
+
+    def dispatch_local(self, tenant: str, events: list[Event]) -> None:
+        """Deliver events this replica just appended without waiting for the hub poll to echo them.
+
+        Only when they directly follow what the feed has delivered: otherwise another writer's
+        events come first, and the poll delivers everything in order (the echo is deduplicated).
+        """
+        feed = self.feeds.get(tenant)
+        if feed and events and events[0].seq == feed.cursor + 1:
+            self.dispatch(tenant, events)
 
     def dispatch(self, tenant: str, events: list[Event]) -> None:
         """Fan one tenant's events out to its connections on this replica, in seq order."""

@@ -24,14 +24,16 @@ def ev(i: int, flow: str | None = "f", kind: str = "flow_update") -> dict:
 async def test_seqs_are_per_tenant_and_gap_free(store, tenant):
     hub = EventHubCore(store)
     a, b = tenant + "a", tenant + "b"
-    assert await hub.append([(a, [ev(0), ev(1)]), (b, [ev(2)]), (a, [ev(3)])]) == [[1, 2], [1], [3]]
+    stored = await hub.append([(a, [ev(0), ev(1)]), (b, [ev(2)]), (a, [ev(3)])])
+    assert [[e.seq for e in events] for events in stored] == [[1, 2], [1], [3]]
+    assert stored[0][1].tenant == a and stored[0][1].data == {"i": 1} and stored[0][1].ts > 0
     assert await hub.heads([a, b, tenant + "none"]) == {a: 3, b: 1, tenant + "none": 0}
 
 
 async def test_concurrent_appends_share_commits(store, tenant):
     hub = EventHubCore(store)
     results = await asyncio.gather(*(hub.append([(tenant, [ev(i)])]) for i in range(200)))
-    assert sorted(r[0][0] for r in results) == list(range(1, 201))
+    assert sorted(r[0][0].seq for r in results) == list(range(1, 201))
     assert hub.stats()["commits"] < 200
     page = await hub.read(tenant, 0, limit=1000)
     assert [e.seq for e in page["events"]] == list(range(1, 201))
@@ -64,7 +66,7 @@ async def test_restart_continues_from_storage(store, tenant):
     first = EventHubCore(store)
     await first.append([(tenant, [ev(0), ev(1)])])
     second = EventHubCore(store)
-    assert await second.append([(tenant, [ev(2)])]) == [[3]]
+    assert [e.seq for e in (await second.append([(tenant, [ev(2)])]))[0]] == [3]
     assert [e.data["i"] for e in (await second.read(tenant, 0))["events"]] == [0, 1, 2]
 
 
@@ -80,7 +82,7 @@ async def test_failed_commit_acknowledges_nothing_and_reuses_seqs(store, tenant)
     with pytest.raises(ConnectionError):
         await hub.append([(tenant, [ev(1), ev(2)])])
     store.append = real_append
-    assert await hub.append([(tenant, [ev(3)])]) == [[2]]
+    assert [e.seq for e in (await hub.append([(tenant, [ev(3)])]))[0]] == [2]
     assert [e.data["i"] for e in (await hub.read(tenant, 0))["events"]] == [0, 3]
 
 
@@ -128,7 +130,7 @@ async def test_idle_tenants_are_evicted_and_reactivated(store, tenant):
     for i in range(4):
         await hub.append([(f"{tenant}-{i}", [ev(i)])])
     assert len(hub.tenants) == 2 and hub.tenants.evictions == 2
-    assert await hub.append([(f"{tenant}-0", [ev(9)])]) == [[2]]
+    assert [e.seq for e in (await hub.append([(f"{tenant}-0", [ev(9)])]))[0]] == [2]
 
 
 def test_tenant_log_window_bounds():

@@ -1,0 +1,102 @@
+"""Shared bench plumbing: a service under test (Ray Serve or the baseline), timing and output."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+OPERATOR = "bench-operator-" + uuid.uuid4().hex[:8]
+
+
+def emit(record: dict[str, Any]) -> None:
+    """One machine-readable JSON line per figure."""
+    print(json.dumps(record), flush=True)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"port {port} did not open")
+
+
+@contextmanager
+def baseline_server() -> Iterator[str]:
+    """The single-process uvicorn broadcaster, in its own process like a real server."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.baseline_broadcaster", str(port), OPERATOR], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
+    try:
+        wait_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def bench_database(explicit: str | None) -> str:
+    """The database for the shipped path: --database-url, else a fresh PostgreSQL database, else SQLite."""
+    if explicit:
+        return explicit
+    try:
+        import asyncpg
+
+        async def create() -> None:
+            conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test", timeout=3)
+            await conn.execute('DROP DATABASE IF EXISTS "raytenant_bench" WITH (FORCE)')
+            await conn.execute('CREATE DATABASE "raytenant_bench"')
+            await conn.close()
+
+        asyncio.run(create())
+        return "postgresql+asyncpg://postgres@127.0.0.1:5432/raytenant_bench"
+    except Exception:
+        path = Path("/tmp") / f"raytenant-bench-{uuid.uuid4().hex[:6]}.db"
+        return f"sqlite+aiosqlite:///{path}"
+
+
+@contextmanager
+def raytenant_service(database_url: str, *, port: int = 8000, shards: int = 1, direct: bool = True) -> Iterator[list[str]]:
+    """Ray + Serve with raytenant deployed; yields [direct URL, proxy URL] (or [proxy URL])."""
+    from serve_app.launcher import configure_environment
+
+    configure_environment(direct_ingress=direct)
+    from storage.migrate import upgrade
+
+    upgrade(database_url)
+    import ray
+    from ray import serve
+
+    from serve_app.launcher import deploy, start_ray
+
+    start_ray(num_cpus=2, dashboard=False)
+    try:
+        yield deploy({"database_url": database_url, "operator_token": OPERATOR, "hub_shards": shards}, port=port)
+    finally:
+        serve.shutdown()
+        ray.shutdown()

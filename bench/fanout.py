@@ -1,0 +1,200 @@
+"""Fan-out benchmark: C WebSocket connections over T tenants, events published over HTTP at a fixed
+offered rate, publish-to-receive latency, lost and duplicated counts.
+
+Runs, in one process and one run, the shipped path (Ray Serve direct ingress -> EventHub actors ->
+database), the same deployment through the Serve proxy, and the single-process uvicorn broadcaster
+the project replaces (bench/baseline_broadcaster.py); prints one JSON line per run and the p99
+ratio against the baseline at each connection count.
+
+    python -m bench.fanout                     # 100 and 1000 connections at 500 events/s
+    python -m bench.fanout --connections 1000 --rate 500 --duration 10 --paths direct,baseline
+
+Targets only loopback; every loop is bounded by --duration and a drain timeout.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import uuid
+from collections import defaultdict
+
+import aiohttp
+import websockets
+
+from bench.common import OPERATOR, baseline_server, bench_database, emit, percentile, raytenant_service
+from serve_app.auth import Tokens
+
+STREAM = {"flow_update"}
+
+
+class Subscriber:
+    def __init__(self, tenant: str) -> None:
+        self.tenant = tenant
+        self.seqs: list[int] = []
+        self.latencies: list[float] = []
+        self.last_at = 0.0
+
+    async def run(self, ws) -> None:
+        try:
+            async for raw in ws:
+                now = time.time()
+                message = json.loads(raw)
+                if message.get("type") in STREAM:
+                    self.seqs.append(message["seq"])
+                    self.latencies.append((now - message["data"]["sent_at"]) * 1000)
+                    self.last_at = now
+        except websockets.ConnectionClosed:
+            pass
+
+
+async def open_sockets(ws_url: str, tokens: Tokens, tenants: list[str], count: int):
+    subs, sockets, readers = [], [], []
+    for start in range(0, count, 50):
+        chunk = range(start, min(count, start + 50))
+        opened = await asyncio.gather(
+            *(
+                websockets.connect(f"{ws_url}?flow_id=f&token={tokens.mint(tenants[i % len(tenants)])[0]}", max_queue=None, compression=None)
+                for i in chunk
+            )
+        )
+        for i, ws in zip(chunk, opened):
+            first = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            assert first["type"] == "connection_established", first
+            sub = Subscriber(tenants[i % len(tenants)])
+            subs.append(sub)
+            sockets.append(ws)
+            readers.append(asyncio.create_task(sub.run(ws)))
+    return subs, sockets, readers
+
+
+async def run_fanout(label: str, base_url: str, connections: int, tenant_count: int, rate: int, duration: float) -> dict:
+    tokens = Tokens(OPERATOR)
+    run_id = uuid.uuid4().hex[:6]
+    tenants = [f"bench-{run_id}-{i}" for i in range(tenant_count)]
+    ws_url = base_url.replace("http", "ws", 1) + "/v1/ws"
+    subs, sockets, readers = await open_sockets(ws_url, tokens, tenants, connections)
+    await asyncio.sleep(1.0)  # let subscriptions settle (the proxy path confirms late)
+    auth = {t: {"Authorization": f"Bearer {tokens.mint(t)[0]}"} for t in tenants}
+    published: dict[str, list[int]] = defaultdict(list)
+    errors = 0
+    post_ms: list[float] = []
+    total = int(rate * duration)
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=500)) as session:
+
+        async def post(k: int) -> None:
+            nonlocal errors
+            tenant = tenants[k % tenant_count]
+            sent = time.time()
+            body = {"type": "flow_update", "flow_id": "f", "data": {"sent_at": sent, "k": k}}
+            try:
+                async with session.post(f"{base_url}/v1/events", json=body, headers=auth[tenant]) as response:
+                    if response.status == 201:
+                        published[tenant] += (await response.json())["seqs"]
+                        post_ms.append((time.time() - sent) * 1000)
+                    else:
+                        errors += 1
+            except aiohttp.ClientError:
+                errors += 1
+
+        started = time.time()
+        tasks = []
+        for k in range(total):  # fixed offered rate: each publish starts on schedule
+            delay = started + k / rate - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(post(k)))
+        await asyncio.gather(*tasks)
+
+    expected = sum(len(published[s.tenant]) for s in subs)
+    deadline = time.time() + 15
+    while time.time() < deadline and sum(len(s.seqs) for s in subs) < expected:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)  # catch duplicates that would arrive late
+    for ws in sockets:
+        await ws.close()
+    for reader in readers:
+        reader.cancel()
+
+    lost = dup = delivered = 0
+    latencies: list[float] = []
+    for sub in subs:
+        got = set(sub.seqs)
+        lost += len(set(published[sub.tenant]) - got)
+        dup += len(sub.seqs) - len(got)
+        delivered += len(sub.seqs)
+        latencies += sub.latencies
+    finished = max((s.last_at for s in subs), default=time.time())
+    return {
+        "bench": "fanout",
+        "path": label,
+        "connections": connections,
+        "tenants": tenant_count,
+        "offered_events_per_s": rate,
+        "published": sum(len(v) for v in published.values()),
+        "publish_errors": errors,
+        "delivered": delivered,
+        "delivered_per_s": round(delivered / max(1e-9, finished - started), 1),
+        "p50_ms": round(percentile(latencies, 0.50) or 0, 2),
+        "p99_ms": round(percentile(latencies, 0.99) or 0, 2),
+        "lost": lost,
+        "duplicated": dup,
+        "publish_p50_ms": round(percentile(post_ms, 0.50) or 0, 2),
+        "publish_p99_ms": round(percentile(post_ms, 0.99) or 0, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--connections", default="100,1000")
+    parser.add_argument("--tenants-per-10", type=int, default=1, help="tenants = connections / 10 * this")
+    parser.add_argument("--rate", type=int, default=500, help="events/s offered")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of publishing per run")
+    parser.add_argument("--paths", default="baseline,direct,proxy")
+    parser.add_argument("--database-url")
+    args = parser.parse_args()
+    counts = [int(c) for c in args.connections.split(",")]
+    paths = args.paths.split(",")
+    results: dict[tuple[str, int], dict] = {}
+
+    def run(label: str, url: str, c: int) -> None:
+        tenants = max(1, c // 10 * args.tenants_per_10)
+        results[(label, c)] = asyncio.run(run_fanout(label, url, c, tenants, args.rate, args.duration))
+        emit(results[(label, c)])
+
+    if "baseline" in paths:
+        with baseline_server() as url:
+            for c in counts:
+                run("baseline", url, c)
+    if "direct" in paths or "proxy" in paths:
+        database = bench_database(args.database_url)
+        with raytenant_service(database) as urls:
+            for c in counts:
+                if "direct" in paths and len(urls) > 1:
+                    run("direct", urls[0], c)
+                if "proxy" in paths:
+                    run("proxy", urls[-1], c)
+    for c in counts:
+        base = results.get(("baseline", c))
+        for label in ("direct", "proxy"):
+            mine = results.get((label, c))
+            if base and mine and base["p99_ms"]:
+                emit(
+                    {
+                        "bench": "fanout_ratio",
+                        "path": label,
+                        "connections": c,
+                        "offered_events_per_s": args.rate,
+                        "p99_ratio_vs_baseline": round(mine["p99_ms"] / base["p99_ms"], 2),
+                        "delivered_ratio_vs_baseline": round(mine["delivered_per_s"] / max(1e-9, base["delivered_per_s"]), 2),
+                        "target_p99_ratio": 3.0,
+                        "lost": mine["lost"],
+                        "duplicated": mine["duplicated"],
+                    }
+                )
+
+
+if __name__ == "__main__":
+    main()
