@@ -146,7 +146,7 @@ def parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run locally: Ray, Serve and the embedded SQLite database")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000, help="the Serve proxy port")
-    run.add_argument("--shards", type=int, default=int(os.environ.get("RAYTENANT_HUB_SHARDS", 2)))
+    run.add_argument("--shards", type=int, default=int(os.environ.get("RAYTENANT_HUB_SHARDS", 1)))
     run.add_argument("--replicas", type=int, default=1, help="ingress replicas")
     run.add_argument("--num-cpus", type=int, default=None)
     run.add_argument("--proxy", action="store_true", help="serve through the Serve proxy instead of direct ingress")

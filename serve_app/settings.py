@@ -17,7 +17,7 @@ class Settings:
     database_url: str
     operator_token: str
     jwt_secret: str = ""  # empty: derived from the operator token
-    hub_shards: int = 2
+    hub_shards: int = 1  # one shard measured fastest on a 2-core machine; clusters set more
     actor_prefix: str = ""  # lets several deployments (or test databases) share one Ray cluster
     hub_window: int = 1_000
     hub_retention: int = 100_000
@@ -34,7 +34,7 @@ class Settings:
             "database_url": database_url(),
             "operator_token": os.environ.get("RAYTENANT_OPERATOR_TOKEN", ""),
             "jwt_secret": os.environ.get("RAYTENANT_JWT_SECRET", ""),
-            "hub_shards": _env_int("RAYTENANT_HUB_SHARDS", 2),
+            "hub_shards": _env_int("RAYTENANT_HUB_SHARDS", 1),
             "hub_retention": _env_int("RAYTENANT_EVENT_RETENTION", 100_000),
             "send_queue_size": _env_int("RAYTENANT_SEND_QUEUE", 1_000),
         }

@@ -87,7 +87,12 @@ def tenant() -> str:
 
 
 def settings_for(db_url: str, backend: str, **overrides: Any) -> Settings:
-    values = {"database_url": db_url, "operator_token": OPERATOR_TOKEN, "actor_prefix": f"test-{backend}-"}
+    values = {
+        "database_url": db_url,
+        "operator_token": OPERATOR_TOKEN,
+        "actor_prefix": f"test-{backend}-",
+        "hub_shards": 2,  # exercise routing across shards
+    }
     return Settings.from_env(**{**values, **overrides})
 
 
