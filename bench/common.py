@@ -46,18 +46,23 @@ def wait_port(port: int, timeout: float = 30) -> None:
 
 
 @contextmanager
-def baseline_server() -> Iterator[str]:
-    """The single-process uvicorn broadcaster, in its own process like a real server."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.baseline_broadcaster", str(port), OPERATOR], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
-    )
+def server_process(args: list[str], port: int) -> Iterator[str]:
+    """Run `python <args>` as a server on `port` until the block ends; yields its base URL."""
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         wait_port(port)
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@contextmanager
+def baseline_server() -> Iterator[str]:
+    """The single-process uvicorn broadcaster, in its own process like a real server."""
+    port = free_port()
+    with server_process(["-m", "bench.baseline_broadcaster", str(port), OPERATOR], port) as url:
+        yield url
 
 
 def bench_database(explicit: str | None) -> str:

@@ -11,9 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -21,7 +18,7 @@ from typing import Iterator
 import aiohttp
 import websockets
 
-from bench.common import OPERATOR, ROOT, bench_database, emit, free_port, percentile, raytenant_service, wait_port
+from bench.common import OPERATOR, bench_database, emit, free_port, percentile, raytenant_service, server_process
 from serve_app.auth import Tokens
 
 
@@ -39,13 +36,8 @@ def plain_uvicorn(database_url: str) -> Iterator[str]:
         f"app=create_app(Runtime(Settings(database_url='{database_url}', operator_token='{OPERATOR}', hub_shards=1)));"
         f"uvicorn.run(app, host='127.0.0.1', port={port}, log_level='warning')"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
-        wait_port(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with server_process(["-c", code], port) as url:
+        yield url
 
 
 async def http_rate(base: str, seconds: float, concurrency: int) -> dict:
