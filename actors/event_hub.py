@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ import ray
 
 from actors.activation import ActivationTable
 from actors.batching import Batcher
+from actors.channel import ChannelServer
 from storage.engine import create_engine
 from storage.events import Event, EventStore
 
@@ -241,13 +244,53 @@ class EventHubCore:
         }
 
 
+def wire_events(events: list[Event]) -> list[list[Any]]:
+    return [event.to_wire() for event in events]
+
+
+def unwire_events(wire: list[list[Any]]) -> list[Event]:
+    return [Event.from_wire(item) for item in wire]
+
+
+def channel_host() -> str:
+    """Where the hub's channel listens: 127.0.0.1 by default; "node" means this Ray node's address
+    (what a multi-node cluster needs; set RAYTENANT_CHANNEL_HOST=node in cluster.yaml)."""
+    host = os.environ.get("RAYTENANT_CHANNEL_HOST", "127.0.0.1")
+    return ray.util.get_node_ip_address() if host == "node" else host
+
+
 @ray.remote(num_cpus=0, max_concurrency=10_000)
 class EventHub:
-    """Ray shell around EventHubCore: one shard, its own engine, its own event loop."""
+    """Ray shell around EventHubCore: one shard, its own engine, its own event loop.
+
+    The latency-path calls (append, poll, read, heads) are also served on a direct channel
+    (actors/channel.py); they run the same core methods in the same event loop.
+    """
 
     def __init__(self, database_url: str, options: HubOptions = HubOptions()) -> None:
         self.engine = create_engine(database_url)
         self.core = EventHubCore(EventStore(self.engine), options)
+        self._secret = secrets.token_hex(16)
+        self.channel = ChannelServer(
+            {"append": self._wire_append, "poll": self._wire_poll, "read": self._wire_read, "heads": self.core.heads},
+            self._secret,
+        )
+
+    async def channel_address(self) -> tuple[str, int, str]:
+        host, port = await self.channel.start(channel_host())
+        return host, port, self._secret
+
+    async def _wire_append(self, requests: list[list[Any]]) -> list[list[list[Any]]]:
+        stored = await self.core.append([(tenant, items) for tenant, items in requests])
+        return [wire_events(events) for events in stored]
+
+    async def _wire_poll(self, cursors: dict[str, int], timeout: float, poll_id: str | None) -> dict[str, Any]:
+        result = await self.core.poll(cursors, timeout, poll_id)
+        return {**result, "events": {t: wire_events(e) for t, e in result["events"].items()}}
+
+    async def _wire_read(self, tenant: str, after: int, flow_ids: list[str] | None, limit: int | None) -> dict[str, Any]:
+        result = await self.core.read(tenant, after, flow_ids=flow_ids, limit=limit)
+        return {**result, "events": wire_events(result["events"])}
 
     async def append(self, requests: list[AppendRequest]) -> list[list[Event]]:
         return await self.core.append(requests)

@@ -1,8 +1,11 @@
-"""Caller side of the EventHub shards: placement, coalescing, retries.
+"""Caller side of the EventHub shards: placement, coalescing, the direct channel, retries.
 
-Concurrent appends and head lookups for tenants of the same shard leave as one actor call (see
-actors.batching). Reads and polls are retried while a shard restarts; appends are not, because an
-append whose reply was lost may have committed, and a blind retry would publish it twice.
+Concurrent appends and head lookups for tenants of the same shard leave as one call (see
+actors.batching). The latency-path calls go over the shard's direct channel when it is enabled
+(actors/channel.py), else as Ray actor calls; both reach the same core methods.
+
+Reads and polls are retried while a shard restarts; appends are not, because an append whose reply
+was lost may have committed, and a blind retry would publish it twice.
 """
 from __future__ import annotations
 
@@ -11,16 +14,25 @@ import logging
 from functools import partial
 from typing import Any, Awaitable, Callable, TypeVar
 
-import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from actors.batching import ShardedBatcher
-from actors.event_hub import KIND, EventHub, EventIn, HubOptions
+from actors.channel import ChannelClient, ChannelError
+from actors.event_hub import KIND, EventHub, EventIn, HubOptions, unwire_events
 from actors.shards import get_or_create, shard_for
 from storage.events import Event
 
 log = logging.getLogger("raytenant.event_hub_client")
 T = TypeVar("T")
+UNAVAILABLE = (RayActorError, GetTimeoutError, ChannelError, OSError, asyncio.TimeoutError)
+
+# How each latency-path call's channel reply becomes what the Ray call would have returned.
+_DECODE: dict[str, Callable[[Any], Any]] = {
+    "append": lambda raw: [unwire_events(events) for events in raw],
+    "poll": lambda raw: {**raw, "events": {t: unwire_events(e) for t, e in raw["events"].items()}},
+    "read": lambda raw: {**raw, "events": unwire_events(raw["events"])},
+    "heads": lambda raw: raw,
+}
 
 
 class HubUnavailable(RuntimeError):
@@ -35,14 +47,20 @@ class EventHubClient:
         options: HubOptions = HubOptions(),
         *,
         kind: str = KIND,
+        use_channel: bool = True,
         retry_seconds: float = 30.0,
+        call_timeout: float = 30.0,
     ) -> None:
         self.database_url = database_url
-        self.kind = kind
         self.shards = shards
         self.options = options
+        self.kind = kind
+        self.use_channel = use_channel
         self.retry_seconds = retry_seconds
+        self.call_timeout = call_timeout
         self._handles: dict[int, Any] = {}
+        self._channels: dict[int, ChannelClient] = {}
+        self._channel_locks: dict[int, asyncio.Lock] = {}
         self._appends = ShardedBatcher(lambda shard: partial(self._append_flush, shard))
         self._heads = ShardedBatcher(lambda shard: partial(self._heads_flush, shard))
 
@@ -61,12 +79,32 @@ class EventHubClient:
         """Create every shard (idempotent across replicas) and wait until each answers."""
         await asyncio.gather(*(self.handle(s).ready.remote() for s in range(self.shards)))
 
+    async def _channel(self, shard: int) -> ChannelClient:
+        channel = self._channels.get(shard)
+        if channel is not None and not channel.closed:
+            return channel
+        lock = self._channel_locks.setdefault(shard, asyncio.Lock())
+        async with lock:
+            channel = self._channels.get(shard)
+            if channel is None or channel.closed:
+                host, port, secret = await self.handle(shard).channel_address.remote()
+                channel = self._channels[shard] = await ChannelClient(host, port, secret).connect()
+        return channel
+
+    async def _call(self, shard: int, method: str, *args: Any, timeout: float | None = None) -> Any:
+        """One latency-path call, over the channel when enabled, else as a Ray actor call."""
+        if not self.use_channel:
+            return await getattr(self.handle(shard), method).remote(*args)
+        channel = await self._channel(shard)
+        raw = await asyncio.wait_for(channel.call(method, *args), timeout or self.call_timeout)
+        return _DECODE[method](raw)
+
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         delay, waited = 0.05, 0.0
         while True:
             try:
                 return await call()
-            except (RayActorError, GetTimeoutError) as error:
+            except UNAVAILABLE as error:
                 if waited >= self.retry_seconds:
                     raise HubUnavailable(str(error)) from error
                 await asyncio.sleep(delay)
@@ -84,8 +122,8 @@ class EventHubClient:
 
     async def _append_flush(self, shard: int, requests: list[tuple[str, list[EventIn]]]) -> list[list[Event]]:
         try:
-            return await self.handle(shard).append.remote(requests)
-        except RayActorError as error:
+            return await self._call(shard, "append", requests)
+        except UNAVAILABLE as error:
             raise HubUnavailable(f"event hub shard {shard} unavailable: {error}") from error
 
     # -- reads ------------------------------------------------------------------------------------
@@ -93,19 +131,21 @@ class EventHubClient:
         return await self._heads.submit(self.shard_of(tenant), tenant)
 
     async def _heads_flush(self, shard: int, tenants: list[str]) -> list[int]:
-        heads = await self._retrying(lambda: self.handle(shard).heads.remote(tenants))
+        heads = await self._retrying(lambda: self._call(shard, "heads", tenants))
         return [heads[t] for t in tenants]
 
     async def read(
         self, tenant: str, after: int, *, flow_ids: list[str] | None = None, limit: int | None = None
     ) -> dict[str, Any]:
         shard = self.shard_of(tenant)
-        return await self._retrying(lambda: self.handle(shard).read.remote(tenant, after, flow_ids, limit))
+        return await self._retrying(lambda: self._call(shard, "read", tenant, after, flow_ids, limit))
 
     async def poll(
         self, shard: int, cursors: dict[str, int], timeout: float, poll_id: str | None = None
     ) -> dict[str, Any]:
-        return await self._retrying(lambda: self.handle(shard).poll.remote(cursors, timeout, poll_id))
+        return await self._retrying(
+            lambda: self._call(shard, "poll", cursors, timeout, poll_id, timeout=timeout + self.call_timeout)
+        )
 
     async def join(self, shard: int, poll_id: str, cursors: dict[str, int]) -> bool:
         """Add tenants to a waiting poll; best effort (False if it already returned or failed)."""
@@ -131,3 +171,8 @@ class EventHubClient:
 
     async def stats(self) -> list[dict[str, Any]]:
         return await asyncio.gather(*(self.handle(s).stats.remote() for s in range(self.shards)))
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()

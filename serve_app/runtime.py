@@ -20,6 +20,7 @@ class Runtime:
             settings.hub_shards,
             HubOptions(window=settings.hub_window, retention=settings.hub_retention),
             kind=settings.actor_prefix + KIND,
+            use_channel=settings.hub_channel,
         )
         self.router = StreamRouter(self.hub, self.replica_id, poll_timeout=settings.poll_timeout)
 
@@ -28,3 +29,6 @@ class Runtime:
 
     async def stop(self) -> None:
         await self.router.stop()
+        close = getattr(self.hub, "close", None)
+        if close is not None:
+            await close()

@@ -49,4 +49,6 @@ def create_engine(url: str | None = None, *, pool_size: int = 5) -> AsyncEngine:
         engine = create_async_engine(url)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    # No pre-ping: it is a round trip per checkout on the commit path. A connection that died is
+    # invalidated when its statement fails, and that batch is refused (never half-acknowledged).
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600)

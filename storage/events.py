@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import delete, func, insert, select
+import json
+
+from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.models import EventRow
@@ -37,6 +39,15 @@ class Event:
         }
 
 
+    def to_wire(self) -> list[Any]:
+        """Compact JSON form for the hub channel (actors/channel.py)."""
+        return [self.tenant, self.seq, self.type, self.flow_id, self.data, self.ts]
+
+    @classmethod
+    def from_wire(cls, wire: list[Any]) -> "Event":
+        return cls(*wire)
+
+
 @dataclass(frozen=True, slots=True)
 class TenantBounds:
     """The newest seq (0 when the tenant has no events) and the oldest seq still stored."""
@@ -61,15 +72,41 @@ def _from_row(row: Any) -> Event:
     return Event(row.tenant, row.seq, row.type, row.flow_id, row.data, ts.timestamp())
 
 
+# On PostgreSQL a whole batch is one statement over arrays: one round trip, atomic without
+# BEGIN/COMMIT round trips, and one prepared statement whatever the batch size. Profiling the hub
+# showed BEGIN, the insert and COMMIT as three round trips and most of its time per commit.
+_PG_APPEND = text(
+    "INSERT INTO events (tenant, seq, type, flow_id, data, ts) "
+    "SELECT tenant, seq, type, flow_id, CAST(data AS JSONB), ts FROM unnest("
+    "CAST(:tenant AS VARCHAR[]), CAST(:seq AS BIGINT[]), CAST(:type AS VARCHAR[]), "
+    "CAST(:flow_id AS VARCHAR[]), CAST(:data AS TEXT[]), CAST(:ts AS TIMESTAMPTZ[])"
+    ") AS batch(tenant, seq, type, flow_id, data, ts)"
+)
+
+
 class EventStore:
     """Repository for the events table."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._postgres = engine.dialect.name == "postgresql"
 
     async def append(self, events: Sequence[Event]) -> None:
-        """Insert every event in one transaction; a duplicate (tenant, seq) fails the whole batch."""
+        """Insert every event atomically; a duplicate (tenant, seq) fails the whole batch."""
         if not events:
+            return
+        if self._postgres:
+            columns = {
+                "tenant": [e.tenant for e in events],
+                "seq": [e.seq for e in events],
+                "type": [e.type for e in events],
+                "flow_id": [e.flow_id for e in events],
+                "data": [json.dumps(e.data) for e in events],
+                "ts": [datetime.fromtimestamp(e.ts, timezone.utc) for e in events],
+            }
+            async with self.engine.connect() as conn:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.execute(_PG_APPEND, columns)
             return
         async with self.engine.begin() as conn:
             await conn.execute(insert(EventRow), [_to_row(e) for e in events])
