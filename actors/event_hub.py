@@ -24,6 +24,7 @@ import ray
 from actors.activation import ActivationTable
 from actors.batching import Batcher
 from actors.channel import ChannelServer
+from actors.gc_policy import quiet_gc
 from storage.engine import create_engine
 from storage.events import Event, EventStore
 
@@ -275,6 +276,7 @@ class EventHub:
             {"append": self._wire_append, "poll": self._wire_poll, "read": self._wire_read, "heads": self.core.heads},
             self._secret,
         )
+        quiet_gc()
 
     async def channel_address(self) -> tuple[str, int, str]:
         host, port = await self.channel.start(channel_host())

@@ -153,11 +153,17 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=500, help="events/s offered")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of publishing per run")
     parser.add_argument("--paths", default="baseline,direct,proxy")
+    parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds per path first")
     parser.add_argument("--database-url")
     args = parser.parse_args()
     counts = [int(c) for c in args.connections.split(",")]
     paths = args.paths.split(",")
     results: dict[tuple[str, int], dict] = {}
+
+    def warm(url: str) -> None:
+        """Connections, statements and caches warm up before anything is measured."""
+        if args.warmup > 0:
+            asyncio.run(run_fanout("warmup", url, 50, 5, args.rate, args.warmup))
 
     def run(label: str, url: str, c: int) -> None:
         tenants = max(1, c // 10 * args.tenants_per_10)
@@ -166,6 +172,7 @@ def main() -> None:
 
     if "baseline" in paths:
         with baseline_server() as url:
+            warm(url)
             for c in counts:
                 run("baseline", url, c)
     if "direct" in paths or "proxy" in paths:
@@ -175,6 +182,7 @@ def main() -> None:
             # otherwise spill into the next run's measurement.
             for label, url in (("direct", urls[0]), ("proxy", urls[-1])):
                 if label in paths and (label == "proxy" or len(urls) > 1):
+                    warm(url)
                     for c in counts:
                         run(label, url, c)
     for c in counts:

@@ -6,13 +6,13 @@ and actor calls, so it reserves a fraction of a CPU and admits thousands of conc
 """
 from __future__ import annotations
 
-import gc
 import logging
 import os
 from typing import Any
 
 from ray import serve
 
+from actors.gc_policy import quiet_gc
 from serve_app.app import create_app
 from serve_app.runtime import Runtime
 from serve_app.settings import Settings
@@ -27,14 +27,6 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     # A log line per request costs more than the request at thousands per second; errors still log.
     "logging_config": {"enable_access_log": False},
 }
-
-
-def quiet_gc() -> None:
-    """Move start-up objects out of the collector's way: a long-lived server process otherwise pays
-    full collections over Ray's and Serve's object graphs, which shows up as tail latency."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 @serve.deployment(name=DEPLOYMENT_NAME, **DEFAULT_OPTIONS)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, DateTime, String
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, String, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -25,3 +25,67 @@ class EventRow(Base):
     flow_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     data: Mapped[dict] = mapped_column(JSONType)
     ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class UsageRow(Base):
+    """One metered LLM call. Costs are integer nano-dollars (1e-9 USD): sums and budget checks are
+    exact, in SQL and in memory alike."""
+
+    __tablename__ = "llm_usage"
+    __table_args__ = (
+        UniqueConstraint("tenant", "idempotency_key", name="uq_llm_usage_idempotency"),
+        Index("ix_llm_usage_tenant_ts", "tenant", "ts"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    model: Mapped[str] = mapped_column(String(200))
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_nanos: Mapped[int] = mapped_column(BigInteger)
+    agent: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    task: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    flow_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    reservation_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class BudgetRow(Base):
+    """A tenant's budget for one UTC calendar month, with what is used and reserved against it."""
+
+    __tablename__ = "llm_budgets"
+
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)  # YYYY-MM
+    amount_nanos: Mapped[int] = mapped_column(BigInteger)
+    alert_threshold: Mapped[float] = mapped_column(Float)
+    used_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    reserved_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    alert_sent: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ReservationRow(Base):
+    __tablename__ = "llm_reservations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128), index=True)
+    month: Mapped[str] = mapped_column(String(7))
+    model: Mapped[str] = mapped_column(String(200))
+    amount_nanos: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16))  # open | settled | released | expired
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PriceOverrideRow(Base):
+    """A tenant's own price for a model, in USD per token (e.g. a negotiated rate)."""
+
+    __tablename__ = "llm_price_overrides"
+
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    input_per_token: Mapped[float] = mapped_column(Float)
+    output_per_token: Mapped[float] = mapped_column(Float)
+    cached_per_token: Mapped[float | None] = mapped_column(Float, nullable=True)
