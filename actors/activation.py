@@ -23,8 +23,10 @@ class ActivationTable(Generic[S]):
         idle_seconds: float = 600.0,
         max_tenants: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
+        busy: Callable[[str], bool] = lambda tenant: False,
     ) -> None:
         self._loader = loader
+        self._busy = busy  # a busy tenant (uncommitted changes in flight) is never evicted
         self._states: OrderedDict[str, S] = OrderedDict()
         self._last_used: dict[str, float] = {}
         self.idle_seconds = idle_seconds
@@ -77,7 +79,7 @@ class ActivationTable(Generic[S]):
             idle = now - self._last_used[tenant] > self.idle_seconds
             if not (over or idle):
                 break
-            if tenant not in keep:
+            if tenant not in keep and not self._busy(tenant):
                 gone.append(tenant)
         for tenant in gone:
             del self._states[tenant]

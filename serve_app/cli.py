@@ -76,7 +76,16 @@ async def demo(base_url: str, token: str) -> dict[str, Any]:
             response.raise_for_status()
         event = json.loads(await asyncio.wait_for(ws.recv(), 10))
         latency_ms = (time.perf_counter() - started) * 1000
-    return {"connection": hello, "published": response.json(), "received": event, "round_trip_ms": round(latency_ms, 1)}
+        async with httpx.AsyncClient() as client:  # an LLM call's usage, priced from the catalog
+            usage = await client.post(
+                f"{base_url}/v1/costs/usage",
+                json={"model": "gpt-4o-mini", "input_tokens": 1200, "output_tokens": 300, "agent": "demo"},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            usage.raise_for_status()
+            summary = await client.get(f"{base_url}/v1/costs/summary", headers={"Authorization": f"Bearer {token}"})
+    return {"connection": hello, "published": response.json(), "received": event, "round_trip_ms": round(latency_ms, 1),
+            "usage": usage.json(), "spend_30d": summary.json()["total_cost"]}
 
 
 def run_service(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
@@ -116,6 +125,8 @@ def run_service(args: argparse.Namespace, stop: threading.Event | None = None) -
         print(f"  demo             : published seq {result['published']['seqs'][0]} for tenant "
               f"{result['connection']['tenant']}, received over WebSocket in {result['round_trip_ms']} ms")
         print(f"                     {json.dumps(result['received'])}")
+        print(f"  cost ledger      : gpt-4o-mini 1200 in / 300 out = ${result['usage']['cost']:.6f}; "
+              f"tenant spend over 30 days ${result['spend_30d']:.6f}")
         if args.check:
             return 0
         print("\nPress Ctrl-C to stop.")
@@ -128,10 +139,12 @@ def run_service(args: argparse.Namespace, stop: threading.Event | None = None) -
     finally:
         try:
             serve.delete(APP_NAME)
+            from actors.cost_ledger import KIND as LEDGER_KIND
             from actors.event_hub import KIND
             from actors.shards import kill_all
 
             kill_all(KIND, args.shards)
+            kill_all(LEDGER_KIND, int(os.environ.get("RAYTENANT_LEDGER_SHARDS", 1)))
             if started_ray:
                 serve.shutdown()
         finally:

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import uuid
 
+from actors.cost_ledger import KIND as LEDGER_KIND
+from actors.cost_ledger import LedgerOptions
+from actors.cost_ledger_client import CostLedgerClient
 from actors.event_hub import KIND, HubOptions
 from actors.event_hub_client import EventHubClient
 from serve_app.auth import Tokens
@@ -11,7 +14,9 @@ from serve_app.streams import StreamRouter
 
 
 class Runtime:
-    def __init__(self, settings: Settings, *, hub: object | None = None, replica_id: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, hub: object | None = None, ledger: object | None = None, replica_id: str | None = None
+    ) -> None:
         self.settings = settings
         self.replica_id = replica_id or uuid.uuid4().hex[:12]
         self.tokens = Tokens(settings.operator_token, settings.jwt_secret, default_ttl=settings.token_ttl_seconds)
@@ -22,10 +27,24 @@ class Runtime:
             kind=settings.actor_prefix + KIND,
             use_channel=settings.hub_channel,
         )
+        hub_address = {
+            "database_url": settings.database_url,
+            "shards": settings.hub_shards,
+            "kind": settings.actor_prefix + KIND,
+            "use_channel": settings.hub_channel,
+        }
+        self.ledger = ledger or CostLedgerClient(
+            settings.database_url,
+            settings.ledger_shards,
+            LedgerOptions(reservation_ttl=settings.reservation_ttl),
+            kind=settings.actor_prefix + LEDGER_KIND,
+            hub=hub_address,
+        )
         self.router = StreamRouter(self.hub, self.replica_id, poll_timeout=settings.poll_timeout)
 
     async def start(self) -> None:
         await self.hub.start()
+        await self.ledger.start()
 
     async def stop(self) -> None:
         await self.router.stop()

@@ -18,6 +18,8 @@ class Settings:
     operator_token: str
     jwt_secret: str = ""  # empty: derived from the operator token
     hub_shards: int = 1  # one shard measured fastest on a 2-core machine; clusters set more
+    ledger_shards: int = 1
+    reservation_ttl: float = 600.0
     hub_channel: bool = True  # latency-path hub calls over the direct channel (actors/channel.py)
     actor_prefix: str = ""  # lets several deployments (or test databases) share one Ray cluster
     hub_window: int = 1_000
@@ -39,6 +41,8 @@ class Settings:
             "hub_retention": _env_int("RAYTENANT_EVENT_RETENTION", 100_000),
             "send_queue_size": _env_int("RAYTENANT_SEND_QUEUE", 1_000),
             "hub_channel": os.environ.get("RAYTENANT_HUB_CHANNEL", "1") != "0",
+            "ledger_shards": _env_int("RAYTENANT_LEDGER_SHARDS", 1),
+            "reservation_ttl": float(os.environ.get("RAYTENANT_RESERVATION_TTL", 600)),
         }
         known = {f.name for f in fields(cls)}
         values.update({k: v for k, v in overrides.items() if k in known and v is not None})

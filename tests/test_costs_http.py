@@ -1,0 +1,268 @@
+"""The cost ledger over HTTP with real Ray actors, real sockets and both databases."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+import pytest
+import ray
+from sqlalchemy import select
+
+from actors.prices import NANOS, default_catalog
+from actors.shards import NAMESPACE, shard_name
+from storage.engine import create_engine
+from storage.models import BudgetRow, UsageRow
+from tests.test_http_api import assert_error
+from tests.wsutil import connect, recv, recv_until
+
+pytestmark = pytest.mark.integration
+
+MODEL = "gpt-4o-mini"
+
+
+def cost(inp: int, out: int, cached: int = 0, model: str = MODEL) -> int:
+    return default_catalog().lookup(model).cost_nanos(inp, out, cached)
+
+
+async def stored(db_url: str, table, tenant: str) -> list[dict]:
+    engine = create_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(select(table).where(table.tenant == tenant))).mappings()]
+    finally:
+        await engine.dispose()
+
+
+async def test_usage_single_batch_and_idempotency(live, tenant, db_url):
+    auth = live.auth(tenant)
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        one = await client.post("/v1/costs/usage", headers=auth, json={
+            "model": MODEL, "input_tokens": 1000, "output_tokens": 200, "agent": "mapper", "flow_id": "f1",
+            "idempotency_key": "call-1"})
+        assert one.status_code == 201, one.text
+        assert one.json()["cost"] == cost(1000, 200) / NANOS and one.json()["duplicate"] is False
+        batch = await client.post("/v1/costs/usage", headers=auth, json={"records": [
+            {"model": MODEL, "input_tokens": 10, "output_tokens": 10, "idempotency_key": "call-1"},
+            {"model": "openai/" + MODEL, "input_tokens": 2000, "output_tokens": 0, "cached_tokens": 1000},
+        ]})
+        assert batch.status_code == 201
+        body = batch.json()
+        assert body["records"][0] == {**one.json(), "duplicate": True}
+        assert body["records"][1]["cost"] == cost(2000, 0, 1000) / NANOS
+        assert body["total_cost"] == body["records"][1]["cost"]
+        retried = await asyncio.gather(*(client.post("/v1/costs/usage", headers=auth, json={
+            "model": MODEL, "input_tokens": 5, "output_tokens": 5, "idempotency_key": "call-2"}) for _ in range(10)))
+        assert sum(not r.json()["duplicate"] for r in retried) == 1
+    rows = await stored(db_url, UsageRow, tenant)
+    assert len(rows) == 3 and sorted(str(r["idempotency_key"]) for r in rows) == ["None", "call-1", "call-2"]
+    assert {r["agent"] for r in rows} == {"mapper", None}
+
+
+BAD_USAGE = [
+    ({"model": MODEL, "input_tokens": -1, "output_tokens": 1}, 422, "invalid_tokens"),
+    ({"model": MODEL, "input_tokens": 1.5, "output_tokens": 1}, 422, "invalid_tokens"),
+    ({"model": MODEL, "input_tokens": "10", "output_tokens": 1}, 422, "invalid_tokens"),
+    ({"model": MODEL, "input_tokens": True, "output_tokens": 1}, 422, "invalid_tokens"),
+    ({"model": MODEL, "input_tokens": 1}, 422, "invalid_tokens"),
+    ({"model": MODEL, "input_tokens": 1, "output_tokens": 1, "cached_tokens": 2}, 422, "invalid_tokens"),
+    ({"model": "", "input_tokens": 1, "output_tokens": 1}, 422, "invalid_model"),
+    ({"model": "gpt-imaginary-9", "input_tokens": 1, "output_tokens": 1}, 422, "unknown_model"),
+    ({"model": MODEL, "input_tokens": 1, "output_tokens": 1, "agent": 7}, 422, "invalid_field"),
+    ({"records": []}, 422, "invalid_records"),
+    ({"records": [{"model": MODEL, "input_tokens": 1, "output_tokens": 1}, 3]}, 422, "invalid_body"),
+    ({"records": [{"model": MODEL, "input_tokens": 1, "output_tokens": 1, "idempotency_key": "d"}] * 2}, 422,
+     "duplicate_idempotency_key"),
+    ([1, 2], 422, "invalid_body"),
+    ("text", 422, "invalid_records"),
+]
+
+
+async def test_bad_input_changes_nothing(live, tenant, db_url):
+    auth = live.auth(tenant)
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        for body, status, code in BAD_USAGE:
+            assert_error(await client.post("/v1/costs/usage", headers=auth, json=body), status, code)
+        assert_error(await client.post("/v1/costs/usage", headers=auth, content=b"{nope"), 400, "malformed_json")
+        for budget, code in (({"monthly_budget": 0}, "invalid_budget"), ({"monthly_budget": -5}, "invalid_budget"),
+                             ({}, "invalid_budget"), ({"monthly_budget": "10"}, "invalid_monthly_budget"),
+                             ({"monthly_budget": 10, "alert_threshold": 0}, "invalid_threshold"),
+                             ({"monthly_budget": 10, "alert_threshold": 1.01}, "invalid_threshold")):
+            assert_error(await client.put("/v1/costs/budget", headers=auth, json=budget), 422, code)
+        assert_error(await client.get("/v1/costs/budget", headers=auth), 404, "budget_not_set")
+        reservation = {"model": MODEL, "estimated_input_tokens": 10, "estimated_output_tokens": -1}
+        assert_error(await client.post("/v1/costs/reservations", headers=auth, json=reservation), 422, "invalid_tokens")
+        reservation = {"model": MODEL, "estimated_input_tokens": 10, "estimated_output_tokens": 1, "ttl_seconds": 0}
+        assert_error(await client.post("/v1/costs/reservations", headers=auth, json=reservation), 422, "invalid_ttl_seconds")
+        settle = {"input_tokens": 1, "output_tokens": 1}
+        assert_error(await client.post("/v1/costs/reservations/abc/settle", headers=auth, json=settle), 404,
+                     "reservation_not_found")
+        assert_error(await client.post("/v1/costs/reservations/a-b/settle", headers=auth, json=settle), 404,
+                     "reservation_not_found")
+        assert_error(await client.delete("/v1/costs/reservations/abc", headers=auth), 404, "reservation_not_found")
+        assert_error(await client.get("/v1/costs/summary?start=yesterday", headers=auth), 422, "invalid_parameter")
+        assert_error(await client.get("/v1/costs/summary?start=2026-02-01&end=2026-01-01", headers=auth), 422,
+                     "invalid_parameter")
+        assert_error(await client.post("/v1/costs/estimate", headers=auth, json={"model": MODEL, "tokens": -3}), 422,
+                     "invalid_tokens")
+        assert_error(await client.post("/v1/costs/estimate", headers=auth, json={"model": "nope-9", "tokens": 3}), 422,
+                     "unknown_model")
+        for body, code in (({"quality_requirement": 2}, "invalid_quality_requirement"),
+                           ({"cost_constraint": 0}, "invalid_cost_constraint"), ({"task_type": ""}, "invalid_task_type")):
+            assert_error(await client.post("/v1/costs/select-model", headers=auth, json=body), 422, code)
+        assert_error(await client.get("/v1/costs/prices?limit=0", headers=auth), 422, "invalid_parameter")
+        assert_error(await client.put("/v1/costs/prices/mine", headers=auth, json={"input_per_token": 1e-6}), 422,
+                     "invalid_price")
+        assert_error(await client.put("/v1/costs/prices/mine", headers=auth,
+                                      json={"input_per_token": -1, "output_per_token": 0}), 422, "invalid_price")
+        assert_error(await client.delete("/v1/costs/prices/mine", headers=auth), 404, "override_not_found")
+        reader = live.auth(tenant, scopes=["costs:read"])
+        assert_error(await client.post("/v1/costs/usage", headers=reader, json=BAD_USAGE[0][0]), 403, "forbidden")
+        writer = live.auth(tenant, scopes=["costs:write"])
+        assert_error(await client.put("/v1/costs/budget", headers=writer, json={"monthly_budget": 1}), 403, "forbidden")
+        assert_error(await client.get("/v1/costs/summary"), 401, "missing_token")
+    assert await stored(db_url, UsageRow, tenant) == []
+    assert await stored(db_url, BudgetRow, tenant) == []
+
+
+async def test_500_concurrent_reservations_against_a_budget_for_100(live, tenant, db_url):
+    auth = live.auth(tenant)
+    one = cost(10_000, 2_000)
+    async with httpx.AsyncClient(base_url=live.url, limits=httpx.Limits(max_connections=200)) as client:
+        put = await client.put("/v1/costs/budget", headers=auth, json={"monthly_budget": 100 * one / NANOS,
+                                                                       "alert_threshold": 0.9})
+        assert put.status_code == 200 and put.json()["remaining"] == 100 * one / NANOS
+        body = {"model": MODEL, "estimated_input_tokens": 10_000, "estimated_output_tokens": 2_000}
+        answers = await asyncio.gather(*(client.post("/v1/costs/reservations", headers=auth, json=body)
+                                         for _ in range(500)))
+        accepted = [a.json() for a in answers if a.status_code == 201]
+        refused = [a.json()["error"] for a in answers if a.status_code == 402]
+        assert len(accepted) == 100 and len(refused) == 400
+        assert refused[0]["code"] == "budget_exceeded" and refused[0]["remaining"] == 0.0
+        settled = await asyncio.gather(*(client.post(f"/v1/costs/reservations/{a['reservation_id']}/settle", headers=auth,
+                                                     json={"input_tokens": 10_000, "output_tokens": 2_000, "agent": "a"})
+                                         for a in accepted[:60]))
+        assert all(s.status_code == 201 and s.json()["released"] == 0 for s in settled)
+        released = await asyncio.gather(*(client.delete(f"/v1/costs/reservations/{a['reservation_id']}", headers=auth)
+                                          for a in accepted[60:]))
+        assert all(r.status_code == 200 for r in released)
+        again = await client.delete(f"/v1/costs/reservations/{accepted[-1]['reservation_id']}", headers=auth)
+        assert_error(again, 409, "reservation_closed")
+        budget = (await client.get("/v1/costs/budget", headers=auth)).json()
+    assert budget["used"] == 60 * one / NANOS and budget["reserved"] == 0
+    rows = await stored(db_url, BudgetRow, tenant)
+    assert rows[0]["used_nanos"] == 60 * one and rows[0]["reserved_nanos"] == 0
+    assert rows[0]["used_nanos"] <= rows[0]["amount_nanos"]
+    assert len(await stored(db_url, UsageRow, tenant)) == 60
+
+
+async def test_budget_alert_streams_once(live, tenant):
+    auth = live.auth(tenant)
+    ws = await connect(live.ws_url, live.token(tenant))
+    assert (await recv(ws))["type"] == "connection_established"
+    one = cost(1000, 1000)
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        put = await client.put("/v1/costs/budget", headers=auth, json={"monthly_budget": 4 * one / NANOS,
+                                                                       "alert_threshold": 0.5})
+        assert put.json()["alert_threshold"] == 0.5 and put.json()["used"] == 0
+        for _ in range(4):
+            response = await client.post("/v1/costs/usage", headers=auth,
+                                         json={"model": MODEL, "input_tokens": 1000, "output_tokens": 1000})
+            assert response.status_code == 201
+        over = await client.post("/v1/costs/usage", headers=auth,
+                                 json={"model": MODEL, "input_tokens": 1000, "output_tokens": 1000})
+        assert_error(over, 402, "budget_exceeded")
+        alert = (await recv_until(ws, lambda m: m["type"] == "budget_alert"))[-1]
+        assert alert["data"]["utilization"] == 0.5 and alert["seq"] >= 1 and alert["flow_id"] is None
+        replay = await client.get("/v1/events", headers=auth)
+    assert [e["type"] for e in replay.json()["events"]] == ["budget_alert"]
+    await ws.close()
+
+
+async def test_summary_recommendations_estimate_prices(live, tenant):
+    auth = live.auth(tenant)
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        records = [{"model": "gpt-4o", "input_tokens": 100, "output_tokens": 50, "agent": f"a{i % 2}", "flow_id": "f"}
+                   for i in range(10)]
+        assert (await client.post("/v1/costs/usage", headers=auth, json={"records": records})).status_code == 201
+        summary = (await client.get("/v1/costs/summary", headers=auth)).json()
+        expected = 10 * cost(100, 50, model="gpt-4o")
+        assert summary["total_cost"] == expected / NANOS and summary["total_requests"] == 10
+        assert summary["by_agent"]["a0"]["requests"] == 5 and summary["by_flow"]["f"]["tokens"] == 1500
+        old = (await client.get("/v1/costs/summary?start=2020-01-01&end=2020-02-01T00:00:00Z", headers=auth)).json()
+        assert old["total_requests"] == 0
+        advice = (await client.get("/v1/costs/recommendations", headers=auth)).json()
+        assert advice["window_days"] == 30 and isinstance(advice["recommendations"], list)
+        estimate = (await client.post("/v1/costs/estimate", headers=auth, json={"model": "gpt-4o", "tokens": 1000})).json()
+        assert (estimate["input_tokens"], estimate["output_tokens"]) == (670, 330)
+        assert estimate["total_cost"] == cost(670, 330, model="gpt-4o") / NANOS
+        choice = (await client.post("/v1/costs/select-model", headers=auth,
+                                    json={"task_type": "complex", "quality_requirement": 0.9})).json()
+        assert choice["meets_quality"] and choice["quality"] >= 0.9 and choice["reason"]
+        prices = (await client.get("/v1/costs/prices?model=gpt-4o-mini&limit=5", headers=auth)).json()["prices"]
+        assert prices[0]["model"] == "gpt-4o-mini" and prices[0]["source"] == "catalog"
+        put = await client.put("/v1/costs/prices/acme/house-model", headers=auth,
+                               json={"input_per_token": 1e-6, "output_per_token": 2e-6})
+        assert put.status_code == 200 and put.json()["model"] == "acme/house-model"
+        used = await client.post("/v1/costs/usage", headers=auth,
+                                 json={"model": "acme/house-model", "input_tokens": 1000, "output_tokens": 1000})
+        assert used.json()["cost"] == 0.003
+        assert (await client.delete("/v1/costs/prices/acme/house-model", headers=auth)).status_code == 204
+        gone = await client.post("/v1/costs/usage", headers=auth,
+                                 json={"model": "acme/house-model", "input_tokens": 1, "output_tokens": 1})
+        assert_error(gone, 422, "unknown_model")
+
+
+async def test_tenants_are_isolated(live, tenant):
+    other = f"t-{uuid.uuid4().hex[:12]}"
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        mine = await client.post("/v1/costs/reservations", headers=live.auth(tenant),
+                                 json={"model": MODEL, "estimated_input_tokens": 1, "estimated_output_tokens": 1})
+        rid = mine.json()["reservation_id"]
+        theirs = await client.post(f"/v1/costs/reservations/{rid}/settle", headers=live.auth(other),
+                                   json={"input_tokens": 1, "output_tokens": 1})
+        assert_error(theirs, 404, "reservation_not_found")
+        await client.post("/v1/costs/usage", headers=live.auth(tenant),
+                          json={"model": MODEL, "input_tokens": 1, "output_tokens": 1})
+        assert (await client.get("/v1/costs/summary", headers=live.auth(other))).json()["total_requests"] == 0
+
+
+async def test_ledger_shard_killed_under_load_loses_and_doubles_nothing(live, tenant, db_url):
+    """Writers retry with the same idempotency key until acknowledged; the shard is killed mid-way.
+    Every acknowledged key is stored exactly once and the budget's usage equals the stored sum."""
+    auth = live.auth(tenant)
+    one = cost(100, 100)
+    acknowledged: dict[str, float] = {}
+    refused = 0
+
+    async with httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        await client.put("/v1/costs/budget", headers=auth, json={"monthly_budget": 1000.0, "alert_threshold": 1.0})
+
+        async def writer(w: int) -> None:
+            nonlocal refused
+            for i in range(40):
+                key = f"w{w}-{i}"
+                while True:
+                    response = await client.post("/v1/costs/usage", headers=auth, json={
+                        "model": MODEL, "input_tokens": 100, "output_tokens": 100, "idempotency_key": key})
+                    if response.status_code == 201:
+                        acknowledged[key] = response.json()["cost"]
+                        break
+                    assert response.status_code == 503, response.text
+                    assert response.json()["error"]["code"] == "ledger_unavailable"
+                    refused += 1
+                    await asyncio.sleep(0.05)
+
+        writers = [asyncio.create_task(writer(w)) for w in range(8)]
+        while len(acknowledged) < 60:
+            await asyncio.sleep(0.01)
+        ledger = live.runtime.ledger
+        ray.kill(ray.get_actor(shard_name(ledger.kind, ledger.shard_of(tenant)), namespace=NAMESPACE), no_restart=False)
+        await asyncio.wait_for(asyncio.gather(*writers), 120)
+        budget = (await client.get("/v1/costs/budget", headers=auth)).json()
+    rows = await stored(db_url, UsageRow, tenant)
+    keys = [r["idempotency_key"] for r in rows]
+    assert len(keys) == len(set(keys)) == 320 == len(acknowledged)
+    assert set(keys) == set(acknowledged)
+    assert budget["used"] == 320 * one / NANOS
+    assert (await stored(db_url, BudgetRow, tenant))[0]["used_nanos"] == sum(r["cost_nanos"] for r in rows)

@@ -1,0 +1,379 @@
+"""The cost ledger's state logic on the real databases, without Ray: budgets under concurrency,
+idempotency, commit failures, month rollover on a controlled clock, alerts, summaries, advice."""
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import func, select
+
+from actors.cost_ledger import LedgerCore, LedgerError, LedgerOptions, month_of
+from actors.prices import NANOS, Price, PriceCatalog
+from storage.engine import create_engine
+from storage.ledger import LedgerStore
+from storage.models import BudgetRow, UsageRow
+
+# A small catalog in LiteLLM's format, so every expected cost below is computed by hand.
+CATALOG = PriceCatalog.from_litellm({
+    "sample_spec": {"mode": "chat", "input_cost_per_token": 0, "output_cost_per_token": 0},
+    "big-model": {"mode": "chat", "input_cost_per_token": 1e-5, "output_cost_per_token": 3e-5,
+                  "cache_read_input_token_cost": 1e-6, "litellm_provider": "acme"},
+    "small-model": {"mode": "chat", "input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6,
+                    "litellm_provider": "acme"},
+    "embedder": {"mode": "embedding", "input_cost_per_token": 1e-7, "output_cost_per_token": 0},
+})
+QUALITY = {"big-model": 0.9, "small-model": 0.88}
+
+
+class Clock:
+    def __init__(self, when: datetime) -> None:
+        self.now = when.timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def set(self, when: datetime) -> None:
+        self.now = when.timestamp()
+
+
+class Ledger:
+    """A LedgerCore on the real database, with alerts captured and a restart that keeps the database."""
+
+    def __init__(self, url: str, clock: Clock, **options) -> None:
+        self.url, self.clock, self.options = url, clock, LedgerOptions(**options)
+        self.alerts: list[tuple[str, dict]] = []
+        self.engine = create_engine(url)
+        self.core = self._core()
+
+    def _core(self) -> LedgerCore:
+        async def notify(tenant: str, alert: dict) -> None:
+            self.alerts.append((tenant, alert))
+
+        core = LedgerCore(LedgerStore(self.engine), self.options, catalog=CATALOG, notify=notify, clock=self.clock)
+        core.quality = dict(QUALITY)
+        return core
+
+    def restart(self) -> LedgerCore:
+        self.core = self._core()
+        return self.core
+
+    async def rows(self, tenant: str, model=UsageRow) -> list[dict]:
+        async with self.engine.connect() as conn:
+            result = await conn.execute(select(model).where(model.tenant == tenant))
+            return [dict(r) for r in result.mappings()]
+
+
+@pytest.fixture
+async def ledger(db_url):
+    clock = Clock(datetime(2026, 3, 15, 12, tzinfo=timezone.utc))
+    found = Ledger(db_url, clock)
+    yield found
+    await asyncio.sleep(0)  # let alert tasks finish
+    await found.engine.dispose()
+
+
+def record(model="big-model", inp=1000, out=500, **extra):
+    return {"model": model, "input_tokens": inp, "output_tokens": out, **extra}
+
+
+async def test_concurrent_reservations_never_overspend(ledger, tenant):
+    core = ledger.core
+    one = CATALOG.lookup("big-model").cost_nanos(1000, 500)  # 0.025 USD
+    await core.set_budget(tenant, 100 * one / NANOS, 1.0)
+    outcomes = await asyncio.gather(
+        *(core.reserve(tenant, "big-model", 1000, 500) for _ in range(500)), return_exceptions=True
+    )
+    accepted = [o for o in outcomes if isinstance(o, dict)]
+    refused = [o for o in outcomes if isinstance(o, LedgerError)]
+    assert len(accepted) == 100 and len(refused) == 400
+    assert {e.code for e in refused} == {"budget_exceeded"} and refused[0].status == 402
+    assert refused[0].details["remaining"] == 0
+    # Settle half with real usage below the estimate: the rest of each reservation is freed.
+    settled = await asyncio.gather(
+        *(core.settle(tenant, a["reservation_id"], {"input_tokens": 500, "output_tokens": 250}) for a in accepted[:50])
+    )
+    assert all(s["released"] == pytest.approx(one / NANOS / 2) for s in settled)
+    budget = await core.get_budget(tenant)
+    assert budget["used"] + budget["reserved"] <= budget["monthly_budget"]
+    rows = await ledger.rows(tenant, BudgetRow)
+    assert rows[0]["used_nanos"] == 50 * (one // 2) and rows[0]["reserved_nanos"] == 50 * one
+    assert rows[0]["used_nanos"] + rows[0]["reserved_nanos"] <= rows[0]["amount_nanos"]
+    assert len(await ledger.rows(tenant)) == 50
+
+
+async def test_concurrent_direct_usage_never_overspends(ledger, tenant):
+    core = ledger.core
+    one = CATALOG.lookup("small-model").cost_nanos(1000, 1000)
+    await core.set_budget(tenant, 30 * one / NANOS, 0.5)
+    outcomes = await asyncio.gather(*(core.record_usage(tenant, [record("small-model", 1000, 1000)]) for _ in range(200)),
+                                    return_exceptions=True)
+    assert sum(isinstance(o, list) for o in outcomes) == 30
+    rows = await ledger.rows(tenant)
+    assert len(rows) == 30 and sum(r["cost_nanos"] for r in rows) == 30 * one
+    assert (await ledger.rows(tenant, BudgetRow))[0]["used_nanos"] == 30 * one
+
+
+async def test_idempotent_retries_count_once(ledger, tenant):
+    core = ledger.core
+    first = await core.record_usage(tenant, [record(idempotency_key="k1"), record(idempotency_key="k2")])
+    assert [r["duplicate"] for r in first] == [False, False]
+    # Concurrent retries of the same key and a retry mixed with a new record.
+    again = await asyncio.gather(*(core.record_usage(tenant, [record(idempotency_key="k3")]) for _ in range(20)))
+    assert sum(not r[0]["duplicate"] for r in again) == 1
+    mixed = await core.record_usage(tenant, [record(idempotency_key="k1"), record(inp=10, idempotency_key="k4")])
+    assert mixed[0] == {**first[0], "duplicate": True} and mixed[1]["duplicate"] is False
+    # After a restart (memory gone) the first results come from the database.
+    restarted = ledger.restart()
+    late = await restarted.record_usage(tenant, [record(inp=999_999, idempotency_key="k2")])
+    assert late[0]["cost"] == first[1]["cost"] and late[0]["duplicate"] is True
+    rows = await ledger.rows(tenant)
+    assert sorted(r["idempotency_key"] for r in rows) == ["k1", "k2", "k3", "k4"]
+
+
+async def test_batch_is_all_or_nothing(ledger, tenant):
+    core = ledger.core
+    with pytest.raises(LedgerError) as refused:
+        await core.record_usage(tenant, [record(idempotency_key="a"), record("gpt-imaginary-9", idempotency_key="b")])
+    assert refused.value.status == 422 and refused.value.code == "unknown_model"
+    await core.set_budget(tenant, CATALOG.lookup("big-model").cost_nanos(1000, 500) * 1.5 / NANOS, 1.0)
+    with pytest.raises(LedgerError) as over:
+        await core.record_usage(tenant, [record(idempotency_key="a"), record(idempotency_key="c")])
+    assert over.value.code == "budget_exceeded"
+    assert await ledger.rows(tenant) == []
+    assert (await core.get_budget(tenant))["used"] == 0
+    # The refused keys were not remembered: they can be recorded later.
+    assert (await core.record_usage(tenant, [record(idempotency_key="a")]))[0]["duplicate"] is False
+
+
+async def test_failed_commit_changes_nothing(ledger, tenant):
+    core = ledger.core
+    await core.set_budget(tenant, 10.0, 0.5)
+    await core.record_usage(tenant, [record()])
+    before = await core.get_budget(tenant)
+    real_write = core.store.write
+
+    async def broken(writes):
+        raise ConnectionError("database went away")
+
+    core.store.write = broken
+    for attempt in (
+        core.record_usage(tenant, [record(idempotency_key="x")]),
+        core.reserve(tenant, "big-model", 10, 10),
+        core.set_budget(tenant, 20.0, 0.9),
+        core.set_override(tenant, "mine", Price(1e-6, 1e-6)),
+    ):
+        with pytest.raises(LedgerError) as error:
+            await attempt
+        assert error.value.status == 503 and error.value.code == "ledger_unavailable"
+    assert await core.get_budget(tenant) == before
+    assert "mine" not in core.tenants.peek(tenant).overrides
+    assert not core.tenants.peek(tenant).reservations
+    core.store.write = real_write
+    assert (await core.record_usage(tenant, [record(idempotency_key="x")]))[0]["duplicate"] is False
+    assert len(await ledger.rows(tenant)) == 2
+
+
+async def test_month_rollover_and_alert_once(ledger, tenant):
+    core, clock = ledger.core, ledger.clock
+    one = CATALOG.lookup("big-model").cost_nanos(1000, 500)
+    await core.set_budget(tenant, 10 * one / NANOS, 0.5)
+    for _ in range(4):
+        await core.record_usage(tenant, [record()])
+    assert ledger.alerts == []
+    open_res = await core.reserve(tenant, "big-model", 1000, 500)
+    await core.record_usage(tenant, [record()])  # 5 of 10: the threshold is crossed
+    await core.record_usage(tenant, [record()])
+    await asyncio.sleep(0.05)
+    assert len(ledger.alerts) == 1
+    alert_tenant, alert = ledger.alerts[0]
+    assert alert_tenant == tenant and alert["month"] == "2026-03" and alert["utilization"] == 0.5
+    # A restart does not resend this month's alert.
+    core = ledger.restart()
+    await core.record_usage(tenant, [record()])
+    await asyncio.sleep(0.05)
+    assert len(ledger.alerts) == 1
+    march = await core.get_budget(tenant)
+    assert march["used"] == pytest.approx(7 * one / NANOS) and march["reserved"] == pytest.approx(one / NANOS)
+    # April: usage starts at zero with the same settings; the open reservation is carried.
+    clock.set(datetime(2026, 4, 1, 0, 0, 1, tzinfo=timezone.utc))
+    april = await core.get_budget(tenant)
+    assert april["month"] == "2026-04" and april["used"] == 0 and april["alert_sent"] is False
+    assert april["monthly_budget"] == march["monthly_budget"] and april["alert_threshold"] == 0.5
+    assert april["reserved"] == pytest.approx(one / NANOS)
+    await core.settle(tenant, open_res["reservation_id"], {"input_tokens": 1000, "output_tokens": 500})
+    for _ in range(4):
+        await core.record_usage(tenant, [record()])
+    await asyncio.sleep(0.05)
+    assert [a["month"] for _, a in ledger.alerts] == ["2026-03", "2026-04"]
+    months = {r["month"]: r for r in await ledger.rows(tenant, BudgetRow)}
+    assert months["2026-03"]["used_nanos"] == 7 * one and months["2026-03"]["alert_sent"]
+    assert months["2026-04"]["used_nanos"] == 5 * one and months["2026-04"]["reserved_nanos"] == 0
+    # After a restart in April the state is rebuilt from the April row.
+    assert (await ledger.restart().get_budget(tenant))["used"] == pytest.approx(5 * one / NANOS)
+
+
+async def test_reservations_settle_release_expire(ledger, tenant):
+    core, clock = ledger.core, ledger.clock
+    await core.set_budget(tenant, 1.0, 1.0)
+    a = await core.reserve(tenant, "big-model", 10_000, 10_000)  # 0.4 USD
+    b = await core.reserve(tenant, "big-model", 10_000, 10_000, 5.0)
+    with pytest.raises(LedgerError) as refused:
+        await core.reserve(tenant, "big-model", 10_000, 10_000)
+    assert refused.value.details == {"remaining": pytest.approx(0.2), "requested": pytest.approx(0.4)}
+    released = await core.release(tenant, a["reservation_id"])
+    assert released == {"reservation_id": a["reservation_id"], "state": "released", "released": pytest.approx(0.4)}
+    with pytest.raises(LedgerError) as closed:
+        await core.release(tenant, a["reservation_id"])
+    assert closed.value.status == 409 and closed.value.details == {"state": "released"}
+    with pytest.raises(LedgerError) as unknown:
+        await core.settle(tenant, "nope", {"input_tokens": 1, "output_tokens": 1})
+    assert unknown.value.status == 404
+    clock.now += 6
+    assert await core.expire() == 1
+    assert (await core.get_budget(tenant))["reserved"] == 0
+    with pytest.raises(LedgerError) as expired:
+        await core.settle(tenant, b["reservation_id"], {"input_tokens": 1, "output_tokens": 1})
+    assert expired.value.details == {"state": "expired"}
+    # Overrun: real usage above the estimate is recorded (the provider charged it) and reported.
+    c = await core.reserve(tenant, "big-model", 100, 100)
+    settled = await core.settle(tenant, c["reservation_id"], {"input_tokens": 1000, "output_tokens": 0})
+    assert settled["cost"] == pytest.approx(0.01) and settled["overrun"] == pytest.approx(0.006)
+    # A restart rebuilds open reservations from the database.
+    d = await core.reserve(tenant, "small-model", 1000, 1000)
+    restarted = ledger.restart()
+    assert (await restarted.get_budget(tenant))["reserved"] == pytest.approx(0.003)
+    assert (await restarted.settle(tenant, d["reservation_id"], {"input_tokens": 1000, "output_tokens": 0}))["released"] == pytest.approx(0.002)
+
+
+async def test_reservation_without_budget_and_overrides(ledger, tenant):
+    core = ledger.core
+    with pytest.raises(LedgerError) as missing:
+        await core.get_budget(tenant)
+    assert missing.value.code == "budget_not_set"
+    with pytest.raises(LedgerError) as unknown:
+        await core.reserve(tenant, "in-house-llm", 10, 10)
+    assert unknown.value.code == "unknown_model"
+    assert await core.set_override(tenant, "In-House-LLM", Price(2e-6, 4e-6)) == {
+        "model": "in-house-llm", "source": "override", "input_per_token": 2e-6, "output_per_token": 4e-6,
+        "cached_per_token": None}
+    reservation = await core.reserve(tenant, "in-house-llm", 1000, 1000)
+    assert reservation["amount"] == pytest.approx(0.006) and reservation["remaining"] is None
+    # An override also wins over the catalog's price, and survives a restart.
+    await core.set_override(tenant, "big-model", Price(0, 0))
+    assert (await core.record_usage(tenant, [record()]))[0]["cost"] == 0
+    restarted = ledger.restart()
+    assert (await restarted.estimate(tenant, "big-model", 10, 10))["source"] == "override"
+    await restarted.delete_override(tenant, "big-model")
+    assert (await restarted.estimate(tenant, "big-model", 10, 10))["source"] == "catalog"
+    with pytest.raises(LedgerError):
+        await restarted.delete_override(tenant, "big-model")
+    prices = await restarted.prices(tenant, "model")
+    assert [p["model"] for p in prices] == ["big-model", "small-model"]
+    assert [p["source"] for p in await restarted.prices(tenant)][:1] == ["override"]
+
+
+async def test_summary_matches_hand_computed_data(ledger, tenant):
+    core, clock = ledger.core, ledger.clock
+    # Day 1: two calls of big-model by agent A in flow f1; day 2: small-model by B (no flow), big by A in f2.
+    data = [
+        (datetime(2026, 3, 1, 9, tzinfo=timezone.utc), record("big-model", 1000, 500, agent="A", flow_id="f1")),
+        (datetime(2026, 3, 1, 23, 59, tzinfo=timezone.utc), record("big-model", 2000, 0, cached_tokens=1000, agent="A", flow_id="f1")),
+        (datetime(2026, 3, 2, 0, 0, tzinfo=timezone.utc), record("small-model", 5000, 5000, agent="B")),
+        (datetime(2026, 3, 2, 10, tzinfo=timezone.utc), record("big-model", 100, 100, agent="A", flow_id="f2")),
+        (datetime(2026, 3, 5, 10, tzinfo=timezone.utc), record("big-model", 100, 100, agent="A", flow_id="f3")),
+    ]
+    for when, item in data:
+        clock.set(when)
+        await core.record_usage(tenant, [item])
+    # Hand computed, in nano-dollars: big = 10/30 per 1k in/out, cached 1 per 1k; small = 1/2 per 1k.
+    c1 = 1000 * 10_000 + 500 * 30_000          # 25,000,000
+    c2 = 1000 * 10_000 + 1000 * 1_000          # 11,000,000
+    c3 = 5000 * 1_000 + 5000 * 2_000           # 15,000,000
+    c4 = 100 * 10_000 + 100 * 30_000           # 4,000,000
+    got = await core.summary(tenant, datetime(2026, 3, 1, tzinfo=timezone.utc), datetime(2026, 3, 3, tzinfo=timezone.utc))
+    assert got["total_cost"] == (c1 + c2 + c3 + c4) / NANOS == 0.055
+    assert got["total_requests"] == 4 and got["total_tokens"] == 1500 + 2000 + 10000 + 200
+    assert (got["input_tokens"], got["output_tokens"], got["cached_tokens"]) == (8100, 5600, 1000)
+    assert got["by_model"] == {
+        "big-model": {"cost": (c1 + c2 + c4) / NANOS, "tokens": 3700, "requests": 3},
+        "small-model": {"cost": c3 / NANOS, "tokens": 10000, "requests": 1},
+    }
+    assert got["by_agent"] == {"A": {"cost": 0.04, "tokens": 3700, "requests": 3},
+                               "B": {"cost": 0.015, "tokens": 10000, "requests": 1}}
+    assert got["by_flow"] == {"f1": {"cost": 0.036, "tokens": 3500, "requests": 2},
+                              "f2": {"cost": 0.004, "tokens": 200, "requests": 1},
+                              "none": {"cost": 0.015, "tokens": 10000, "requests": 1}}
+    assert got["by_day"] == {"2026-03-01": {"cost": 0.036, "tokens": 3500, "requests": 2},
+                             "2026-03-02": {"cost": 0.019, "tokens": 10200, "requests": 2}}
+    empty = await core.summary("nobody-" + tenant, datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 2, 1, tzinfo=timezone.utc))
+    assert empty["total_cost"] == 0 and empty["by_model"] == {}
+
+
+async def test_estimate_and_model_selection(ledger, tenant):
+    core = ledger.core
+    estimate = await core.estimate(tenant, "big-model", 2000, 1000, 500)
+    assert estimate["input_cost"] == 0.015 and estimate["cached_input_cost"] == 0.0005
+    assert estimate["output_cost"] == 0.03 and estimate["total_cost"] == 0.0455
+    assert estimate["cost_per_1k_tokens"] == pytest.approx(0.0455 / 3)
+    assert (await core.estimate(tenant, "acme/big-model", 1, 0))["total_cost"] == 1e-5
+    chosen = await core.select_model(tenant, "simple", None, None)
+    assert chosen["model"] == "small-model" and chosen["meets_quality"] and "cheapest" in chosen["reason"]
+    assert (await core.select_model(tenant, "medium", 0.89, None))["model"] == "big-model"
+    too_much = await core.select_model(tenant, "complex", 0.99, None)
+    assert too_much["model"] == "big-model" and too_much["meets_quality"] is False
+    tight = await core.select_model(tenant, "medium", 0.89, 0.001)
+    assert tight["model"] == "big-model" and tight["within_cost_constraint"] is False
+    assert "none fits the cost constraint" in tight["reason"]
+
+
+async def test_recommendations(ledger, tenant):
+    core, clock = ledger.core, ledger.clock
+    small = LedgerOptions(substitution_min_cost=0.01, batching_min_requests=20, cache_min_input_tokens=10_000)
+    core.options = small
+    await core.set_budget(tenant, 5.0, 0.9)
+    # 100 small big-model requests on 2026-03-15 by noon: substitution, batching, caching, burn rate.
+    await core.record_usage(tenant, [record("big-model", 300, 100) for _ in range(100)])
+    advice = {a["type"]: a for a in (await core.recommendations(tenant))["recommendations"]}
+    sub = advice["model_substitution"]
+    assert sub["current_model"] == "big-model" and sub["recommended_model"] == "small-model"
+    big_cost, small_cost = 100 * (300 * 10_000 + 100 * 30_000), 100 * (300 * 1_000 + 100 * 2_000)
+    assert sub["potential_monthly_savings"] == (big_cost - small_cost) / NANOS
+    assert sub["quality_impact"] == -0.02
+    assert advice["request_batching"]["current_requests"] == 100
+    assert advice["prompt_caching"]["potential_monthly_savings"] == 100 * 150 * (10_000 - 1_000) / NANOS
+    burn = advice["burn_rate"]
+    elapsed = (datetime(2026, 3, 15, 12, tzinfo=timezone.utc) - datetime(2026, 3, 1, tzinfo=timezone.utc)).total_seconds()
+    assert burn["projected_month_end"] == pytest.approx(big_cost / NANOS * 31 * 86400 / elapsed)
+    assert burn["priority"] == "low"
+    # A strict margin removes the substitution (small-model is 0.02 below big-model).
+    core.options = LedgerOptions(substitution_margin=0.01, substitution_min_cost=0.01)
+    types = [a["type"] for a in (await core.recommendations(tenant))["recommendations"]]
+    assert "model_substitution" not in types and "burn_rate" in types
+
+
+def test_price_catalog_reads_crewai_catalog():
+    from actors.prices import catalog_path, default_catalog
+
+    catalog = default_catalog()
+    raw = json.loads(catalog_path().read_text())
+    assert len(catalog) > 500
+    entry = raw["gpt-4o-mini"]
+    price = catalog.lookup("gpt-4o-mini")
+    assert price.input == entry["input_cost_per_token"] and price.output == entry["output_cost_per_token"]
+    assert price.cached == entry.get("cache_read_input_token_cost")
+    assert catalog.lookup("openai/gpt-4o-mini") == price and catalog.lookup("GPT-4O-MINI") == price
+    assert catalog.lookup("embedder-of-nothing") is None
+    assert Price(1e-6, 3e-6).cost_nanos(1, 1) == 4000
+    assert Price(1e-10, 0).cost_nanos(1, 0) == 1  # rounded up: never under-charged
+    assert month_of(datetime(2026, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp()) == "2026-12"
+
+
+def test_model_quality_extension(monkeypatch):
+    from actors.model_quality import model_quality
+
+    monkeypatch.setenv("RAYTENANT_MODEL_QUALITY", json.dumps({"in-house": 0.5}))
+    table = model_quality()
+    assert table["in-house"] == 0.5 and table["gpt-4o"] == 0.9
