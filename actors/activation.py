@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Awaitable, Callable, Generic, Iterable, TypeVar
+from contextlib import contextmanager
+from typing import Awaitable, Callable, Generic, Iterable, Iterator, TypeVar
 
 S = TypeVar("S")
 Loader = Callable[[list[str]], Awaitable[dict[str, S]]]
@@ -86,3 +87,26 @@ class ActivationTable(Generic[S]):
             del self._last_used[tenant]
         self.evictions += len(gone)
         return gone
+
+
+class InFlight:
+    """Tenants with uncommitted changes in flight. Pass `busy=in_flight.__contains__` to the
+    ActivationTable: reloading such a tenant from storage would miss the pending change."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    def __contains__(self, tenant: object) -> bool:
+        return tenant in self._counts
+
+    @contextmanager
+    def hold(self, tenant: str) -> Iterator[None]:
+        self._counts[tenant] = self._counts.get(tenant, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._counts[tenant] - 1
+            if left:
+                self._counts[tenant] = left
+            else:
+                del self._counts[tenant]

@@ -24,10 +24,11 @@ from typing import Any, Awaitable, Callable
 
 import ray
 
-from actors.activation import ActivationTable
+from actors.activation import ActivationTable, InFlight
 from actors.batching import Batcher
 from actors.gc_policy import quiet_gc
 from actors.model_quality import TASK_QUALITY, model_quality
+from actors.operations import ActorError, run_many
 from actors.prices import NANOS, Price, PriceCatalog, default_catalog
 from storage.engine import create_engine
 from storage.ledger import LedgerStore, LedgerWrites, utc
@@ -38,15 +39,8 @@ KIND = "cost-ledger"
 Notify = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 
-class LedgerError(Exception):
-    """A refused operation: carries the HTTP status and error code the ingress answers with."""
-
-    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.details = status, code, message, details
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "code": self.code, "message": self.message, "details": self.details}
+class LedgerError(ActorError):
+    """A refused ledger operation (status, code, message, details)."""
 
 
 def usd(nanos: int) -> float:
@@ -155,7 +149,7 @@ class LedgerCore:
         self.notify = notify
         self.clock = clock
         self.quality = model_quality()
-        self._in_flight: dict[str, int] = {}  # tenant -> commits not yet finished
+        self._in_flight = InFlight()
         self.tenants: ActivationTable[TenantCosts] = ActivationTable(
             self._load, idle_seconds=options.idle_seconds, max_tenants=options.max_tenants,
             busy=self._in_flight.__contains__,
@@ -226,18 +220,12 @@ class LedgerCore:
     async def _commit(self, tenant: str, writes: LedgerWrites, undo: Callable[[], None]) -> None:
         """Join the next group commit; returns once it is durable. A tenant with a commit in flight
         stays in memory: reloading it from storage meanwhile would miss the uncommitted change."""
-        self._in_flight[tenant] = self._in_flight.get(tenant, 0) + 1
-        try:
-            await self._commits.submit(PendingWrite(writes, tenant, undo))
-        except Exception as error:
-            log.exception("ledger commit failed")
-            raise LedgerError(503, "ledger_unavailable", "the ledger could not store this; nothing was recorded") from error
-        finally:
-            left = self._in_flight[tenant] - 1
-            if left:
-                self._in_flight[tenant] = left
-            else:
-                del self._in_flight[tenant]
+        with self._in_flight.hold(tenant):
+            try:
+                await self._commits.submit(PendingWrite(writes, tenant, undo))
+            except Exception as error:
+                log.exception("ledger commit failed")
+                raise LedgerError(503, "ledger_unavailable", "the ledger could not store this; nothing was recorded") from error
 
     # -- prices -----------------------------------------------------------------------------------
     def price(self, state: TenantCosts, model: str) -> Price:
@@ -724,18 +712,9 @@ class CostLedger:
                 log.exception("reservation sweep failed")
 
     async def call_many(self, calls: list[tuple[str, str, tuple]]) -> list[dict[str, Any]]:
-        """Many tenant operations in one actor call, run concurrently (their writes share commits).
-        Each answer is {"ok": result} or {"error": LedgerError fields}."""
+        """Many tenant operations in one actor call, run concurrently (their writes share commits)."""
         self._ensure_sweeper()
-        return list(await asyncio.gather(*(self._one(method, tenant, args) for method, tenant, args in calls)))
-
-    async def _one(self, method: str, tenant: str, args: tuple) -> dict[str, Any]:
-        if method not in PUBLIC_METHODS:
-            return {"error": LedgerError(400, "unknown_operation", method).to_dict()}
-        try:
-            return {"ok": await getattr(self.core, method)(tenant, *args)}
-        except LedgerError as error:
-            return {"error": error.to_dict()}
+        return await run_many(self.core, PUBLIC_METHODS, calls)
 
     async def stats(self) -> dict[str, Any]:
         return self.core.stats()

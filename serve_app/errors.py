@@ -8,6 +8,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from actors.operations import ActorError
+
 log = logging.getLogger("raytenant.http")
 
 _HTTP_CODES = {
@@ -39,7 +41,8 @@ def error_response(status: int, code: str, message: str, **details: Any) -> JSON
 
 
 async def api_error_handler(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
+    """ApiError from a route, or an ActorError (same fields) refused by a shard."""
+    assert isinstance(exc, (ApiError, ActorError))
     return error_response(exc.status, exc.code, exc.message, **exc.details)
 
 
@@ -55,6 +58,7 @@ async def internal_error_handler(request: Request, exc: Exception) -> JSONRespon
 
 EXCEPTION_HANDLERS = {
     ApiError: api_error_handler,
+    ActorError: api_error_handler,
     HTTPException: http_error_handler,
     Exception: internal_error_handler,
 }

@@ -8,6 +8,9 @@ from actors.cost_ledger import LedgerOptions
 from actors.cost_ledger_client import CostLedgerClient
 from actors.event_hub import KIND, HubOptions
 from actors.event_hub_client import EventHubClient
+from actors.learning import KIND as LEARNING_KIND
+from actors.learning import LearningOptions
+from actors.learning_client import LearningClient
 from serve_app.auth import Tokens
 from serve_app.settings import Settings
 from serve_app.streams import StreamRouter
@@ -15,7 +18,13 @@ from serve_app.streams import StreamRouter
 
 class Runtime:
     def __init__(
-        self, settings: Settings, *, hub: object | None = None, ledger: object | None = None, replica_id: str | None = None
+        self,
+        settings: Settings,
+        *,
+        hub: object | None = None,
+        ledger: object | None = None,
+        learning: object | None = None,
+        replica_id: str | None = None,
     ) -> None:
         self.settings = settings
         self.replica_id = replica_id or uuid.uuid4().hex[:12]
@@ -40,11 +49,18 @@ class Runtime:
             kind=settings.actor_prefix + LEDGER_KIND,
             hub=hub_address,
         )
+        self.learning = learning or LearningClient(
+            settings.database_url,
+            settings.learning_shards,
+            LearningOptions(threshold=settings.learning_threshold),
+            kind=settings.actor_prefix + LEARNING_KIND,
+        )
         self.router = StreamRouter(self.hub, self.replica_id, poll_timeout=settings.poll_timeout)
 
     async def start(self) -> None:
         await self.hub.start()
         await self.ledger.start()
+        await self.learning.start()
 
     async def stop(self) -> None:
         await self.router.stop()

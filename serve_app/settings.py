@@ -20,6 +20,8 @@ class Settings:
     hub_shards: int = 1  # one shard measured fastest on a 2-core machine; clusters set more
     ledger_shards: int = 1
     reservation_ttl: float = 600.0
+    learning_shards: int = 1
+    learning_threshold: float = 0.7
     hub_channel: bool = True  # latency-path hub calls over the direct channel (actors/channel.py)
     actor_prefix: str = ""  # lets several deployments (or test databases) share one Ray cluster
     hub_window: int = 1_000
@@ -43,6 +45,8 @@ class Settings:
             "hub_channel": os.environ.get("RAYTENANT_HUB_CHANNEL", "1") != "0",
             "ledger_shards": _env_int("RAYTENANT_LEDGER_SHARDS", 1),
             "reservation_ttl": float(os.environ.get("RAYTENANT_RESERVATION_TTL", 600)),
+            "learning_shards": _env_int("RAYTENANT_LEARNING_SHARDS", 1),
+            "learning_threshold": float(os.environ.get("RAYTENANT_LEARNING_THRESHOLD", 0.7)),
         }
         known = {f.name for f in fields(cls)}
         values.update({k: v for k, v in overrides.items() if k in known and v is not None})

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -89,3 +89,33 @@ class PriceOverrideRow(Base):
     input_per_token: Mapped[float] = mapped_column(Float)
     output_per_token: Mapped[float] = mapped_column(Float)
     cached_per_token: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class PatternRow(Base):
+    """A learned pattern: a user's correction or an observed success, with the evidence for it.
+
+    `fingerprint` identifies identical patterns of a tenant: learning one again raises `support`
+    instead of adding a row. `confidence` is derived (see actors/learning.py) and stored so that
+    reads outside the actor see what recommendations use.
+    """
+
+    __tablename__ = "learning_patterns"
+    __table_args__ = (
+        UniqueConstraint("tenant", "fingerprint", name="uq_learning_patterns_fingerprint"),
+        Index("ix_learning_patterns_tenant_created", "tenant", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    type: Mapped[str] = mapped_column(String(16))  # correction | success
+    fingerprint: Mapped[str] = mapped_column(String(40))
+    data: Mapped[dict] = mapped_column(JSONType)
+    text: Mapped[str] = mapped_column(Text)
+    confidence: Mapped[float] = mapped_column(Float)
+    base_confidence: Mapped[float] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(32))
+    support: Mapped[int] = mapped_column(Integer, default=1)
+    accepted: Mapped[int] = mapped_column(Integer, default=0)
+    rejected: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

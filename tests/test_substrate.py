@@ -159,3 +159,40 @@ def test_get_or_create_is_safe_under_racing_creators(ray_session):
     assert len(idents) == 1, "every racer got the same actor"
     assert ray.get_actor(shard_name("race-probe", 0), namespace=NAMESPACE)
     assert kill_all("race-probe", 2) == 1
+
+
+async def test_run_many_answers_each_operation_alone():
+    from actors.operations import ActorError, run_many
+
+    class Core:
+        async def ok(self, tenant, x):
+            return {"tenant": tenant, "x": x}
+
+        async def refuse(self, tenant):
+            raise ActorError(402, "budget_exceeded", "no", remaining=0)
+
+        async def hidden(self, tenant):
+            return "never"
+
+    answers = await run_many(Core(), {"ok", "refuse"}, [("ok", "a", (1,)), ("refuse", "b", ()), ("hidden", "c", ())])
+    assert answers[0] == {"ok": {"tenant": "a", "x": 1}}
+    assert answers[1] == {"error": {"status": 402, "code": "budget_exceeded", "message": "no", "details": {"remaining": 0}}}
+    assert answers[2]["error"]["code"] == "unknown_operation" and answers[2]["error"]["status"] == 400
+
+
+async def test_in_flight_tenants_are_not_evicted():
+    from actors.activation import InFlight
+
+    async def load(tenants):
+        return {t: object() for t in tenants}
+
+    in_flight = InFlight()
+    table = ActivationTable(load, idle_seconds=-1, busy=in_flight.__contains__)
+    with in_flight.hold("a"):
+        with in_flight.hold("a"):
+            await table.activate(["a", "b"])
+            assert "a" in in_flight and "a" in table and "b" not in table  # idle b left, busy a stayed
+        assert "a" in in_flight and "b" not in in_flight
+    assert "a" not in in_flight
+    table.evict()
+    assert "a" not in table

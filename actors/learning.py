@@ -1,0 +1,350 @@
+"""LearningModel: per-tenant patterns learned from user corrections and observed successes.
+
+Behaviour kept from the original: a correction is learned with confidence 0.95, a success with 0.8;
+recommendations for a context are the patterns whose TF-IDF cosine similarity to the context's
+flattened text reaches the threshold (0.7), top 5 by confidence = similarity x pattern confidence,
+typed `correction_recommendation` / `success_recommendation`, with the recommendation, reasoning
+and pattern_id.
+
+What changed: every pattern counts (not the latest 100) and vectors are kept incrementally
+(actors/pattern_index.py); identical patterns merge and raise `support`; feedback moves a
+pattern's confidence; state is rebuilt from storage when a tenant is activated.
+
+Confidence is a Bayesian average of the pattern's starting confidence (a prior worth
+`prior_weight` observations) and its evidence: each accepted recommendation and each repeat of the
+same correction counts for it, each rejection against it:
+
+    confidence = (base * W + accepted + (support - 1)) / (W + accepted + rejected + (support - 1))
+
+Patterns whose confidence falls below `min_confidence` are no longer recommended, as the original
+only loaded patterns above its threshold.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import ray
+
+from actors.activation import ActivationTable, InFlight
+from actors.batching import Batcher
+from actors.gc_policy import quiet_gc
+from actors.operations import ActorError, run_many
+from actors.pattern_index import PatternIndex
+from storage.engine import create_engine
+from storage.patterns import PatternStore
+
+KIND = "learning"
+CORRECTION, SUCCESS = "correction", "success"
+BASE_CONFIDENCE = {CORRECTION: 0.95, SUCCESS: 0.8}
+SOURCE = {CORRECTION: "user_feedback", SUCCESS: "system_observation"}
+
+
+class LearningError(ActorError):
+    """A refused learning operation (status, code, message, details)."""
+
+
+@dataclass(frozen=True)
+class LearningOptions:
+    threshold: float = 0.7  # minimum similarity, as the original
+    min_confidence: float = 0.7  # patterns below this are not recommended (the original's filter)
+    limit: int = 5
+    prior_weight: float = 4.0
+    refit_growth: float = 1.25
+    idle_seconds: float = 900.0
+    max_tenants: int = 10_000
+
+
+def flatten(obj: Any, prefix: str = "", parts: list[str] | None = None) -> list[str]:
+    """The original's pattern text: `key: value` for scalars, nested keys joined with `_`."""
+    parts = [] if parts is None else parts
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if isinstance(value, (str, int, float)):
+                parts.append(f"{prefix}{key}: {value}")
+            elif isinstance(value, (dict, list)):
+                flatten(value, f"{prefix}{key}_", parts)
+    elif isinstance(obj, list):
+        for i, item in enumerate(obj):
+            flatten(item, f"{prefix}{i}_", parts)
+    elif obj is not None:
+        parts.append(str(obj))
+    return parts
+
+
+def pattern_text(body: dict[str, Any]) -> str:
+    return " ".join(flatten(body))
+
+
+def context_text(context: dict[str, Any]) -> str:
+    return " ".join(flatten({"context": context}))
+
+
+def fingerprint(body: dict[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha1(canonical.encode()).hexdigest()
+
+
+@dataclass
+class Pattern:
+    id: str
+    type: str
+    fingerprint: str
+    data: dict[str, Any]
+    text: str
+    base: float
+    created_at: float
+    updated_at: float
+    support: int = 1
+    accepted: int = 0
+    rejected: int = 0
+    row: int | None = None  # position in the vector index once committed
+
+    def confidence(self, prior: float) -> float:
+        evidence = self.accepted + self.support - 1
+        return round((self.base * prior + evidence) / (prior + evidence + self.rejected), 6)
+
+    def to_row(self, tenant: str, prior: float) -> dict[str, Any]:
+        return {
+            "id": self.id, "tenant": tenant, "type": self.type, "fingerprint": self.fingerprint, "data": self.data,
+            "text": self.text, "confidence": self.confidence(prior), "base_confidence": self.base,
+            "source": SOURCE[self.type], "support": self.support, "accepted": self.accepted,
+            "rejected": self.rejected, "created_at": _dt(self.created_at), "updated_at": _dt(self.updated_at),
+        }
+
+    def view(self, prior: float) -> dict[str, Any]:
+        return {
+            "pattern_id": self.id, "type": self.type, "confidence": self.confidence(prior), "support": self.support,
+            "accepted": self.accepted, "rejected": self.rejected, "source": SOURCE[self.type],
+        }
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, timezone.utc)
+
+
+@dataclass
+class TenantPatterns:
+    index: PatternIndex
+    patterns: dict[str, Pattern] = field(default_factory=dict)
+    by_fingerprint: dict[str, Pattern] = field(default_factory=dict)
+    by_row: list[Pattern] = field(default_factory=list)
+
+
+@dataclass
+class PendingPatterns:
+    tenant: str
+    patterns: list[Pattern]
+    undo: Callable[[], None]
+
+
+class LearningCore:
+    def __init__(self, store: PatternStore, options: LearningOptions = LearningOptions(), *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store, self.options, self.clock = store, options, clock
+        self._in_flight = InFlight()
+        self.tenants: ActivationTable[TenantPatterns] = ActivationTable(
+            self._load, idle_seconds=options.idle_seconds, max_tenants=options.max_tenants,
+            busy=self._in_flight.__contains__,
+        )
+        self._commits: Batcher[PendingPatterns, None] = Batcher(self._flush, max_batch=2**62)
+        self.learned = 0
+
+    async def _load(self, tenants: list[str]) -> dict[str, TenantPatterns]:
+        states = {}
+        for tenant in tenants:
+            state = TenantPatterns(PatternIndex(self.options.refit_growth))
+            rows = await self.store.load(tenant)
+            for row in rows:
+                pattern = Pattern(
+                    row["id"], row["type"], row["fingerprint"], row["data"], row["text"], row["base_confidence"],
+                    _ts(row["created_at"]), _ts(row["updated_at"]), row["support"], row["accepted"], row["rejected"],
+                )
+                state.patterns[pattern.id] = pattern
+                state.by_fingerprint[pattern.fingerprint] = pattern
+            self._index(state, list(state.patterns.values()))
+            states[tenant] = state
+        return states
+
+    @staticmethod
+    def _index(state: TenantPatterns, patterns: list[Pattern]) -> None:
+        rows = state.index.add([p.text for p in patterns])
+        for pattern, row in zip(patterns, rows):
+            pattern.row = row
+            state.by_row.append(pattern)
+
+    async def _flush(self, pending: list[PendingPatterns]) -> list[None]:
+        rows: dict[str, dict[str, Any]] = {}
+        for item in pending:
+            for pattern in item.patterns:
+                rows[pattern.id] = pattern.to_row(item.tenant, self.options.prior_weight)
+        try:
+            await self.store.write(list(rows.values()))
+        except BaseException:
+            for item in reversed(pending):
+                item.undo()
+            raise
+        return [None] * len(pending)
+
+    async def _commit(self, tenant: str, patterns: list[Pattern], undo: Callable[[], None]) -> None:
+        with self._in_flight.hold(tenant):
+            try:
+                await self._commits.submit(PendingPatterns(tenant, patterns, undo))
+            except Exception as error:
+                raise LearningError(503, "learning_unavailable", "the pattern could not be stored; nothing was learned") from error
+
+    async def _state(self, tenant: str) -> TenantPatterns:
+        return (await self.tenants.activate([tenant]))[tenant]
+
+    # -- learning ---------------------------------------------------------------------------------
+    async def learn(self, tenant: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Learn a batch of corrections and successes (all or nothing). Each item is
+        {"type": "correction", "original", "corrected", "context"} or
+        {"type": "success", "result", "context"}."""
+        state = await self._state(tenant)
+        now = self.clock()
+        touched: dict[str, Pattern] = {}
+        created: list[Pattern] = []
+        merged: list[tuple[Pattern, float]] = []
+        results = []
+        for item in items:
+            kind = item["type"]
+            body = ({"type": kind, "original": item["original"], "corrected": item["corrected"], "context": item["context"]}
+                    if kind == CORRECTION else {"type": kind, "result": item["result"], "context": item["context"]})
+            key = fingerprint(body)
+            pattern = state.by_fingerprint.get(key)
+            if pattern is None:
+                pattern = Pattern(uuid.uuid4().hex, kind, key, body, pattern_text(body), BASE_CONFIDENCE[kind], now, now)
+                state.by_fingerprint[key] = pattern
+                state.patterns[pattern.id] = pattern
+                created.append(pattern)
+                results.append({**pattern.view(self.options.prior_weight), "merged": False})
+            else:
+                merged.append((pattern, pattern.updated_at))
+                pattern.support += 1
+                pattern.updated_at = now
+                results.append({**pattern.view(self.options.prior_weight), "merged": True})
+            touched[pattern.id] = pattern
+
+        def undo() -> None:
+            for pattern, updated_at in reversed(merged):
+                pattern.support -= 1
+                pattern.updated_at = updated_at
+            for pattern in created:
+                state.by_fingerprint.pop(pattern.fingerprint, None)
+                state.patterns.pop(pattern.id, None)
+
+        await self._commit(tenant, list(touched.values()), undo)
+        # Vectors join the index once stored; a pattern merged into a pending one is indexed once.
+        self._index(state, [p for p in created if p.row is None])
+        self.learned += len(created)
+        return results
+
+    async def learn_from_correction(self, tenant: str, original: Any, corrected: Any, context: dict[str, Any]):
+        [result] = await self.learn(tenant, [{"type": CORRECTION, "original": original, "corrected": corrected,
+                                              "context": context}])
+        return result
+
+    async def learn_from_success(self, tenant: str, result: Any, context: dict[str, Any]):
+        [answer] = await self.learn(tenant, [{"type": SUCCESS, "result": result, "context": context}])
+        return answer
+
+    async def feedback(self, tenant: str, pattern_id: str, accepted: bool) -> dict[str, Any]:
+        state = await self._state(tenant)
+        pattern = state.patterns.get(pattern_id)
+        if pattern is None:
+            raise LearningError(404, "pattern_not_found", "no pattern with this id")
+        field_name = "accepted" if accepted else "rejected"
+        setattr(pattern, field_name, getattr(pattern, field_name) + 1)
+        before, pattern.updated_at = pattern.updated_at, self.clock()
+
+        def undo() -> None:
+            setattr(pattern, field_name, getattr(pattern, field_name) - 1)
+            pattern.updated_at = before
+
+        await self._commit(tenant, [pattern], undo)
+        return pattern.view(self.options.prior_weight)
+
+    # -- recommendations --------------------------------------------------------------------------
+    def _recommend(self, state: TenantPatterns, context: dict[str, Any], threshold: float, limit: int):
+        prior = self.options.prior_weight
+        out = []
+        for match in state.index.query(context_text(context), threshold, limit * 10):
+            pattern = state.by_row[match.row]
+            confidence = pattern.confidence(prior)
+            if confidence < self.options.min_confidence:
+                continue
+            correction = pattern.type == CORRECTION
+            out.append({
+                "type": "correction_recommendation" if correction else "success_recommendation",
+                "recommendation": pattern.data["corrected"] if correction else pattern.data["result"],
+                "confidence": round(match.similarity * confidence, 6),
+                "similarity": round(match.similarity, 6),
+                "reasoning": (f"Based on previous {'user correction' if correction else 'successful operation'} "
+                              f"with {match.similarity:.2%} similarity (support {pattern.support})"),
+                "pattern_id": pattern.id,
+            })
+        out.sort(key=lambda r: r["confidence"], reverse=True)
+        return out[:limit]
+
+    async def recommendations(self, tenant: str, context: dict[str, Any], threshold: float | None = None,
+                              limit: int | None = None) -> list[dict[str, Any]]:
+        state = await self._state(tenant)
+        return self._recommend(state, context, self.options.threshold if threshold is None else threshold,
+                               limit or self.options.limit)
+
+    async def recommendations_many(self, tenant: str, contexts: list[dict[str, Any]], threshold: float | None = None,
+                                   limit: int | None = None) -> list[list[dict[str, Any]]]:
+        state = await self._state(tenant)
+        threshold = self.options.threshold if threshold is None else threshold
+        return [self._recommend(state, c, threshold, limit or self.options.limit) for c in contexts]
+
+    async def corrections(self, tenant: str, limit: int = 5_000) -> list[dict[str, Any]]:
+        """The tenant's recommendable corrections, most supported first (what a field matcher applies)."""
+        state = await self._state(tenant)
+        prior = self.options.prior_weight
+        found = [p for p in state.patterns.values() if p.type == CORRECTION and p.confidence(prior) >= self.options.min_confidence]
+        found.sort(key=lambda p: (p.confidence(prior), p.support, p.updated_at), reverse=True)
+        return [{"pattern_id": p.id, "original": p.data["original"], "corrected": p.data["corrected"],
+                 "context": p.data["context"], "confidence": p.confidence(prior), "support": p.support} for p in found[:limit]]
+
+    async def stats_for(self, tenant: str) -> dict[str, Any]:
+        state = await self._state(tenant)
+        kinds = [p.type for p in state.patterns.values()]
+        return {"patterns": len(kinds), "corrections": kinds.count(CORRECTION), "successes": kinds.count(SUCCESS),
+                "index_refits": state.index.refits}
+
+    def stats(self) -> dict[str, Any]:
+        return {"active_tenants": len(self.tenants), "learned": self.learned, "commits": self._commits.flushes}
+
+
+def _ts(value: datetime) -> float:
+    return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+
+
+PUBLIC_METHODS = frozenset({"learn", "learn_from_correction", "learn_from_success", "feedback", "recommendations",
+                            "recommendations_many", "corrections", "stats_for"})
+
+
+@ray.remote(num_cpus=0, max_concurrency=10_000)
+class LearningModel:
+    """Ray shell: one learning shard with its own engine."""
+
+    def __init__(self, database_url: str, options: LearningOptions = LearningOptions()) -> None:
+        self.engine = create_engine(database_url)
+        self.core = LearningCore(PatternStore(self.engine), options)
+        quiet_gc()
+
+    async def call_many(self, calls: list[tuple[str, str, tuple]]) -> list[dict[str, Any]]:
+        return await run_many(self.core, PUBLIC_METHODS, calls)
+
+    async def stats(self) -> dict[str, Any]:
+        return self.core.stats()
+
+    async def ready(self) -> bool:
+        return True

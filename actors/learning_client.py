@@ -1,0 +1,14 @@
+"""Caller side of the LearningModel shards."""
+from __future__ import annotations
+
+from actors.learning import KIND, LearningError, LearningModel, LearningOptions
+from actors.shard_client import ShardClient
+
+
+class LearningClient(ShardClient):
+    error_class = LearningError
+    unavailable_code = "learning_unavailable"
+
+    def __init__(self, database_url: str, shards: int, options: LearningOptions = LearningOptions(), *,
+                 kind: str = KIND) -> None:
+        super().__init__(LearningModel, kind, shards, database_url, options)

@@ -1,0 +1,36 @@
+"""Field mapping with what a tenant taught: the FieldMatcher fed by the learning engine.
+
+Used by `POST /v1/mappings`, the crews' field-mapping tool and the evaluation bench, so all three
+map the same way. `learning` is any async `(method, tenant, *args)` callable reaching the tenant's
+LearningModel shard (`LearningClient.call`, or a LearningCore method lookup in tests and benches).
+"""
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+from crews.field_matcher import Field, FieldMatcher, Learned, field_context, parse_schema
+
+LearningCall = Callable[..., Awaitable[Any]]
+SIMILAR_THRESHOLD = 0.5  # similar-field corrections worth considering (the matcher weighs them)
+
+
+async def map_fields(learning: LearningCall, tenant: str, source_schema: Any, target_schema: Any,
+                     source_name: str | None = None, matcher: FieldMatcher | None = None) -> dict[str, Any]:
+    """Raises crews.field_matcher.SchemaError for an unusable schema."""
+    sources = parse_schema(source_schema, "source_schema")
+    parse_schema(target_schema, "target_schema")
+    contexts = [field_context(s, source_name) for s in sources]
+    corrections = await learning("corrections", tenant)
+    similar = await learning("recommendations_many", tenant, contexts, SIMILAR_THRESHOLD, 3)
+    return (matcher or FieldMatcher()).match(source_schema, target_schema,
+                                             learned=Learned.from_corrections(corrections), recommendations=similar)
+
+
+def correction(source: Field, proposed: str | None, correct: str, source_name: str | None = None) -> dict[str, Any]:
+    """The learning item for a user's correction of one proposed mapping."""
+    return {
+        "type": "correction",
+        "original": {"source_field": source.name, "target_field": proposed},
+        "corrected": {"source_field": source.name, "target_field": correct},
+        "context": field_context(source, source_name),
+    }

@@ -1,0 +1,146 @@
+"""The learning engine's state logic and vector index on the real databases, without Ray."""
+from __future__ import annotations
+
+import asyncio
+import random
+
+import numpy as np
+import pytest
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.metrics.pairwise import cosine_similarity
+from sqlalchemy import select
+
+from actors.learning import LearningCore, LearningError, LearningOptions, context_text, flatten, pattern_text
+from actors.pattern_index import PatternIndex
+from storage.engine import create_engine
+from storage.models import PatternRow
+from storage.patterns import PatternStore
+
+CONTEXT = {"source_field": "cust_id", "table": "customers", "system": "crm"}
+
+
+@pytest.fixture
+async def engine(db_url):
+    found = create_engine(db_url)
+    yield found
+    await found.dispose()
+
+
+def core_on(engine, **options) -> LearningCore:
+    return LearningCore(PatternStore(engine), LearningOptions(**options))
+
+
+async def test_original_case_correction_is_recommended_for_a_similar_context(engine, tenant):
+    core = core_on(engine)
+    learned = await core.learn_from_correction(
+        tenant, {"field_mapping": "cust_id -> customer_name"}, {"field_mapping": "cust_id -> customer_id"}, CONTEXT)
+    assert learned["confidence"] == 0.95 and learned["merged"] is False and learned["type"] == "correction"
+    await core.learn_from_success(tenant, {"mapped": 12, "status": "ok"}, {"table": "orders", "system": "erp"})
+    [rec] = await core.recommendations(tenant, dict(CONTEXT))
+    assert rec["type"] == "correction_recommendation" and rec["confidence"] > 0.5
+    assert rec["recommendation"] == {"field_mapping": "cust_id -> customer_id"}
+    assert rec["pattern_id"] == learned["pattern_id"] and "similarity" in rec["reasoning"]
+    assert rec["confidence"] == pytest.approx(rec["similarity"] * 0.95, abs=1e-6)
+    [success] = await core.recommendations(tenant, {"table": "orders", "system": "erp"}, 0.5)
+    assert success["type"] == "success_recommendation" and success["recommendation"]["mapped"] == 12
+    assert success["confidence"] == pytest.approx(success["similarity"] * 0.8, abs=1e-6)
+    assert await core.recommendations(tenant, {"weather": "sunny"}) == []
+    # A lower threshold admits weaker matches; limit caps the answer.
+    assert len(await core.recommendations(tenant, {"table": "customers"}, 0.1, 1)) == 1
+
+
+async def test_identical_corrections_merge_and_feedback_moves_confidence(engine, tenant):
+    core = core_on(engine)
+    first = await core.learn_from_correction(tenant, {"a": 1}, {"a": 2}, CONTEXT)
+    again = await asyncio.gather(*(core.learn_from_correction(tenant, {"a": 1}, {"a": 2}, CONTEXT) for _ in range(3)))
+    assert {r["pattern_id"] for r in again} == {first["pattern_id"]} and all(r["merged"] for r in again)
+    assert again[-1]["support"] == 4 or max(r["support"] for r in again) == 4
+    # Support counts as evidence: (0.95 * 4 + 3) / (4 + 3)
+    view = await core.feedback(tenant, first["pattern_id"], True)
+    assert view["accepted"] == 1 and view["confidence"] == pytest.approx((0.95 * 4 + 4) / 8)
+    stats = await core.stats_for(tenant)
+    assert stats["patterns"] == 1 and stats["corrections"] == 1
+    other = await core.learn_from_correction(tenant, {"b": 1}, {"b": 2}, {"source_field": "zip", "table": "addr"})
+    for _ in range(2):
+        view = await core.feedback(tenant, other["pattern_id"], False)
+    assert view["rejected"] == 2 and view["confidence"] == pytest.approx(0.95 * 4 / 6)
+    # Below min_confidence (0.7) a pattern is no longer recommended.
+    assert await core.recommendations(tenant, {"source_field": "zip", "table": "addr"}) == []
+    with pytest.raises(LearningError) as missing:
+        await core.feedback(tenant, "nope", True)
+    assert missing.value.status == 404 and missing.value.code == "pattern_not_found"
+
+
+async def test_state_is_rebuilt_from_storage_and_tenants_are_isolated(engine, tenant):
+    core = core_on(engine)
+    other = tenant + "-other"
+    mine = await core.learn_from_correction(tenant, {"x": 1}, {"x": 2}, CONTEXT)
+    await core.feedback(tenant, mine["pattern_id"], True)
+    assert await core.recommendations(other, dict(CONTEXT)) == []
+    with pytest.raises(LearningError):
+        await core.feedback(other, mine["pattern_id"], False)
+    restarted = core_on(engine)
+    [rec] = await restarted.recommendations(tenant, dict(CONTEXT))
+    assert rec["pattern_id"] == mine["pattern_id"]
+    merged = await restarted.learn_from_correction(tenant, {"x": 1}, {"x": 2}, CONTEXT)
+    assert merged["merged"] and merged["support"] == 2 and merged["accepted"] == 1
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(PatternRow).where(PatternRow.tenant == tenant))).mappings().all()
+    assert len(rows) == 1 and rows[0]["support"] == 2 and rows[0]["confidence"] == merged["confidence"]
+
+
+async def test_failed_commit_learns_nothing(engine, tenant):
+    core = core_on(engine)
+
+    async def broken(rows):
+        raise ConnectionError("database went away")
+
+    real, core.store.write = core.store.write, broken
+    with pytest.raises(LearningError) as refused:
+        await core.learn_from_correction(tenant, {"a": 1}, {"a": 2}, CONTEXT)
+    assert refused.value.status == 503
+    assert await core.recommendations(tenant, dict(CONTEXT)) == []
+    assert (await core.stats_for(tenant))["patterns"] == 0
+    core.store.write = real
+    assert (await core.learn_from_correction(tenant, {"a": 1}, {"a": 2}, CONTEXT))["merged"] is False
+
+
+async def test_batched_learning_every_pattern_counts(engine, tenant):
+    core = core_on(engine)
+    items = [{"type": "correction", "original": {"t": f"v{i}"}, "corrected": {"t": f"w{i}"},
+              "context": {"source_field": f"field_{i}", "entity": f"entity_{i % 50}"}} for i in range(1500)]
+    results = await core.learn(tenant, items)
+    assert len({r["pattern_id"] for r in results}) == 1500
+    # The very first pattern is still found (the original only looked at the latest 100).
+    [rec] = await core.recommendations(tenant, {"source_field": "field_0", "entity": "entity_0"}, 0.3, 1)
+    assert rec["recommendation"] == {"t": "w0"}
+
+
+def test_flatten_is_the_original_pattern_text():
+    assert flatten({"a": 1, "b": {"c": "x", "d": [1, {"e": 2.5}]}, "f": None, "g": True}) == [
+        "a: 1", "b_c: x", "1", "b_d_1_e: 2.5", "g: True"]
+    assert pattern_text({"type": "success", "result": {"n": 3}, "context": {"k": "v"}}) == \
+        "type: success result_n: 3 context_k: v"
+    assert context_text({"k": "v"}) == "context_k: v"
+
+
+def test_index_matches_exact_tfidf_after_refit():
+    """Incremental weights equal sklearn's TF-IDF cosine (same tokens, smooth IDF) once re-weighted."""
+    rng = random.Random(7)
+    words = [f"w{i}" for i in range(300)]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(400)]
+    index = PatternIndex(refit_growth=1.25)
+    for start in range(0, 400, 37):
+        index.add(texts[start : start + 37])
+    index.refit()
+    query = " ".join(words[:6])
+    vectorizer = TfidfVectorizer(stop_words="english")
+    matrix = vectorizer.fit_transform(texts)
+    expected = cosine_similarity(vectorizer.transform([query]), matrix)[0]
+    got = {m.row: m.similarity for m in index.query(query, 0.05, 400)}
+    best = np.argsort(-expected)[:10]
+    for row in best:
+        if expected[row] >= 0.05:
+            assert got[int(row)] == pytest.approx(expected[row], abs=1e-4)
+    assert index.refits >= 2 and len(index) == 400
+    assert index.query("", 0.1, 5) == [] and PatternIndex().query("w1", 0.1, 5) == []
