@@ -28,7 +28,8 @@ from actors.activation import ActivationTable, InFlight
 from actors.batching import Batcher
 from actors.gc_policy import quiet_gc
 from actors.model_quality import TASK_QUALITY, model_quality
-from actors.operations import ActorError, run_many
+from actors.operations import ActorError
+from actors.shard_actor import ShardActor, stream_publisher
 from actors.prices import NANOS, Price, PriceCatalog, default_catalog
 from storage.engine import create_engine
 from storage.ledger import LedgerStore, LedgerWrites, utc
@@ -681,44 +682,15 @@ PUBLIC_METHODS = frozenset(
 
 
 @ray.remote(num_cpus=0, max_concurrency=10_000)
-class CostLedger:
+class CostLedger(ShardActor):
     """Ray shell: one ledger shard with its own engine; publishes budget alerts to the EventHub."""
+
+    public = PUBLIC_METHODS
 
     def __init__(self, database_url: str, options: LedgerOptions = LedgerOptions(), hub: dict | None = None) -> None:
         self.engine = create_engine(database_url)
-        notify = None
-        if hub is not None:
-            from actors.event_hub_client import EventHubClient
-
-            self.hub = EventHubClient(**hub)
-
-            async def notify(tenant: str, alert: dict[str, Any]) -> None:
-                await self.hub.append(tenant, [{"type": "budget_alert", "flow_id": None, "data": alert}])
-
+        publish = stream_publisher(hub, "budget_alert")
+        notify = (lambda tenant, alert: publish(tenant, [alert])) if publish else None
         self.core = LedgerCore(LedgerStore(self.engine), options, notify=notify)
-        self._sweeper: asyncio.Task | None = None
+        self.sweep = self.core.expire
         quiet_gc()
-
-    def _ensure_sweeper(self) -> None:
-        if self._sweeper is None or self._sweeper.done():
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
-
-    async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(self.core.options.sweep_interval)
-            try:
-                await self.core.expire()
-            except Exception:
-                log.exception("reservation sweep failed")
-
-    async def call_many(self, calls: list[tuple[str, str, tuple]]) -> list[dict[str, Any]]:
-        """Many tenant operations in one actor call, run concurrently (their writes share commits)."""
-        self._ensure_sweeper()
-        return await run_many(self.core, PUBLIC_METHODS, calls)
-
-    async def stats(self) -> dict[str, Any]:
-        return self.core.stats()
-
-    async def ready(self) -> bool:
-        self._ensure_sweeper()
-        return True

@@ -19,7 +19,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from actors.batching import ShardedBatcher
 from actors.channel import ChannelClient, ChannelError
 from actors.event_hub import KIND, EventHub, EventIn, HubOptions, unwire_events
-from actors.shards import get_or_create, shard_for
+from actors.shards import get_or_create, shard_for, wait_ready
 from storage.events import Event
 
 log = logging.getLogger("raytenant.event_hub_client")
@@ -75,9 +75,9 @@ class EventHubClient:
             )
         return handle
 
-    async def start(self) -> None:
+    async def start(self, timeout: float = 60.0) -> None:
         """Create every shard (idempotent across replicas) and wait until each answers."""
-        await asyncio.gather(*(self.handle(s).ready.remote() for s in range(self.shards)))
+        await wait_ready([self.handle(s) for s in range(self.shards)], timeout)
 
     async def _channel(self, shard: int) -> ChannelClient:
         channel = self._channels.get(shard)

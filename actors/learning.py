@@ -34,7 +34,8 @@ import ray
 from actors.activation import ActivationTable, InFlight
 from actors.batching import Batcher
 from actors.gc_policy import quiet_gc
-from actors.operations import ActorError, run_many
+from actors.operations import ActorError
+from actors.shard_actor import ShardActor
 from actors.pattern_index import PatternIndex
 from storage.engine import create_engine
 from storage.patterns import PatternStore
@@ -332,19 +333,12 @@ PUBLIC_METHODS = frozenset({"learn", "learn_from_correction", "learn_from_succes
 
 
 @ray.remote(num_cpus=0, max_concurrency=10_000)
-class LearningModel:
+class LearningModel(ShardActor):
     """Ray shell: one learning shard with its own engine."""
+
+    public = PUBLIC_METHODS
 
     def __init__(self, database_url: str, options: LearningOptions = LearningOptions()) -> None:
         self.engine = create_engine(database_url)
         self.core = LearningCore(PatternStore(self.engine), options)
         quiet_gc()
-
-    async def call_many(self, calls: list[tuple[str, str, tuple]]) -> list[dict[str, Any]]:
-        return await run_many(self.core, PUBLIC_METHODS, calls)
-
-    async def stats(self) -> dict[str, Any]:
-        return self.core.stats()
-
-    async def ready(self) -> bool:
-        return True

@@ -10,7 +10,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 
 from actors.batching import ShardedBatcher
 from actors.operations import ActorError, Call
-from actors.shards import get_or_create, shard_for
+from actors.shards import get_or_create, shard_for, wait_ready
 
 
 class ShardClient:
@@ -33,8 +33,9 @@ class ShardClient:
             self._handles[shard] = get_or_create(self.actor_class, self.kind, shard, *self.init_args)
         return self._handles[shard]
 
-    async def start(self) -> None:
-        await asyncio.gather(*(self.handle(s).ready.remote() for s in range(self.shards)))
+    async def start(self, timeout: float = 60.0) -> None:
+        """Create every shard (idempotent across replicas) and wait until each answers."""
+        await wait_ready([self.handle(s) for s in range(self.shards)], timeout)
 
     def _unavailable(self) -> dict[str, Any]:
         error = self.error_class(503, self.unavailable_code, "the shard is unavailable; nothing was changed")
@@ -54,6 +55,11 @@ class ShardClient:
 
     async def call(self, method: str, tenant: str, *args: Any) -> Any:
         return self._unwrap(await self._calls.submit(self.shard_of(tenant), (method, tenant, args)))
+
+    async def call_alone(self, method: str, tenant: str, *args: Any) -> Any:
+        """An operation that may wait long (a long poll): its own actor call, so it never holds
+        back the batch of quick operations it would otherwise share."""
+        return self._unwrap((await self._flush(self.shard_of(tenant), [(method, tenant, args)]))[0])
 
     def call_sync(self, method: str, tenant: str, *args: Any, timeout: float = 30.0) -> Any:
         """The same from a thread without an event loop (a crew's LLM calls run in one)."""

@@ -72,3 +72,21 @@ def kill_all(kind: str, shards: int) -> int:
         ray.kill(handle, no_restart=True)
         killed += 1
     return killed
+
+
+async def wait_ready(handles: list[Any], timeout: float = 60.0) -> None:
+    """Wait until every shard answers `ready`; a shard Ray is restarting is waited for, not an error."""
+    import asyncio
+
+    from ray.exceptions import RayActorError
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    for handle in handles:
+        while True:
+            try:
+                await handle.ready.remote()
+                break
+            except RayActorError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.2)

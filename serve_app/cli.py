@@ -142,11 +142,13 @@ def run_service(args: argparse.Namespace, stop: threading.Event | None = None) -
             from actors.cost_ledger import KIND as LEDGER_KIND
             from actors.event_hub import KIND
             from actors.learning import KIND as LEARNING_KIND
+            from actors.mailbox import KIND as MAILBOX_KIND
             from actors.shards import kill_all
 
             kill_all(KIND, args.shards)
             kill_all(LEDGER_KIND, int(os.environ.get("RAYTENANT_LEDGER_SHARDS", 1)))
             kill_all(LEARNING_KIND, int(os.environ.get("RAYTENANT_LEARNING_SHARDS", 1)))
+            kill_all(MAILBOX_KIND, int(os.environ.get("RAYTENANT_MAILBOX_SHARDS", 1)))
             if started_ray:
                 serve.shutdown()
         finally:

@@ -11,6 +11,8 @@ from actors.event_hub_client import EventHubClient
 from actors.learning import KIND as LEARNING_KIND
 from actors.learning import LearningOptions
 from actors.learning_client import LearningClient
+from actors.mailbox import KIND as MAILBOX_KIND
+from actors.mailbox_client import MailboxClient
 from serve_app.auth import Tokens
 from serve_app.settings import Settings
 from serve_app.streams import StreamRouter
@@ -24,6 +26,7 @@ class Runtime:
         hub: object | None = None,
         ledger: object | None = None,
         learning: object | None = None,
+        mailbox: object | None = None,
         replica_id: str | None = None,
     ) -> None:
         self.settings = settings
@@ -55,12 +58,16 @@ class Runtime:
             LearningOptions(threshold=settings.learning_threshold),
             kind=settings.actor_prefix + LEARNING_KIND,
         )
+        self.mailbox = mailbox or MailboxClient(
+            settings.database_url, settings.mailbox_shards, kind=settings.actor_prefix + MAILBOX_KIND, hub=hub_address
+        )
         self.router = StreamRouter(self.hub, self.replica_id, poll_timeout=settings.poll_timeout)
 
     async def start(self) -> None:
         await self.hub.start()
         await self.ledger.start()
         await self.learning.start()
+        await self.mailbox.start()
 
     async def stop(self) -> None:
         await self.router.stop()

@@ -22,6 +22,7 @@ class Settings:
     reservation_ttl: float = 600.0
     learning_shards: int = 1
     learning_threshold: float = 0.7
+    mailbox_shards: int = 1
     hub_channel: bool = True  # latency-path hub calls over the direct channel (actors/channel.py)
     actor_prefix: str = ""  # lets several deployments (or test databases) share one Ray cluster
     hub_window: int = 1_000
@@ -47,6 +48,7 @@ class Settings:
             "reservation_ttl": float(os.environ.get("RAYTENANT_RESERVATION_TTL", 600)),
             "learning_shards": _env_int("RAYTENANT_LEARNING_SHARDS", 1),
             "learning_threshold": float(os.environ.get("RAYTENANT_LEARNING_THRESHOLD", 0.7)),
+            "mailbox_shards": _env_int("RAYTENANT_MAILBOX_SHARDS", 1),
         }
         known = {f.name for f in fields(cls)}
         values.update({k: v for k, v in overrides.items() if k in known and v is not None})

@@ -1,0 +1,447 @@
+"""Mailbox: durable per-agent message queues and topics for a tenant's agents.
+
+Delivery is at least once. A message is stored before `send` answers; `receive` hands out ready
+messages and stores them as in flight (attempts + 1, invisible until `visible_at`) before it
+answers; `ack` stores them as acked. An in-flight message not acked within its visibility timeout
+becomes ready again, at the front of its queue; one that was handed out `max_attempts` times
+becomes dead instead (a dead letter, listed for inspection, never redelivered). Every message
+handed to a queue also appears on the tenant's event stream as an `agent_message` event.
+
+`MailboxCore` is the state logic (driven by tests without Ray); `Mailbox` is the Ray actor.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable
+
+import ray
+
+from actors.activation import ActivationTable, InFlight
+from actors.batching import Batcher
+from actors.gc_policy import quiet_gc
+from actors.operations import ActorError
+from actors.shard_actor import ShardActor, stream_publisher
+from storage.engine import create_engine
+from storage.mailbox import MailboxStore, MailboxWrites
+
+log = logging.getLogger("raytenant.mailbox")
+
+KIND = "mailbox"
+MESSAGE_TYPES = ("request", "response", "notification", "error")
+EVENT_CONTENT_LIMIT = 2_048  # bytes of content copied into the agent_message event
+Notify = Callable[[str, list[dict[str, Any]]], Awaitable[Any]]
+
+
+class MailboxError(ActorError):
+    """A refused mailbox operation (status, code, message, details)."""
+
+
+@dataclass(frozen=True)
+class MailboxOptions:
+    visibility_timeout: float = 30.0
+    max_attempts: int = 5
+    sweep_interval: float = 0.5
+    idle_seconds: float = 900.0
+    max_tenants: int = 20_000
+    max_wait: float = 30.0
+
+
+@dataclass
+class Message:
+    id: str
+    receiver: str
+    sender: str
+    type: str
+    content: Any
+    correlation_id: str | None
+    topic: str | None
+    created_at: float
+    state: str = "ready"
+    attempts: int = 0
+    visible_at: float = 0.0
+    updated_at: float = 0.0
+
+    def row(self, tenant: str) -> dict[str, Any]:
+        return {
+            "id": self.id, "tenant": tenant, "receiver": self.receiver, "sender": self.sender, "type": self.type,
+            "content": self.content, "correlation_id": self.correlation_id, "topic": self.topic, "state": self.state,
+            "attempts": self.attempts, "visible_at": _dt(self.visible_at), "created_at": _dt(self.created_at),
+            "updated_at": _dt(self.updated_at or self.created_at),
+        }
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "message_id": self.id, "type": self.type, "sender": self.sender, "receiver": self.receiver,
+            "content": self.content, "correlation_id": self.correlation_id, "topic": self.topic,
+            "timestamp": _dt(self.created_at).isoformat(), "attempts": self.attempts,
+        }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "Message":
+        return cls(row["id"], row["receiver"], row["sender"], row["type"], row["content"], row["correlation_id"],
+                   row["topic"], _ts(row["created_at"]), row["state"], row["attempts"], _ts(row["visible_at"]),
+                   _ts(row["updated_at"]))
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, timezone.utc)
+
+
+def _ts(value: datetime) -> float:
+    return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+
+
+@dataclass
+class TenantMailbox:
+    queues: dict[str, deque[Message]] = field(default_factory=dict)
+    messages: dict[str, Message] = field(default_factory=dict)  # ready and in flight, by id
+    topics: dict[str, set[str]] = field(default_factory=dict)  # topic -> agents
+    agent_topics: dict[str, list[str]] = field(default_factory=dict)
+    waiters: dict[str, list[asyncio.Future]] = field(default_factory=dict)
+    requests: dict[str, tuple[str, asyncio.Future]] = field(default_factory=dict)  # correlation id -> (sender, answer)
+
+    def queue(self, agent: str) -> deque[Message]:
+        return self.queues.setdefault(agent, deque())
+
+    def wake(self, agent: str) -> None:
+        for future in self.waiters.pop(agent, []):
+            if not future.done():
+                future.set_result(None)
+
+
+@dataclass
+class PendingWrite:
+    writes: MailboxWrites
+    undo: Callable[[], None]
+
+
+class MailboxCore:
+    def __init__(self, store: MailboxStore, options: MailboxOptions = MailboxOptions(), *,
+                 notify: Notify | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.store, self.options, self.notify, self.clock = store, options, notify, clock
+        self._in_flight = InFlight()
+        self.tenants: ActivationTable[TenantMailbox] = ActivationTable(
+            self._load, idle_seconds=options.idle_seconds, max_tenants=options.max_tenants, busy=self._busy
+        )
+        self._commits: Batcher[PendingWrite, None] = Batcher(self._flush)
+        self._events: set[asyncio.Task] = set()
+        self._last_stamp = 0.0
+        self.counters = {"sent": 0, "delivered": 0, "acked": 0, "redelivered": 0, "dead": 0}
+
+    def _stamp(self, now: float) -> float:
+        """Strictly increasing creation times (microsecond steps): queue order survives a reload."""
+        self._last_stamp = max(now, self._last_stamp + 1e-6)
+        return self._last_stamp
+
+    def _busy(self, tenant: str) -> bool:
+        state = self.tenants.peek(tenant)
+        return tenant in self._in_flight or bool(state and (state.waiters or state.requests))
+
+    async def _load(self, tenants: list[str]) -> dict[str, TenantMailbox]:
+        states = {}
+        for tenant in tenants:
+            state = TenantMailbox()
+            rows, subscriptions = await self.store.load(tenant)
+            for row in rows:
+                message = Message.from_row(row)
+                state.messages[message.id] = message
+                if message.state == "ready":
+                    state.queue(message.receiver).append(message)
+            for row in subscriptions:
+                state.topics.setdefault(row["topic"], set()).add(row["agent"])
+                state.agent_topics.setdefault(row["agent"], []).append(row["topic"])
+            states[tenant] = state
+        return states
+
+    async def _state(self, tenant: str) -> TenantMailbox:
+        return (await self.tenants.activate([tenant]))[tenant]
+
+    async def _flush(self, pending: list[PendingWrite]) -> list[None]:
+        merged = MailboxWrites()
+        for item in pending:
+            merged.merge(item.writes)
+        try:
+            await self.store.write(merged)
+        except BaseException:
+            for item in reversed(pending):
+                item.undo()
+            raise
+        return [None] * len(pending)
+
+    async def _commit(self, tenant: str, writes: MailboxWrites, undo: Callable[[], None]) -> None:
+        with self._in_flight.hold(tenant):
+            try:
+                await self._commits.submit(PendingWrite(writes, undo))
+            except Exception as error:
+                log.exception("mailbox commit failed")
+                raise MailboxError(503, "mailbox_unavailable", "the mailbox could not store this; nothing changed") from error
+
+    def _rows(self, tenant: str, messages: list[Message]) -> MailboxWrites:
+        return MailboxWrites(messages={m.id: m.row(tenant) for m in messages})
+
+    # -- sending ----------------------------------------------------------------------------------
+    async def send(self, tenant: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Store messages and queue them for their receivers. Each item: receiver, sender, type,
+        content, correlation_id?, topic?."""
+        state = await self._state(tenant)
+        now = self.clock()
+        messages = [
+            Message(uuid.uuid4().hex, item["receiver"], item["sender"], item.get("type", "notification"),
+                    item.get("content"), item.get("correlation_id"), item.get("topic"), self._stamp(now),
+                    visible_at=now, updated_at=now)
+            for item in items
+        ]
+        await self._commit(tenant, self._rows(tenant, messages), lambda: None)
+        for message in messages:  # stored: now visible to receivers
+            state.messages[message.id] = message
+            waiting = state.requests.get(message.correlation_id or "")
+            if message.type in ("response", "error") and waiting and waiting[0] == message.receiver:
+                message.state = "inflight"  # taken by the request helper, which acks it
+                message.visible_at = now + self.options.visibility_timeout
+                if not waiting[1].done():
+                    waiting[1].set_result(message)
+                continue
+            state.queue(message.receiver).append(message)
+            state.wake(message.receiver)
+        self.counters["sent"] += len(messages)
+        self._publish(tenant, messages)
+        return [m.view() for m in messages]
+
+    async def broadcast(self, tenant: str, sender: str, topic: str, type_: str, content: Any) -> dict[str, Any]:
+        """One message per subscriber of `topic`, except the sender. Returns the recipient count."""
+        state = await self._state(tenant)
+        recipients = sorted(state.topics.get(topic, set()) - {sender})
+        sent = await self.send(tenant, [{"receiver": r, "sender": sender, "type": type_, "content": content,
+                                         "topic": topic} for r in recipients]) if recipients else []
+        return {"topic": topic, "recipients": len(recipients), "message_ids": [m["message_id"] for m in sent]}
+
+    def _publish(self, tenant: str, messages: list[Message]) -> None:
+        if self.notify is None or not messages:
+            return
+        events = []
+        for m in messages:
+            data = {k: v for k, v in m.view().items() if k not in ("content", "attempts")}
+            body = json.dumps(m.content, default=str)
+            if len(body) <= EVENT_CONTENT_LIMIT:
+                data["content"] = m.content
+            events.append(data)
+
+        async def send() -> None:
+            for attempt in range(5):
+                try:
+                    await self.notify(tenant, events)
+                    return
+                except Exception:  # noqa: BLE001 - retried, then logged
+                    await asyncio.sleep(0.2 * 2**attempt)
+            log.error("agent_message events for tenant %s could not be published", tenant)
+
+        task = asyncio.create_task(send())
+        self._events.add(task)
+        task.add_done_callback(self._events.discard)
+
+    # -- receiving --------------------------------------------------------------------------------
+    async def receive(self, tenant: str, agent: str, max_messages: int = 10, wait: float = 0.0,
+                      visibility: float | None = None) -> list[dict[str, Any]]:
+        """Up to `max_messages` ready messages of `agent`, waiting up to `wait` seconds for one."""
+        deadline = self.clock() + min(wait, self.options.max_wait)
+        while True:
+            state = await self._state(tenant)  # re-read each turn: the tenant may have been reloaded
+            await self._expire(tenant, state)
+            queue = state.queue(agent)
+            if queue:
+                taken = [queue.popleft() for _ in range(min(max_messages, len(queue)))]
+                return await self._hand_out(tenant, state, agent, taken, visibility)
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                return []
+            future = asyncio.get_running_loop().create_future()
+            state.waiters.setdefault(agent, []).append(future)
+            try:
+                await asyncio.wait_for(asyncio.shield(future), remaining)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                waiters = state.waiters.get(agent, [])
+                if future in waiters:
+                    waiters.remove(future)
+                if not waiters:
+                    state.waiters.pop(agent, None)
+
+    async def _hand_out(self, tenant: str, state: TenantMailbox, agent: str, taken: list[Message],
+                        visibility: float | None) -> list[dict[str, Any]]:
+        now = self.clock()
+        before = [(m.state, m.attempts, m.visible_at, m.updated_at) for m in taken]
+        for m in taken:
+            m.state, m.attempts, m.updated_at = "inflight", m.attempts + 1, now
+            m.visible_at = now + (visibility or self.options.visibility_timeout)
+
+        def undo() -> None:
+            for m, (st, attempts, visible_at, updated_at) in zip(taken, before):
+                m.state, m.attempts, m.visible_at, m.updated_at = st, attempts, visible_at, updated_at
+            state.queue(agent).extendleft(reversed(taken))
+
+        await self._commit(tenant, self._rows(tenant, taken), undo)
+        self.counters["delivered"] += len(taken)
+        return [m.view() for m in taken]
+
+    async def ack(self, tenant: str, agent: str, message_id: str) -> dict[str, Any]:
+        result = await self.ack_many(tenant, agent, [message_id])
+        if result["dead"]:
+            raise MailboxError(409, "message_dead", "the message was dead-lettered after too many attempts")
+        if result["not_found"]:
+            raise MailboxError(404, "message_not_found", "no unacknowledged message with this id for this agent")
+        return {"message_id": message_id, "state": "acked"}
+
+    async def ack_many(self, tenant: str, agent: str, message_ids: list[str]) -> dict[str, list[str]]:
+        """Acknowledge messages of `agent` in one commit. Acking twice is harmless; a message acked
+        after its visibility ran out is taken off the queue (the work was done anyway)."""
+        state = await self._state(tenant)
+        now = self.clock()
+        found, missing = [], []
+        for message_id in dict.fromkeys(message_ids):
+            message = state.messages.get(message_id)
+            if message is not None and message.receiver == agent:
+                found.append(message)
+            else:
+                missing.append(message_id)
+        queue = state.queue(agent)
+        before = [(m.state, m.updated_at) for m in found]
+        requeue = [m for m in found if m.state == "ready"]
+        for m in requeue:
+            queue.remove(m)
+        for m in found:
+            m.state, m.updated_at = "acked", now
+            del state.messages[m.id]
+
+        def undo() -> None:
+            for m, (st, updated_at) in zip(found, before):
+                m.state, m.updated_at = st, updated_at
+                state.messages[m.id] = m
+            queue.extendleft(reversed(requeue))
+
+        if found:
+            await self._commit(tenant, self._rows(tenant, found), undo)
+            self.counters["acked"] += len(found)
+        result: dict[str, list[str]] = {"acked": [m.id for m in found], "not_found": [], "dead": []}
+        for message_id in missing:
+            row = await self.store.get(tenant, message_id)
+            known = row is not None and row["receiver"] == agent
+            key = "acked" if known and row["state"] == "acked" else "dead" if known and row["state"] == "dead" else "not_found"
+            result[key].append(message_id)
+        return result
+
+    async def _expire(self, tenant: str, state: TenantMailbox) -> None:
+        """In-flight messages past their visibility: ready again (front of queue) or dead."""
+        now = self.clock()
+        due = [m for m in state.messages.values() if m.state == "inflight" and m.visible_at <= now]
+        if not due:
+            return
+        due.sort(key=lambda m: m.created_at)
+        before = [(m.state, m.updated_at) for m in due]
+        dead = [m for m in due if m.attempts >= self.options.max_attempts]
+        again = [m for m in due if m.attempts < self.options.max_attempts]
+        for m in dead:
+            m.state, m.updated_at = "dead", now
+            del state.messages[m.id]
+        for m in again:
+            m.state, m.updated_at = "ready", now
+        for agent in {m.receiver for m in again}:
+            state.queue(agent).extendleft(reversed([m for m in again if m.receiver == agent]))
+
+        def undo() -> None:
+            for m, (st, updated_at) in zip(due, before):
+                m.state, m.updated_at = st, updated_at
+                state.messages[m.id] = m
+                if m in again and m in state.queue(m.receiver):
+                    state.queue(m.receiver).remove(m)
+
+        await self._commit(tenant, self._rows(tenant, due), undo)
+        self.counters["redelivered"] += len(again)
+        self.counters["dead"] += len(dead)
+        for agent in {m.receiver for m in again}:
+            state.wake(agent)
+
+    async def sweep(self) -> None:
+        for tenant in list(self.tenants._states):
+            state = self.tenants.peek(tenant)
+            if state is not None:
+                try:
+                    await self._expire(tenant, state)
+                except MailboxError:
+                    log.warning("could not expire messages of %s; will retry", tenant)
+
+    # -- topics, requests, inspection -------------------------------------------------------------
+    async def set_topics(self, tenant: str, agent: str, topics: list[str]) -> dict[str, Any]:
+        state = await self._state(tenant)
+        before = list(state.agent_topics.get(agent, []))
+        wanted = sorted(set(topics))
+
+        def apply(new: list[str]) -> None:
+            for topic in state.agent_topics.get(agent, []):
+                state.topics.get(topic, set()).discard(agent)
+            state.agent_topics[agent] = new
+            for topic in new:
+                state.topics.setdefault(topic, set()).add(agent)
+
+        apply(wanted)
+        await self._commit(tenant, MailboxWrites(topics={(tenant, agent): wanted}), lambda: apply(before))
+        return {"agent": agent, "topics": wanted}
+
+    async def get_topics(self, tenant: str, agent: str) -> dict[str, Any]:
+        state = await self._state(tenant)
+        return {"agent": agent, "topics": list(state.agent_topics.get(agent, []))}
+
+    async def request(self, tenant: str, sender: str, receiver: str, content: Any, timeout: float) -> dict[str, Any]:
+        """Send a request and wait for the response (a `response` or `error` message to `sender`
+        with the request's correlation id). The response is acked on the caller's behalf."""
+        state = await self._state(tenant)
+        correlation = uuid.uuid4().hex
+        answer = asyncio.get_running_loop().create_future()
+        state.requests[correlation] = (sender, answer)
+        try:
+            [sent] = await self.send(tenant, [{"receiver": receiver, "sender": sender, "type": "request",
+                                               "content": content, "correlation_id": correlation}])
+            try:
+                message = await asyncio.wait_for(answer, min(timeout, self.options.max_wait))
+            except asyncio.TimeoutError:
+                raise MailboxError(504, "request_timeout", f"no response from {receiver} within {timeout} s",
+                                   request_id=sent["message_id"], correlation_id=correlation) from None
+        finally:
+            state.requests.pop(correlation, None)
+        await self.ack(tenant, sender, message.id)
+        return {"request_id": sent["message_id"], "response": message.view()}
+
+    async def dead_letters(self, tenant: str, agent: str, limit: int = 100) -> list[dict[str, Any]]:
+        return [Message.from_row(r).view() for r in await self.store.dead_letters(tenant, agent, limit)]
+
+    async def depth(self, tenant: str, agent: str) -> dict[str, Any]:
+        state = await self._state(tenant)
+        inflight = sum(1 for m in state.messages.values() if m.receiver == agent and m.state == "inflight")
+        return {"agent": agent, "ready": len(state.queue(agent)), "inflight": inflight}
+
+    def stats(self) -> dict[str, Any]:
+        return {"active_tenants": len(self.tenants), "commits": self._commits.flushes, **self.counters}
+
+
+PUBLIC_METHODS = frozenset({"send", "broadcast", "receive", "ack", "ack_many", "set_topics", "get_topics", "request",
+                            "dead_letters", "depth"})
+
+
+@ray.remote(num_cpus=0, max_concurrency=10_000)
+class Mailbox(ShardActor):
+    """Ray shell: one mailbox shard with its own engine; publishes agent_message events."""
+
+    public = PUBLIC_METHODS
+
+    def __init__(self, database_url: str, options: MailboxOptions = MailboxOptions(), hub: dict | None = None) -> None:
+        self.engine = create_engine(database_url)
+        self.core = MailboxCore(MailboxStore(self.engine), options, notify=stream_publisher(hub, "agent_message"))
+        self.sweep = self.core.sweep
+        quiet_gc()

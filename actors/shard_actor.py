@@ -1,0 +1,61 @@
+"""What every shard actor's Ray shell shares: the event-stream publisher, the periodic sweep and
+`call_many`. A kind's actor class subclasses `ShardActor` and is decorated with `@ray.remote`."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable, Iterable
+
+from actors.operations import run_many
+
+log = logging.getLogger("raytenant.shards")
+
+
+def stream_publisher(hub: dict[str, Any] | None, event_type: str) -> Callable[[str, list[dict]], Awaitable[Any]] | None:
+    """`publish(tenant, datas)` appending events of `event_type` to the tenant's stream."""
+    if hub is None:
+        return None
+    from actors.event_hub_client import EventHubClient
+
+    client = EventHubClient(**hub)
+
+    async def publish(tenant: str, datas: list[dict[str, Any]]) -> None:
+        await client.append(tenant, [{"type": event_type, "flow_id": None, "data": d} for d in datas])
+
+    return publish
+
+
+class ShardActor:
+    """`self.core` answers the operations named in `public`; `sweep` (if any) runs every
+    `self.core.options.sweep_interval` seconds once the shard has been called."""
+
+    core: Any
+    public: Iterable[str] = ()
+    sweep: Callable[[], Awaitable[Any]] | None = None
+
+    def _ensure_sweeper(self) -> None:
+        if self.sweep is None:
+            return
+        task = getattr(self, "_sweeper", None)
+        if task is None or task.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.core.options.sweep_interval)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("%s sweep failed", type(self).__name__)
+
+    async def call_many(self, calls: list[tuple[str, str, tuple]]) -> list[dict[str, Any]]:
+        """Many tenant operations in one actor call, run concurrently (their writes share commits)."""
+        self._ensure_sweeper()
+        return await run_many(self.core, self.public, calls)
+
+    async def stats(self) -> dict[str, Any]:
+        return self.core.stats()
+
+    async def ready(self) -> bool:
+        self._ensure_sweeper()
+        return True

@@ -1,0 +1,175 @@
+"""Agent-collaboration benchmark: durable mailbox messages per second (batched send + receive + ack).
+
+Each message is stored three times on its way (sent, handed out, acknowledged), each time in a
+group commit before the caller is answered. Producers send batches of --batch messages to
+--tenants x --agents queues while one consumer per queue receives up to --batch at a time
+(long-polling) and acknowledges what it got in one call. After --duration seconds the producers
+stop and the consumers drain. Paths: the actor client (MailboxClient, as flow runners use it) and
+HTTP. A message counts when its ack was answered; lost = sent but never handed out and acked, read
+back from the database.
+
+The flows-per-minute half of this benchmark arrives with the FlowRunner (not built yet).
+
+    python -m bench.flows
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any, Awaitable, Callable
+
+import aiohttp
+from sqlalchemy import func, select
+
+from bench.common import OPERATOR, bench_database, emit, raytenant_service
+from serve_app.auth import Tokens
+from storage.engine import create_engine
+from storage.models import MessageRow
+
+Send = Callable[[str, str, list[Any]], Awaitable[list[str]]]
+Receive = Callable[[str, str, int], Awaitable[list[str]]]
+Ack = Callable[[str, str, list[str]], Awaitable[None]]
+
+
+async def drive(label: str, args, send: Send, receive: Receive, ack: Ack) -> dict[str, Any]:
+    run = f"{label}-{int(time.time() * 1000) % 10**8}"
+    queues = [(f"mb-{run}-{t}", f"agent-{a}") for t in range(args.tenants) for a in range(args.agents)]
+    sent: set[str] = set()
+    acked: set[str] = set()
+    stop_sending = asyncio.Event()
+    producers_done = asyncio.Event()
+    errors = 0
+
+    async def producer(i: int) -> None:
+        nonlocal errors
+        n = 0
+        while not stop_sending.is_set():
+            tenant, agent = queues[(i + n) % len(queues)]
+            n += 1
+            try:
+                sent.update(await send(tenant, agent, [{"n": n, "i": i}] * args.batch))
+            except Exception:  # noqa: BLE001 - counted
+                errors += 1
+
+    async def consumer(tenant: str, agent: str, deadline: list[float]) -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline[0]:
+            drained_before = producers_done.is_set()  # every send was answered before this receive
+            try:
+                ids = await receive(tenant, agent, args.batch)
+                if ids:
+                    await ack(tenant, agent, ids)
+                    acked.update(ids)
+                elif drained_before:
+                    return
+            except Exception:  # noqa: BLE001 - counted
+                errors += 1
+
+    started = time.perf_counter()
+    deadline = [started + args.duration + 30]
+    consumers = [asyncio.create_task(consumer(t, a, deadline)) for t, a in queues]
+    producers = [asyncio.create_task(producer(i)) for i in range(args.producers)]
+    await asyncio.sleep(args.duration)
+    stop_sending.set()
+    await asyncio.gather(*producers)
+    producers_done.set()
+    await asyncio.gather(*consumers)
+    elapsed = time.perf_counter() - started
+    return {"queues": queues, "sent": sent, "acked": acked, "elapsed": elapsed, "errors": errors}
+
+
+async def audit(database: str, result: dict[str, Any]) -> dict[str, int]:
+    tenants = sorted({t for t, _ in result["queues"]})
+    engine = create_engine(database)
+    try:
+        async with engine.connect() as conn:
+            states = dict((await conn.execute(
+                select(MessageRow.state, func.count()).where(MessageRow.tenant.in_(tenants)).group_by(MessageRow.state)
+            )).all())
+    finally:
+        await engine.dispose()
+    return {"stored": sum(states.values()), "stored_acked": states.get("acked", 0),
+            "lost": len(result["sent"] - result["acked"]), "not_acked_in_db": sum(states.values()) - states.get("acked", 0)}
+
+
+def line(path: str, result: dict[str, Any], checked: dict[str, int], args) -> dict[str, Any]:
+    return {
+        "bench": "mailbox", "path": path, "queues": len(result["queues"]), "batch": args.batch,
+        "producers": args.producers, "seconds": round(result["elapsed"], 2), "sent": len(result["sent"]),
+        "acked": len(result["acked"]), "durable_messages_per_s": round(len(result["acked"]) / result["elapsed"], 1),
+        "target_messages_per_s": 5000, "errors": result["errors"], **checked,
+    }
+
+
+async def via_actor(database: str, args) -> dict[str, Any]:
+    from actors.mailbox_client import MailboxClient
+
+    client = MailboxClient(database, 1)
+
+    async def send(tenant: str, agent: str, contents: list[Any]) -> list[str]:
+        items = [{"receiver": agent, "sender": "producer", "type": "notification", "content": c} for c in contents]
+        return [m["message_id"] for m in await client.call("send", tenant, items)]
+
+    async def receive(tenant: str, agent: str, count: int) -> list[str]:
+        return [m["message_id"] for m in await client.call_alone("receive", tenant, agent, count, 0.5, 30.0)]
+
+    async def ack(tenant: str, agent: str, ids: list[str]) -> None:
+        await client.call("ack_many", tenant, agent, ids)
+
+    return await drive("actor", args, send, receive, ack)
+
+
+async def via_http(url: str, args) -> dict[str, Any]:
+    tokens = Tokens(OPERATOR)
+    auth: dict[str, dict[str, str]] = {}
+
+    def headers(tenant: str) -> dict[str, str]:
+        if tenant not in auth:
+            auth[tenant] = {"Authorization": f"Bearer {tokens.mint(tenant)[0]}"}
+        return auth[tenant]
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as session:
+
+        async def send(tenant: str, agent: str, contents: list[Any]) -> list[str]:
+            body = {"messages": [{"sender": "producer", "content": c} for c in contents]}
+            async with session.post(f"{url}/v1/agents/{agent}/messages", json=body, headers=headers(tenant)) as r:
+                assert r.status == 201, await r.text()
+                return (await r.json())["message_ids"]
+
+        async def receive(tenant: str, agent: str, count: int) -> list[str]:
+            async with session.get(f"{url}/v1/agents/{agent}/messages?max={count}&wait=0.5",
+                                   headers=headers(tenant)) as r:
+                assert r.status == 200, await r.text()
+                return [m["message_id"] for m in (await r.json())["messages"]]
+
+        async def ack(tenant: str, agent: str, ids: list[str]) -> None:
+            async with session.post(f"{url}/v1/agents/{agent}/messages/ack", json={"message_ids": ids},
+                                    headers=headers(tenant)) as r:
+                assert r.status == 200, await r.text()
+
+        return await drive("http", args, send, receive, ack)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--paths", default="actor,http")
+    parser.add_argument("--tenants", type=int, default=4)
+    parser.add_argument("--agents", type=int, default=4)
+    parser.add_argument("--producers", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--database-url")
+    args = parser.parse_args()
+    database = bench_database(args.database_url)
+    with raytenant_service(database) as urls:
+        if "actor" in args.paths:
+            result = asyncio.run(via_actor(database, args))
+            emit(line("actor", result, asyncio.run(audit(database, result)), args))
+        if "http" in args.paths:
+            result = asyncio.run(via_http(urls[0], args))
+            emit(line("http", result, asyncio.run(audit(database, result)), args))
+
+
+if __name__ == "__main__":
+    main()

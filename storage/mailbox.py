@@ -1,0 +1,77 @@
+"""Repository for agent mailboxes: one-transaction batch writes, per-tenant loads."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from storage.models import MessageRow, SubscriptionRow
+
+MUTABLE = ("state", "attempts", "visible_at", "updated_at")
+
+
+@dataclass
+class MailboxWrites:
+    messages: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> row (latest state)
+    topics: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (tenant, agent) -> all topics
+
+    def merge(self, other: "MailboxWrites") -> None:
+        self.messages.update(other.messages)
+        self.topics.update(other.topics)
+
+
+class MailboxStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    async def write(self, writes: MailboxWrites) -> None:
+        """New messages, state changes and subscription lists, all in one transaction."""
+        async with self.engine.begin() as conn:
+            if writes.messages:
+                module = postgresql if self.dialect == "postgresql" else sqlite
+                statement = module.insert(MessageRow)
+                statement = statement.on_conflict_do_update(
+                    index_elements=["id"], set_={c: statement.excluded[c] for c in MUTABLE}
+                )
+                await conn.execute(statement, list(writes.messages.values()))
+            for (tenant, agent), topics in writes.topics.items():
+                await conn.execute(
+                    delete(SubscriptionRow).where(SubscriptionRow.tenant == tenant, SubscriptionRow.agent == agent)
+                )
+                if topics:
+                    await conn.execute(
+                        insert(SubscriptionRow), [{"tenant": tenant, "agent": agent, "topic": t} for t in topics]
+                    )
+
+    async def load(self, tenant: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The tenant's undelivered messages (ready or inflight, oldest first) and subscriptions."""
+        pending = (
+            select(MessageRow)
+            .where(MessageRow.tenant == tenant, MessageRow.state.in_(("ready", "inflight")))
+            .order_by(MessageRow.created_at, MessageRow.id)
+        )
+        async with self.engine.connect() as conn:
+            messages = [dict(r) for r in (await conn.execute(pending)).mappings()]
+            subs = select(SubscriptionRow).where(SubscriptionRow.tenant == tenant)
+            subscriptions = [dict(r) for r in (await conn.execute(subs)).mappings()]
+        return messages, subscriptions
+
+    async def get(self, tenant: str, message_id: str) -> dict[str, Any] | None:
+        query = select(MessageRow).where(MessageRow.tenant == tenant, MessageRow.id == message_id)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return dict(row) if row else None
+
+    async def dead_letters(self, tenant: str, agent: str, limit: int) -> list[dict[str, Any]]:
+        query = (
+            select(MessageRow)
+            .where(MessageRow.tenant == tenant, MessageRow.receiver == agent, MessageRow.state == "dead")
+            .order_by(MessageRow.updated_at.desc())
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(query)).mappings()]
