@@ -78,7 +78,7 @@ class ChannelServer:
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
-            pass
+            log.debug("channel connection ended")  # the peer closed it, or sent a frame we cannot read
         finally:
             for task in tasks:
                 task.cancel()

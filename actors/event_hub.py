@@ -11,6 +11,7 @@ commit order, and an append returns only once its events are committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -203,10 +204,8 @@ class EventHubCore:
                     "heads": {t: log.head for t, log in logs.items()},
                     "floors": {t: log.floor for t, log in logs.items()},
                 }
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):  # the timeout ends the poll at the loop's top
                 await asyncio.wait_for(wake.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
 
     # -- presence ---------------------------------------------------------------------------------
     def report_presence(self, replica: str, counts: dict[str, dict[str, int]]) -> None:

@@ -12,6 +12,7 @@ handed to a queue also appears on the tenant's event stream as an `agent_message
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -264,9 +265,8 @@ class MailboxCore:
             future = asyncio.get_running_loop().create_future()
             state.waiters.setdefault(agent, []).append(future)
             try:
-                await asyncio.wait_for(asyncio.shield(future), remaining)
-            except asyncio.TimeoutError:
-                pass
+                with contextlib.suppress(asyncio.TimeoutError):  # the loop's top sees the deadline passed
+                    await asyncio.wait_for(asyncio.shield(future), remaining)
             finally:
                 waiters = state.waiters.get(agent, [])
                 if future in waiters:

@@ -6,6 +6,8 @@ so nothing survives a restart and one process holds every socket.
 """
 from __future__ import annotations
 
+import contextlib
+
 import itertools
 import json
 import sys
@@ -34,10 +36,9 @@ async def ws_endpoint(websocket: WebSocket) -> None:
     subscribers[(claims.tenant, flow)][me] = websocket
     await websocket.send_text(json.dumps({"type": "connection_established", "tenant": claims.tenant}))
     try:
-        while True:
-            await websocket.receive_text()
-    except WebSocketDisconnect:
-        pass
+        with contextlib.suppress(WebSocketDisconnect):  # reads until the client leaves
+            while True:
+                await websocket.receive_text()
     finally:
         subscribers[(claims.tenant, flow)].pop(me, None)
 
@@ -50,10 +51,9 @@ async def publish(request: Request) -> JSONResponse:
         seq = next(seqs[claims.tenant])
         text = json.dumps({"type": event["type"], "seq": seq, "flow_id": event.get("flow_id"), "data": event.get("data", {})})
         for ws in list(subscribers[(claims.tenant, event.get("flow_id") or "")].values()):
-            try:
+            # The design this replaces: a send to a socket that just died is silently dropped.
+            with contextlib.suppress(Exception):
                 await ws.send_text(text)
-            except Exception:
-                pass
         out.append(seq)
     return JSONResponse({"seqs": out}, status_code=201)
 

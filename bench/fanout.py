@@ -47,7 +47,7 @@ class Subscriber:
                     self.latencies.append((now - message["data"]["sent_at"]) * 1000)
                     self.last_at = now
         except websockets.ConnectionClosed:
-            pass
+            return  # the bench closes the sockets when a run ends
 
 
 async def open_sockets(ws_url: str, tokens: Tokens, tenants: list[str], count: int):

@@ -86,8 +86,9 @@ async def ws_pings(base: str, sockets: int, rounds: int) -> dict:
         for _ in range(rounds):
             started = time.perf_counter()
             await ws.send('{"type":"ping"}')
-            while json.loads(await asyncio.wait_for(ws.recv(), 30))["type"] != "pong":
-                pass
+            reply = None
+            while reply != "pong":  # skip anything else the server sends
+                reply = json.loads(await asyncio.wait_for(ws.recv(), 30))["type"]
             latencies.append((time.perf_counter() - started) * 1000)
 
     started = time.monotonic()

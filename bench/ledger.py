@@ -40,7 +40,7 @@ INPUT, OUTPUT = 1200, 300
 
 
 class Base(DeclarativeBase):
-    pass
+    """The original design's tables, kept apart from raytenant's metadata."""
 
 
 class OriginalUsage(Base):

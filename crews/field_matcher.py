@@ -70,7 +70,7 @@ class Field:
 
 
 class SchemaError(ValueError):
-    pass
+    """A schema the matcher cannot use (empty, unnamed or duplicate fields, wrong shape)."""
 
 
 def parse_schema(schema: Any, label: str) -> list[Field]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from typing import Any
@@ -78,9 +79,8 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         conn.resuming = True  # hold live events until the replay is out
         tasks.add(asyncio.create_task(router.resume(conn, last_seq)))
     try:
-        await _read_loop(websocket, runtime, conn, tasks)
-    except WebSocketDisconnect:
-        pass
+        with contextlib.suppress(WebSocketDisconnect):  # the client left: clean up below
+            await _read_loop(websocket, runtime, conn, tasks)
     finally:
         for task in tasks:
             task.cancel()

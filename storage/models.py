@@ -11,7 +11,7 @@ JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 
 class Base(DeclarativeBase):
-    pass
+    """raytenant's tables; Alembic migrations in storage/migrations create them."""
 
 
 class EventRow(Base):
