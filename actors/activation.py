@@ -42,6 +42,10 @@ class ActivationTable(Generic[S]):
     def __len__(self) -> int:
         return len(self._states)
 
+    def names(self) -> list[str]:
+        """The active tenants, least recently used first (a copy: safe to activate while iterating)."""
+        return list(self._states)
+
     def peek(self, tenant: str) -> S | None:
         """The state if active, without touching it or loading it."""
         return self._states.get(tenant)

@@ -29,7 +29,7 @@ from actors.batching import Batcher
 from actors.gc_policy import quiet_gc
 from actors.model_quality import TASK_QUALITY, model_quality
 from actors.operations import ActorError
-from actors.shard_actor import ShardActor, stream_publisher
+from actors.shard_actor import BackgroundPublisher, ShardActor, stream_publisher
 from actors.prices import NANOS, Price, PriceCatalog, default_catalog
 from storage.engine import create_engine
 from storage.ledger import LedgerStore, LedgerWrites, utc
@@ -160,7 +160,7 @@ class LedgerCore:
         # Keys not in memory (recorded before this activation, or forgotten) are looked up in SQL;
         # concurrent operations share one query.
         self._key_lookups: Batcher[tuple[str, list[str]], dict[str, dict]] = Batcher(self._lookup_keys)
-        self._alerts: set[asyncio.Task] = set()
+        self._alerts = BackgroundPublisher(notify, "budget alert")
         self.alerts_sent = 0
 
     # -- activation and commit --------------------------------------------------------------------
@@ -229,8 +229,12 @@ class LedgerCore:
                 raise LedgerError(503, "ledger_unavailable", "the ledger could not store this; nothing was recorded") from error
 
     # -- prices -----------------------------------------------------------------------------------
+    def known_price(self, state: TenantCosts, model: str) -> Price | None:
+        """The tenant's override, else the catalog's price, else None."""
+        return state.overrides.get(model.lower()) or self.catalog.lookup(model)
+
     def price(self, state: TenantCosts, model: str) -> Price:
-        price = state.overrides.get(model.lower()) or self.catalog.lookup(model)
+        price = self.known_price(state, model)
         if price is None:
             raise LedgerError(422, "unknown_model", f"no price is known for model {model!r}; set a price override", model=model)
         return price
@@ -305,19 +309,7 @@ class LedgerCore:
         if alert is None or self.notify is None:
             return
         self.alerts_sent += 1
-
-        async def send() -> None:
-            for attempt in range(5):
-                try:
-                    await self.notify(tenant, alert)
-                    return
-                except Exception:  # noqa: BLE001 - retried, then logged
-                    await asyncio.sleep(0.2 * 2**attempt)
-            log.error("budget alert for tenant %s could not be published", tenant)
-
-        task = asyncio.create_task(send())
-        self._alerts.add(task)
-        task.add_done_callback(self._alerts.discard)
+        self._alerts.send(tenant, alert)
 
     # -- usage ------------------------------------------------------------------------------------
     async def record_usage(self, tenant: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -491,7 +483,7 @@ class LedgerCore:
         """Release every open reservation past its TTL (runs periodically in the actor)."""
         now = self.clock()
         expired = 0
-        for tenant in list(self.tenants._states):
+        for tenant in self.tenants.names():
             state = self.tenants.peek(tenant)
             if state is None:
                 continue
@@ -555,7 +547,7 @@ class LedgerCore:
     def _candidates(self, state: TenantCosts) -> dict[str, tuple[float, Price]]:
         found = {}
         for model, quality in self.quality.items():
-            price = state.overrides.get(model.lower()) or self.catalog.lookup(model)
+            price = self.known_price(state, model)
             if price is not None:
                 found[model] = (quality, price)
         return found
@@ -596,7 +588,7 @@ class LedgerCore:
         candidates = self._candidates(state)
         margin = self.options.substitution_margin
         for model, usage in raw["by_model"].items():
-            current = self.price(state, model) if (model.lower() in state.overrides or self.catalog.lookup(model)) else None
+            current = self.known_price(state, model)
             current_quality = self.quality.get(model) or self.quality.get(self.catalog.canonical(model) or "")
             if current is None or current_quality is None or usd(usage["cost_nanos"]) < self.options.substitution_min_cost:
                 continue
@@ -625,7 +617,7 @@ class LedgerCore:
             })
         cache_savings = 0
         for model, usage in raw["by_model"].items():
-            price = state.overrides.get(model.lower()) or self.catalog.lookup(model)
+            price = self.known_price(state, model)
             if price is None or price.cached is None or usage["input_tokens"] < self.options.cache_min_input_tokens:
                 continue
             if usage["cached_tokens"] / max(1, usage["input_tokens"]) < 0.1:

@@ -28,7 +28,7 @@ from actors.activation import ActivationTable, InFlight
 from actors.batching import Batcher
 from actors.gc_policy import quiet_gc
 from actors.operations import ActorError
-from actors.shard_actor import ShardActor, stream_publisher
+from actors.shard_actor import BackgroundPublisher, ShardActor, stream_publisher
 from storage.engine import create_engine
 from storage.mailbox import MailboxStore, MailboxWrites
 
@@ -107,6 +107,9 @@ class TenantMailbox:
     agent_topics: dict[str, list[str]] = field(default_factory=dict)
     waiters: dict[str, list[asyncio.Future]] = field(default_factory=dict)
     requests: dict[str, tuple[str, asyncio.Future]] = field(default_factory=dict)  # correlation id -> (sender, answer)
+    # No in-flight message becomes visible before this (a lower bound: acks never raise it), so a
+    # receive checks for expired messages in O(1) and scans only when one may be due.
+    next_due: float = float("inf")
 
     def queue(self, agent: str) -> deque[Message]:
         return self.queues.setdefault(agent, deque())
@@ -132,7 +135,7 @@ class MailboxCore:
             self._load, idle_seconds=options.idle_seconds, max_tenants=options.max_tenants, busy=self._busy
         )
         self._commits: Batcher[PendingWrite, None] = Batcher(self._flush)
-        self._events: set[asyncio.Task] = set()
+        self._events = BackgroundPublisher(notify, "agent_message events")
         self._last_stamp = 0.0
         self.counters = {"sent": 0, "delivered": 0, "acked": 0, "redelivered": 0, "dead": 0}
 
@@ -155,6 +158,8 @@ class MailboxCore:
                 state.messages[message.id] = message
                 if message.state == "ready":
                     state.queue(message.receiver).append(message)
+                else:
+                    state.next_due = min(state.next_due, message.visible_at)
             for row in subscriptions:
                 state.topics.setdefault(row["topic"], set()).add(row["agent"])
                 state.agent_topics.setdefault(row["agent"], []).append(row["topic"])
@@ -206,6 +211,7 @@ class MailboxCore:
             if message.type in ("response", "error") and waiting and waiting[0] == message.receiver:
                 message.state = "inflight"  # taken by the request helper, which acks it
                 message.visible_at = now + self.options.visibility_timeout
+                state.next_due = min(state.next_due, message.visible_at)
                 if not waiting[1].done():
                     waiting[1].set_result(message)
                 continue
@@ -233,19 +239,7 @@ class MailboxCore:
             if len(body) <= EVENT_CONTENT_LIMIT:
                 data["content"] = m.content
             events.append(data)
-
-        async def send() -> None:
-            for attempt in range(5):
-                try:
-                    await self.notify(tenant, events)
-                    return
-                except Exception:  # noqa: BLE001 - retried, then logged
-                    await asyncio.sleep(0.2 * 2**attempt)
-            log.error("agent_message events for tenant %s could not be published", tenant)
-
-        task = asyncio.create_task(send())
-        self._events.add(task)
-        task.add_done_callback(self._events.discard)
+        self._events.send(tenant, events)
 
     # -- receiving --------------------------------------------------------------------------------
     async def receive(self, tenant: str, agent: str, max_messages: int = 10, wait: float = 0.0,
@@ -281,6 +275,7 @@ class MailboxCore:
         for m in taken:
             m.state, m.attempts, m.updated_at = "inflight", m.attempts + 1, now
             m.visible_at = now + (visibility or self.options.visibility_timeout)
+            state.next_due = min(state.next_due, m.visible_at)
 
         def undo() -> None:
             for m, (st, attempts, visible_at, updated_at) in zip(taken, before):
@@ -325,6 +320,7 @@ class MailboxCore:
                 m.state, m.updated_at = st, updated_at
                 state.messages[m.id] = m
             queue.extendleft(reversed(requeue))
+            state.next_due = min([state.next_due, *(m.visible_at for m in found if m.state == "inflight")])
 
         if found:
             await self._commit(tenant, self._rows(tenant, found), undo)
@@ -340,7 +336,11 @@ class MailboxCore:
     async def _expire(self, tenant: str, state: TenantMailbox) -> None:
         """In-flight messages past their visibility: ready again (front of queue) or dead."""
         now = self.clock()
-        due = [m for m in state.messages.values() if m.state == "inflight" and m.visible_at <= now]
+        if now < state.next_due:
+            return
+        inflight = [m for m in state.messages.values() if m.state == "inflight"]
+        due = [m for m in inflight if m.visible_at <= now]
+        state.next_due = min((m.visible_at for m in inflight if m.visible_at > now), default=float("inf"))
         if not due:
             return
         due.sort(key=lambda m: m.created_at)
@@ -361,6 +361,7 @@ class MailboxCore:
                 state.messages[m.id] = m
                 if m in again and m in state.queue(m.receiver):
                     state.queue(m.receiver).remove(m)
+            state.next_due = min([state.next_due, *(m.visible_at for m in due)])
 
         await self._commit(tenant, self._rows(tenant, due), undo)
         self.counters["redelivered"] += len(again)
@@ -369,7 +370,7 @@ class MailboxCore:
             state.wake(agent)
 
     async def sweep(self) -> None:
-        for tenant in list(self.tenants._states):
+        for tenant in self.tenants.names():
             state = self.tenants.peek(tenant)
             if state is not None:
                 try:

@@ -18,12 +18,12 @@ async def map_fields(learning: LearningCall, tenant: str, source_schema: Any, ta
                      source_name: str | None = None, matcher: FieldMatcher | None = None) -> dict[str, Any]:
     """Raises crews.field_matcher.SchemaError for an unusable schema."""
     sources = parse_schema(source_schema, "source_schema")
-    parse_schema(target_schema, "target_schema")
+    targets = parse_schema(target_schema, "target_schema")  # refused before any actor call
     contexts = [field_context(s, source_name) for s in sources]
     corrections = await learning("corrections", tenant)
     similar = await learning("recommendations_many", tenant, contexts, SIMILAR_THRESHOLD, 3)
-    return (matcher or FieldMatcher()).match(source_schema, target_schema,
-                                             learned=Learned.from_corrections(corrections), recommendations=similar)
+    return (matcher or FieldMatcher()).match(sources, targets, learned=Learned.from_corrections(corrections),
+                                             recommendations=similar)
 
 
 def correction(source: Field, proposed: str | None, correct: str, source_name: str | None = None) -> dict[str, Any]:

@@ -74,14 +74,16 @@ class SchemaError(ValueError):
 
 
 def parse_schema(schema: Any, label: str) -> list[Field]:
-    """Accepts {"fields": [{name, type?, samples?}]}, a list of such objects or of names, or
-    {name: type} / {name: {type?, samples?}}."""
+    """Accepts {"fields": [{name, type?, samples?}]}, a list of such objects, of names or of parsed
+    Fields, or {name: type} / {name: {type?, samples?}}."""
     if isinstance(schema, dict) and isinstance(schema.get("fields"), list):
         schema = schema["fields"]
     fields: list[Field] = []
     if isinstance(schema, list):
         for item in schema:
-            if isinstance(item, str):
+            if isinstance(item, Field):
+                fields.append(item)
+            elif isinstance(item, str):
                 fields.append(Field(item))
             elif isinstance(item, dict) and isinstance(item.get("name"), str):
                 fields.append(_field(item["name"], item))
@@ -281,6 +283,7 @@ class FieldMatcher:
         learned = learned or Learned()
         by_norm = {" ".join(normalise(t.name)): t.name for t in targets}
         by_norm.update({t.name.lower(): t.name for t in targets})
+        renamed_targets = {t.name for t in targets if normalise(t.name, learned.synonyms) != normalise(t.name)}
         candidates: list[tuple[float, str, str, str, dict[str, float]]] = []
         applied_for: set[str] = set()
         for i, source in enumerate(sources):
@@ -295,10 +298,13 @@ class FieldMatcher:
                 target = self._resolve(corrected.get("target_field"), by_norm)
                 if target and rec.get("confidence", 0) > boosts.get(target, (0, ""))[0]:
                     boosts[target] = (float(rec["confidence"]), "learned_similar")
+            source_changed = normalise(source.name, learned.synonyms) != normalise(source.name)
             for target in targets:
                 signals = self.score(source, target, learned.synonyms)
                 total, method = signals["total"], "matcher"
-                if learned.synonyms and signals["total"] > self.score(source, target)["total"] + 1e-9:
+                # Only when a synonym changed a name's words can it have changed the score.
+                changed = source_changed or target.name in renamed_targets
+                if changed and signals["total"] > self.score(source, target)["total"] + 1e-9:
                     method = "learned_synonyms"
                 if target.name in boosts and boosts[target.name][0] > total:
                     total, method = boosts[target.name]
