@@ -24,6 +24,7 @@ from typing import Any, Awaitable, Callable
 
 import ray
 
+from actors.metrics import NO_METRICS, MetricSink, RayMetrics
 from actors.activation import ActivationTable, InFlight
 from actors.batching import Batcher
 from actors.gc_policy import quiet_gc
@@ -143,8 +144,10 @@ class LedgerCore:
         catalog: PriceCatalog | None = None,
         notify: Notify | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: MetricSink = NO_METRICS,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.options = options
         self.catalog = catalog or default_catalog()
         self.notify = notify
@@ -373,10 +376,19 @@ class LedgerCore:
             commit_done.set_exception(error)
             commit_done.exception()  # mark retrieved; duplicates waiting on it get the error
             raise
+        self._measure(rows, budget)
         for wait in waits:
             await wait  # a duplicate is answered only once its first record is committed
         self._publish_alert(tenant, alert)
         return results
+
+    def _measure(self, rows: list[dict[str, Any]], budget: Budget | None) -> None:
+        """Metrics of stored usage: records and cost by model, and where the budget stands."""
+        for row in rows:
+            self.metrics.inc("raytenant_ledger_records", model=row["model"])
+            self.metrics.inc("raytenant_ledger_cost_usd", row["cost_nanos"] / NANOS, model=row["model"])
+        if rows and budget is not None and budget.amount > 0:
+            self.metrics.observe("raytenant_budget_utilisation", budget.used / budget.amount)
 
     def _forget_old_keys(self, state: TenantCosts) -> None:
         while len(state.keys) > self.options.remembered_keys:
@@ -391,6 +403,7 @@ class LedgerCore:
         amount = self.price(state, model).cost_nanos(input_tokens, output_tokens)
         budget = state.budget
         if budget is not None and amount > budget.remaining:
+            self.metrics.inc("raytenant_reservations_refused", reason="budget_exceeded")
             raise LedgerError(402, "budget_exceeded", "the reservation does not fit in the remaining budget",
                               remaining=usd(budget.remaining), requested=usd(amount))
         now = self.clock()
@@ -463,6 +476,7 @@ class LedgerCore:
             undo_close()
 
         await self._commit(tenant, LedgerWrites(usage=[row], reservations={reservation.id: reservation.row(tenant)}), undo)
+        self._measure([row], budget)
         self._publish_alert(tenant, alert)
         return {
             **_usage_result(row, duplicate=False),
@@ -683,6 +697,6 @@ class CostLedger(ShardActor):
         self.engine = create_engine(database_url)
         publish = stream_publisher(hub, "budget_alert")
         notify = (lambda tenant, alert: publish(tenant, [alert])) if publish else None
-        self.core = LedgerCore(LedgerStore(self.engine), options, notify=notify)
+        self.core = LedgerCore(LedgerStore(self.engine), options, notify=notify, metrics=RayMetrics.for_actor())
         self.sweep = self.core.expire
         quiet_gc()

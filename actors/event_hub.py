@@ -22,6 +22,7 @@ from typing import Any, Iterable
 
 import ray
 
+from actors.metrics import NO_METRICS, MetricSink, RayMetrics
 from actors.activation import ActivationTable
 from actors.batching import Batcher
 from actors.channel import ChannelServer
@@ -63,8 +64,10 @@ class TenantLog:
 
 
 class EventHubCore:
-    def __init__(self, store: EventStore, options: HubOptions = HubOptions(), clock=time.time) -> None:
+    def __init__(self, store: EventStore, options: HubOptions = HubOptions(), clock=time.time, *,
+                 metrics: MetricSink = NO_METRICS) -> None:
         self.store = store
+        self.metrics = metrics
         self.options = options
         self.clock = clock
         self.tenants: ActivationTable[TenantLog] = ActivationTable(
@@ -118,6 +121,7 @@ class EventHubCore:
         if trims:
             self._trim_later(trims)
         self.appended += len(events)
+        self.metrics.inc("raytenant_events_published", len(events))
         self._wake.set()
         self._wake = asyncio.Event()
         return results
@@ -269,7 +273,7 @@ class EventHub:
 
     def __init__(self, database_url: str, options: HubOptions = HubOptions()) -> None:
         self.engine = create_engine(database_url)
-        self.core = EventHubCore(EventStore(self.engine), options)
+        self.core = EventHubCore(EventStore(self.engine), options, metrics=RayMetrics.for_actor())
         self._secret = secrets.token_hex(16)
         self.channel = ChannelServer(
             {"append": self._wire_append, "poll": self._wire_poll, "read": self._wire_read, "heads": self.core.heads},

@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import ray
 
+from actors.metrics import NO_METRICS, MetricSink, RayMetrics
 from actors.activation import ActivationTable, InFlight
 from actors.batching import Batcher
 from actors.gc_policy import quiet_gc
@@ -146,8 +147,8 @@ class PendingPatterns:
 
 class LearningCore:
     def __init__(self, store: PatternStore, options: LearningOptions = LearningOptions(), *,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.store, self.options, self.clock = store, options, clock
+                 clock: Callable[[], float] = time.time, metrics: MetricSink = NO_METRICS) -> None:
+        self.store, self.options, self.clock, self.metrics = store, options, clock, metrics
         self._in_flight = InFlight()
         self.tenants: ActivationTable[TenantPatterns] = ActivationTable(
             self._load, idle_seconds=options.idle_seconds, max_tenants=options.max_tenants,
@@ -244,6 +245,7 @@ class LearningCore:
         # Vectors join the index once stored; a pattern merged into a pending one is indexed once.
         self._index(state, [p for p in created if p.row is None])
         self.learned += len(created)
+        self.metrics.inc("raytenant_learning_patterns_learned", len(created))
         return results
 
     async def learn_from_correction(self, tenant: str, original: Any, corrected: Any, context: dict[str, Any]):
@@ -296,14 +298,22 @@ class LearningCore:
     async def recommendations(self, tenant: str, context: dict[str, Any], threshold: float | None = None,
                               limit: int | None = None) -> list[dict[str, Any]]:
         state = await self._state(tenant)
-        return self._recommend(state, context, self.options.threshold if threshold is None else threshold,
-                               limit or self.options.limit)
+        started = time.perf_counter()
+        found = self._recommend(state, context, self.options.threshold if threshold is None else threshold,
+                                limit or self.options.limit)
+        self.metrics.observe("raytenant_recommendation_ms", (time.perf_counter() - started) * 1000)
+        return found
 
     async def recommendations_many(self, tenant: str, contexts: list[dict[str, Any]], threshold: float | None = None,
                                    limit: int | None = None) -> list[list[dict[str, Any]]]:
         state = await self._state(tenant)
         threshold = self.options.threshold if threshold is None else threshold
-        return [self._recommend(state, c, threshold, limit or self.options.limit) for c in contexts]
+        found = []
+        for context in contexts:
+            started = time.perf_counter()
+            found.append(self._recommend(state, context, threshold, limit or self.options.limit))
+            self.metrics.observe("raytenant_recommendation_ms", (time.perf_counter() - started) * 1000)
+        return found
 
     async def corrections(self, tenant: str, limit: int = 5_000) -> list[dict[str, Any]]:
         """The tenant's recommendable corrections, most supported first (what a field matcher applies)."""
@@ -340,5 +350,5 @@ class LearningModel(ShardActor):
 
     def __init__(self, database_url: str, options: LearningOptions = LearningOptions()) -> None:
         self.engine = create_engine(database_url)
-        self.core = LearningCore(PatternStore(self.engine), options)
+        self.core = LearningCore(PatternStore(self.engine), options, metrics=RayMetrics.for_actor())
         quiet_gc()

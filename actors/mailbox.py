@@ -24,6 +24,7 @@ from typing import Any, Awaitable, Callable
 
 import ray
 
+from actors.metrics import NO_METRICS, MetricSink, RayMetrics
 from actors.activation import ActivationTable, InFlight
 from actors.batching import Batcher
 from actors.gc_policy import quiet_gc
@@ -128,8 +129,9 @@ class PendingWrite:
 
 class MailboxCore:
     def __init__(self, store: MailboxStore, options: MailboxOptions = MailboxOptions(), *,
-                 notify: Notify | None = None, clock: Callable[[], float] = time.time) -> None:
-        self.store, self.options, self.notify, self.clock = store, options, notify, clock
+                 notify: Notify | None = None, clock: Callable[[], float] = time.time,
+                 metrics: MetricSink = NO_METRICS) -> None:
+        self.store, self.options, self.notify, self.clock, self.metrics = store, options, notify, clock, metrics
         self._in_flight = InFlight()
         self.tenants: ActivationTable[TenantMailbox] = ActivationTable(
             self._load, idle_seconds=options.idle_seconds, max_tenants=options.max_tenants, busy=self._busy
@@ -366,6 +368,8 @@ class MailboxCore:
         await self._commit(tenant, self._rows(tenant, due), undo)
         self.counters["redelivered"] += len(again)
         self.counters["dead"] += len(dead)
+        self.metrics.inc("raytenant_mailbox_redeliveries", len(again))
+        self.metrics.inc("raytenant_mailbox_dead_letters", len(dead))
         for agent in {m.receiver for m in again}:
             state.wake(agent)
 
@@ -377,6 +381,11 @@ class MailboxCore:
                     await self._expire(tenant, state)
                 except MailboxError:
                     log.warning("could not expire messages of %s; will retry", tenant)
+        depth = 0
+        for tenant in self.tenants.names():
+            state = self.tenants.peek(tenant)
+            depth += len(state.messages) if state is not None else 0
+        self.metrics.set("raytenant_mailbox_depth", depth)
 
     # -- topics, requests, inspection -------------------------------------------------------------
     async def set_topics(self, tenant: str, agent: str, topics: list[str]) -> dict[str, Any]:
@@ -443,6 +452,7 @@ class Mailbox(ShardActor):
 
     def __init__(self, database_url: str, options: MailboxOptions = MailboxOptions(), hub: dict | None = None) -> None:
         self.engine = create_engine(database_url)
-        self.core = MailboxCore(MailboxStore(self.engine), options, notify=stream_publisher(hub, "agent_message"))
+        self.core = MailboxCore(MailboxStore(self.engine), options, notify=stream_publisher(hub, "agent_message"),
+                                metrics=RayMetrics.for_actor())
         self.sweep = self.core.sweep
         quiet_gc()

@@ -1,4 +1,11 @@
-"""Agent-collaboration benchmark: durable mailbox messages per second (batched send + receive + ack).
+"""Agent-collaboration benchmark: discovery flows completed per minute, and durable mailbox
+messages per second (batched send + receive + ack).
+
+Flows: --concurrency clients (1, 4 and 16 by default), each its own tenant, start a discovery flow
+on the bundled sample inventory over HTTP, poll it to its end and start the next, for --flow-seconds.
+Every LLM call goes to the OfflineLLM through MeteredLLM and the ledger, as in production. The
+OfflineLLM answers at once unless --latencies gives it a provider-like delay per call: at 0 the
+figure is raytenant's own overhead per flow; with a delay, concurrency overlaps the waiting.
 
 Each message is stored three times on its way (sent, handed out, acknowledged), each time in a
 group commit before the caller is answered. Producers send batches of --batch messages to
@@ -8,9 +15,8 @@ stop and the consumers drain. Paths: the actor client (MailboxClient, as flow ru
 HTTP. A message counts when its ack was answered; lost = sent but never handed out and acked, read
 back from the database.
 
-The flows-per-minute half of this benchmark arrives with the FlowRunner (not built yet).
-
-    python -m bench.flows
+    python -m bench.flows                       # both halves
+    python -m bench.flows --paths flows --latencies 0,0.25
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from bench.common import OPERATOR, bench_database, emit, raytenant_service
 from serve_app.auth import Tokens
 from storage.engine import create_engine
 from storage.models import MessageRow
+from crews.samples import sample_inventory
 
 Send = Callable[[str, str, list[Any]], Awaitable[list[str]]]
 Receive = Callable[[str, str, int], Awaitable[list[str]]]
@@ -151,9 +158,62 @@ async def via_http(url: str, args) -> dict[str, Any]:
         return await drive("http", args, send, receive, ack)
 
 
+SAMPLE = sample_inventory()
+
+
+async def flows_per_minute(url: str, concurrency: int, seconds: float, latency: float) -> dict[str, Any]:
+    tokens = Tokens(OPERATOR)
+    run = int(time.time() * 1000) % 10**8
+    body = {"name": "bench", "kind": "discovery", "data": SAMPLE["data"], "target_schema": SAMPLE["target_schema"]}
+    durations: list[float] = []
+    outcomes: dict[str, int] = {}
+    deadline = time.perf_counter() + seconds
+
+    async def client(i: int, session: aiohttp.ClientSession) -> None:
+        headers = {"Authorization": f"Bearer {tokens.mint(f'fl-{run}-{i}')[0]}"}
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            async with session.post(f"{url}/v1/flows", json=body, headers=headers) as r:
+                assert r.status == 202, await r.text()
+                flow_id = (await r.json())["flow_id"]
+            while True:
+                await asyncio.sleep(0.05)
+                async with session.get(f"{url}/v1/flows/{flow_id}", headers=headers) as r:
+                    status = (await r.json())["status"]
+                if status in ("completed", "failed", "cancelled"):
+                    break
+            outcomes[status] = outcomes.get(status, 0) + 1
+            if status == "completed":
+                durations.append(time.perf_counter() - started)
+
+    began = time.perf_counter()
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(client(i, session) for i in range(concurrency)))
+    elapsed = time.perf_counter() - began
+    durations.sort()
+    return {"bench": "flows", "concurrency": concurrency, "llm_latency_s": latency, "seconds": round(elapsed, 1),
+            "completed": outcomes.get("completed", 0), "not_completed": sum(outcomes.values()) - outcomes.get("completed", 0),
+            "flows_per_minute": round(60 * outcomes.get("completed", 0) / elapsed, 1),
+            "median_flow_s": round(durations[len(durations) // 2], 2) if durations else None}
+
+
+def run_flows(database: str, args) -> None:
+    for latency in [float(x) for x in args.latencies.split(",")]:
+        with raytenant_service(database, settings={"llm_latency": latency, "flow_limit": 16}) as urls:
+            base = None
+            for concurrency in [int(x) for x in args.concurrency.split(",")]:
+                result = asyncio.run(flows_per_minute(urls[0], concurrency, args.flow_seconds, latency))
+                base = base or result["flows_per_minute"]
+                result["ratio_vs_1"] = round(result["flows_per_minute"] / base, 2) if base else None
+                emit(result)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--paths", default="actor,http")
+    parser.add_argument("--paths", default="flows,actor,http")
+    parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--latencies", default="0,0.25", help="OfflineLLM seconds per call, one run each")
+    parser.add_argument("--flow-seconds", type=float, default=30.0)
     parser.add_argument("--tenants", type=int, default=4)
     parser.add_argument("--agents", type=int, default=4)
     parser.add_argument("--producers", type=int, default=8)
@@ -162,6 +222,10 @@ def main() -> None:
     parser.add_argument("--database-url")
     args = parser.parse_args()
     database = bench_database(args.database_url)
+    if "flows" in args.paths:
+        run_flows(database, args)
+    if "actor" not in args.paths and "http" not in args.paths:
+        return
     with raytenant_service(database) as urls:
         if "actor" in args.paths:
             result = asyncio.run(via_actor(database, args))

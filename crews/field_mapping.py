@@ -1,8 +1,9 @@
 """Field mapping with what a tenant taught: the FieldMatcher fed by the learning engine.
 
 Used by `POST /v1/mappings`, the crews' field-mapping tool and the evaluation bench, so all three
-map the same way. `learning` is any async `(method, tenant, *args)` callable reaching the tenant's
-LearningModel shard (`LearningClient.call`, or a LearningCore method lookup in tests and benches).
+map the same way. `learning` is a `(method, tenant, *args)` callable reaching the tenant's
+LearningModel shard: async (`LearningClient.call`) for `map_fields`, synchronous
+(`LearningClient.call_sync`) for `map_fields_sync`, which a crew's tool runs in its worker thread.
 """
 from __future__ import annotations
 
@@ -14,14 +15,27 @@ LearningCall = Callable[..., Awaitable[Any]]
 SIMILAR_THRESHOLD = 0.5  # similar-field corrections worth considering (the matcher weighs them)
 
 
+def _parse(source_schema: Any, target_schema: Any, source_name: str | None):
+    sources = parse_schema(source_schema, "source_schema")
+    targets = parse_schema(target_schema, "target_schema")  # refused before any actor call
+    return sources, targets, [field_context(s, source_name) for s in sources]
+
+
 async def map_fields(learning: LearningCall, tenant: str, source_schema: Any, target_schema: Any,
                      source_name: str | None = None, matcher: FieldMatcher | None = None) -> dict[str, Any]:
     """Raises crews.field_matcher.SchemaError for an unusable schema."""
-    sources = parse_schema(source_schema, "source_schema")
-    targets = parse_schema(target_schema, "target_schema")  # refused before any actor call
-    contexts = [field_context(s, source_name) for s in sources]
+    sources, targets, contexts = _parse(source_schema, target_schema, source_name)
     corrections = await learning("corrections", tenant)
     similar = await learning("recommendations_many", tenant, contexts, SIMILAR_THRESHOLD, 3)
+    return (matcher or FieldMatcher()).match(sources, targets, learned=Learned.from_corrections(corrections),
+                                             recommendations=similar)
+
+
+def map_fields_sync(learning: Callable[..., Any], tenant: str, source_schema: Any, target_schema: Any,
+                    source_name: str | None = None, matcher: FieldMatcher | None = None) -> dict[str, Any]:
+    sources, targets, contexts = _parse(source_schema, target_schema, source_name)
+    corrections = learning("corrections", tenant)
+    similar = learning("recommendations_many", tenant, contexts, SIMILAR_THRESHOLD, 3)
     return (matcher or FieldMatcher()).match(sources, targets, learned=Learned.from_corrections(corrections),
                                              recommendations=similar)
 
@@ -32,5 +46,14 @@ def correction(source: Field, proposed: str | None, correct: str, source_name: s
         "type": "correction",
         "original": {"source_field": source.name, "target_field": proposed},
         "corrected": {"source_field": source.name, "target_field": correct},
+        "context": field_context(source, source_name),
+    }
+
+
+def acceptance(source: Field, accepted: str, source_name: str | None = None) -> dict[str, Any]:
+    """The learning item for a user's acceptance of a proposed mapping (a success)."""
+    return {
+        "type": "success",
+        "result": {"source_field": source.name, "target_field": accepted},
         "context": field_context(source, source_name),
     }

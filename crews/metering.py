@@ -46,6 +46,13 @@ class BudgetExceeded(MeteringError):
         super().__init__(message, "budget_exceeded", **details)
 
 
+class FlowCancelled(MeteringError):
+    """The flow was cancelled: its next LLM call stops the crew instead of spending."""
+
+    def __init__(self) -> None:
+        super().__init__("the flow was cancelled", "cancelled")
+
+
 @dataclass
 class Meter:
     """A tenant's reservations for one flow. Retries only what is safe to retry."""
@@ -55,6 +62,7 @@ class Meter:
     flow_id: str | None = None
     attempts: int = 4
     backoff: float = 0.25
+    stop: threading.Event | None = None  # set when the flow is cancelled
 
     def _retrying(self, method: str, *args: Any) -> Any:
         for attempt in range(self.attempts):
@@ -67,6 +75,8 @@ class Meter:
         raise AssertionError("unreachable")
 
     def reserve(self, model: str, input_tokens: int, output_tokens: int) -> str:
+        if self.stop is not None and self.stop.is_set():
+            raise FlowCancelled()
         try:
             found = self._retrying("reserve", model, input_tokens, output_tokens, None)
         except LedgerError as error:

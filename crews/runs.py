@@ -2,14 +2,17 @@
 
 A crew that stops because the ledger refused a call (BudgetExceeded) or could not meter it is not
 an error of the crew: the flow ends as failed with that reason, and the tenant's stream gets an
-`error_notification` and a final `flow_update` saying so.
+`error_notification` and a final `flow_update` saying so. A crew stopped because its flow was
+cancelled ends as `cancelled`, without an error (the canceller has already said so).
+
+`phase` is the phase to blame, or a callable giving the phase running when the crew stopped.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from actors.notifications import StreamNotifier
 from crews.metering import MeteringError
@@ -17,9 +20,18 @@ from crews.metering import MeteringError
 log = logging.getLogger("raytenant.crews")
 
 
+class PhaseFailed(Exception):
+    """A phase found that the flow cannot go on (data validation failed): raised from the phase's
+    task callback, it stops the crew and fails the flow with `code`."""
+
+    def __init__(self, message: str, code: str, **details: Any) -> None:
+        super().__init__(message)
+        self.code, self.details = code, details
+
+
 @dataclass
 class CrewOutcome:
-    status: str  # completed | failed
+    status: str  # completed | failed | cancelled
     output: Any = None
     reason: str | None = None
     error: dict[str, Any] = field(default_factory=dict)
@@ -30,16 +42,23 @@ class CrewOutcome:
 
 
 async def run_crew(crew: Any, inputs: dict[str, Any], notifier: StreamNotifier, flow_id: str,
-                   phase: str | None = None) -> CrewOutcome:
+                   phase: str | Callable[[], str | None] | None = None, *, executor: Any = None) -> CrewOutcome:
+    loop = asyncio.get_running_loop()
     try:
-        output = await asyncio.to_thread(crew.kickoff, inputs=inputs)
+        output = await loop.run_in_executor(executor, lambda: crew.kickoff(inputs=inputs))
     except MeteringError as error:
-        failure = {"reason": error.code, "message": str(error), "phase": phase, **error.details}
+        if error.code == "cancelled":
+            return CrewOutcome("cancelled", reason="cancelled")
+        failure = {"reason": error.code, "message": str(error), **error.details}
+    except PhaseFailed as error:
+        failure = {"reason": error.code, "message": str(error), **error.details}
     except Exception as error:  # noqa: BLE001 - the flow records it; the runner stays up
         log.exception("crew of flow %s failed", flow_id)
-        failure = {"reason": "crew_error", "message": f"{type(error).__name__}: {error}"[:1000], "phase": phase}
+        failure = {"reason": "crew_error", "message": f"{type(error).__name__}: {error}"[:1000]}
     else:
         return CrewOutcome("completed", output)
+    phase = phase() if callable(phase) else phase
+    failure["phase"] = phase
     await notifier.send_error_notification(flow_id, failure)
     await notifier.send_flow_update(flow_id, {"status": "failed", "reason": failure["reason"], "phase": phase})
     return CrewOutcome("failed", reason=failure["reason"], error=failure)

@@ -48,6 +48,37 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    from serve_app.launcher import configure_environment, metrics_enabled
+
+    configure_environment()
+    import ray
+
+    from serve_app.loadtest import LoadConfig, run
+
+    try:
+        mix = {k: float(v) for k, v in (part.split("=", 1) for part in args.mix.split(","))} if args.mix else None
+        config = LoadConfig(url=args.url.rstrip("/"), operator_token=operator_token(args.operator_token),
+                            workers=args.workers, tenants=args.tenants, connections=args.connections, rate=args.rate,
+                            duration=args.duration, allow_remote=args.allow_remote, **({"mix": mix} if mix else {}))
+        config.check()
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    started = not ray.is_initialized()
+    if started:
+        with metrics_enabled():
+            ray.init(address=args.address, namespace="raytenant", log_to_driver=False)
+    try:
+        report = run(config, args.out, args.png)
+    finally:
+        if started:
+            ray.shutdown()
+    print(json.dumps({k: report[k] for k in ("throughput_per_s", "total_ops", "total_errors", "events", "nodes")}))
+    print(f"report: {args.out}" + (f", plot: {args.png}" if args.png else ""))
+    return 0
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     from storage.migrate import downgrade, upgrade
 
@@ -83,9 +114,29 @@ async def demo(base_url: str, token: str) -> dict[str, Any]:
                 headers={"Authorization": f"Bearer {token}"},
             )
             usage.raise_for_status()
+            flow = await demo_flow(client, base_url, token)
             summary = await client.get(f"{base_url}/v1/costs/summary", headers={"Authorization": f"Bearer {token}"})
     return {"connection": hello, "published": response.json(), "received": event, "round_trip_ms": round(latency_ms, 1),
-            "usage": usage.json(), "spend_30d": summary.json()["total_cost"]}
+            "usage": usage.json(), "spend_30d": summary.json()["total_cost"], "flow": flow}
+
+
+async def demo_flow(client: Any, base_url: str, token: str, timeout: float = 120.0) -> dict[str, Any]:
+    """A discovery flow on the bundled sample inventory, run by the crew on the offline LLM."""
+    from crews.samples import sample_inventory
+
+    sample = sample_inventory()
+    headers = {"Authorization": f"Bearer {token}"}
+    created = await client.post(f"{base_url}/v1/flows", headers=headers, json={
+        "name": sample["name"], "kind": "discovery", "data": sample["data"], "target_schema": sample["target_schema"]})
+    created.raise_for_status()
+    flow_id = created.json()["flow_id"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        flow = (await client.get(f"{base_url}/v1/flows/{flow_id}", headers=headers)).json()
+        if flow["status"] not in ("initialized", "running"):
+            return flow
+        await asyncio.sleep(0.2)
+    return flow
 
 
 def run_service(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
@@ -127,6 +178,11 @@ def run_service(args: argparse.Namespace, stop: threading.Event | None = None) -
         print(f"                     {json.dumps(result['received'])}")
         print(f"  cost ledger      : gpt-4o-mini 1200 in / 300 out = ${result['usage']['cost']:.6f}; "
               f"tenant spend over 30 days ${result['spend_30d']:.6f}")
+        flow = result["flow"]
+        print(f"  discovery flow   : {flow['flow_id']} {flow['status']} ({flow['progress']} %)")
+        for phase in flow["phases"]:
+            if phase in flow["results"]:
+                print(f"    {phase:<22} {flow['results'][phase]['summary']}")
         if args.check:
             return 0
         print("\nPress Ctrl-C to stop.")
@@ -141,6 +197,7 @@ def run_service(args: argparse.Namespace, stop: threading.Event | None = None) -
             serve.delete(APP_NAME)
             from actors.cost_ledger import KIND as LEDGER_KIND
             from actors.event_hub import KIND
+            from actors.flow_runner import KIND as FLOW_KIND
             from actors.learning import KIND as LEARNING_KIND
             from actors.mailbox import KIND as MAILBOX_KIND
             from actors.shards import kill_all
@@ -149,6 +206,7 @@ def run_service(args: argparse.Namespace, stop: threading.Event | None = None) -
             kill_all(LEDGER_KIND, int(os.environ.get("RAYTENANT_LEDGER_SHARDS", 1)))
             kill_all(LEARNING_KIND, int(os.environ.get("RAYTENANT_LEARNING_SHARDS", 1)))
             kill_all(MAILBOX_KIND, int(os.environ.get("RAYTENANT_MAILBOX_SHARDS", 1)))
+            kill_all(FLOW_KIND, int(os.environ.get("RAYTENANT_FLOW_SHARDS", 1)))
             if started_ray:
                 serve.shutdown()
         finally:
@@ -179,6 +237,21 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=int, default=24 * 3600, help="seconds")
     token.add_argument("--operator-token")
     token.set_defaults(func=cmd_token)
+
+    load = commands.add_parser("loadtest", help="drive load from Ray tasks spread over the cluster's nodes")
+    load.add_argument("--url", default="http://127.0.0.1:8000", help="the service (loopback unless --allow-remote)")
+    load.add_argument("--address", default=None, help="Ray cluster address (default: the running one, else local)")
+    load.add_argument("--operator-token")
+    load.add_argument("--workers", type=int, default=2, help="client worker tasks, spread over the nodes")
+    load.add_argument("--tenants", type=int, default=8)
+    load.add_argument("--connections", type=int, default=40, help="WebSocket connections in all")
+    load.add_argument("--rate", type=float, default=100.0, help="HTTP operations per second in all")
+    load.add_argument("--duration", type=float, default=30.0, help="seconds (at most 600)")
+    load.add_argument("--mix", help="operation weights, e.g. usage=0.4,publish=0.4,recommend=0.19,flow=0.01")
+    load.add_argument("--out", default="loadtest.json")
+    load.add_argument("--png", default="loadtest.png")
+    load.add_argument("--allow-remote", action="store_true")
+    load.set_defaults(func=cmd_loadtest)
 
     db = commands.add_parser("db", help="database migrations")
     db.add_argument("action", choices=["upgrade", "downgrade"])

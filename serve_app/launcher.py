@@ -7,9 +7,10 @@ instead of behind the Serve proxy, which measured ~8x the requests/s here (docs/
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from typing import Any
+from typing import Any, Iterator
 
 SERVE_ENV = {
     "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
@@ -34,6 +35,20 @@ def configure_environment(direct_ingress: bool = True) -> None:
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "0"
 
 
+@contextlib.contextmanager
+def metrics_enabled() -> Iterator[None]:
+    """Ray's metrics agent records through the OpenTelemetry SDK, which OTEL_SDK_DISABLED switches
+    off in every process started with it. That variable is set for crewai (whose telemetry stays off
+    through CREWAI_DISABLE_TELEMETRY, and which sets it again where it is imported), so Ray's
+    processes are started without it."""
+    saved = os.environ.pop("OTEL_SDK_DISABLED", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["OTEL_SDK_DISABLED"] = saved
+
+
 def start_ray(*, num_cpus: int | None = None, dashboard: bool = True, metrics_port: int | None = None) -> Any:
     import ray
 
@@ -47,7 +62,8 @@ def start_ray(*, num_cpus: int | None = None, dashboard: bool = True, metrics_po
         kwargs["num_cpus"] = num_cpus
     if metrics_port is not None:
         kwargs["_metrics_export_port"] = metrics_port
-    return ray.init(**kwargs)
+    with metrics_enabled():
+        return ray.init(**kwargs)
 
 
 def deploy(settings: dict[str, Any], *, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> list[str]:

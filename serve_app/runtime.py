@@ -11,8 +11,12 @@ from actors.event_hub_client import EventHubClient
 from actors.learning import KIND as LEARNING_KIND
 from actors.learning import LearningOptions
 from actors.learning_client import LearningClient
+from actors.flow_runner import KIND as FLOW_KIND
+from actors.flow_runner import FlowOptions
+from actors.flow_runner_client import FlowClient
 from actors.mailbox import KIND as MAILBOX_KIND
 from actors.mailbox_client import MailboxClient
+from actors.metrics import RayMetrics
 from serve_app.auth import Tokens
 from serve_app.settings import Settings
 from serve_app.streams import StreamRouter
@@ -27,6 +31,7 @@ class Runtime:
         ledger: object | None = None,
         learning: object | None = None,
         mailbox: object | None = None,
+        flows: object | None = None,
         replica_id: str | None = None,
     ) -> None:
         self.settings = settings
@@ -45,29 +50,35 @@ class Runtime:
             "kind": settings.actor_prefix + KIND,
             "use_channel": settings.hub_channel,
         }
-        self.ledger = ledger or CostLedgerClient(
-            settings.database_url,
-            settings.ledger_shards,
-            LedgerOptions(reservation_ttl=settings.reservation_ttl),
-            kind=settings.actor_prefix + LEDGER_KIND,
-            hub=hub_address,
+        # How every client is built, kept so the flow runners can build the same ones.
+        self.addresses = {
+            "hub": hub_address,
+            "ledger": {"database_url": settings.database_url, "shards": settings.ledger_shards,
+                       "options": LedgerOptions(reservation_ttl=settings.reservation_ttl),
+                       "kind": settings.actor_prefix + LEDGER_KIND, "hub": hub_address},
+            "learning": {"database_url": settings.database_url, "shards": settings.learning_shards,
+                         "options": LearningOptions(threshold=settings.learning_threshold),
+                         "kind": settings.actor_prefix + LEARNING_KIND},
+            "mailbox": {"database_url": settings.database_url, "shards": settings.mailbox_shards,
+                        "kind": settings.actor_prefix + MAILBOX_KIND, "hub": hub_address},
+        }
+        self.ledger = ledger or CostLedgerClient(**self.addresses["ledger"])
+        self.learning = learning or LearningClient(**self.addresses["learning"])
+        self.mailbox = mailbox or MailboxClient(**self.addresses["mailbox"])
+        self.flows = flows or FlowClient(
+            settings.database_url, settings.flow_shards,
+            FlowOptions(running_limit=settings.flow_limit, llm=settings.llm, llm_latency=settings.llm_latency),
+            self.addresses, kind=settings.actor_prefix + FLOW_KIND,
         )
-        self.learning = learning or LearningClient(
-            settings.database_url,
-            settings.learning_shards,
-            LearningOptions(threshold=settings.learning_threshold),
-            kind=settings.actor_prefix + LEARNING_KIND,
-        )
-        self.mailbox = mailbox or MailboxClient(
-            settings.database_url, settings.mailbox_shards, kind=settings.actor_prefix + MAILBOX_KIND, hub=hub_address
-        )
-        self.router = StreamRouter(self.hub, self.replica_id, poll_timeout=settings.poll_timeout)
+        self.router = StreamRouter(self.hub, self.replica_id, poll_timeout=settings.poll_timeout,
+                                   metrics=RayMetrics(replica=self.replica_id))
 
     async def start(self) -> None:
         await self.hub.start()
         await self.ledger.start()
         await self.learning.start()
         await self.mailbox.start()
+        await self.flows.start(timeout=120.0)  # a runner imports crewai first: seconds
 
     async def stop(self) -> None:
         await self.router.stop()

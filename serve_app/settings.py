@@ -23,6 +23,10 @@ class Settings:
     learning_shards: int = 1
     learning_threshold: float = 0.7
     mailbox_shards: int = 1
+    flow_shards: int = 1
+    flow_limit: int = 4  # running flows per tenant
+    llm: str = ""  # RAYTENANT_LLM: empty/"offline" for the OfflineLLM, else a crewai/LiteLLM model string
+    llm_latency: float = 0.0  # the OfflineLLM's simulated latency per call (demos, benches)
     hub_channel: bool = True  # latency-path hub calls over the direct channel (actors/channel.py)
     actor_prefix: str = ""  # lets several deployments (or test databases) share one Ray cluster
     hub_window: int = 1_000
@@ -49,6 +53,10 @@ class Settings:
             "learning_shards": _env_int("RAYTENANT_LEARNING_SHARDS", 1),
             "learning_threshold": float(os.environ.get("RAYTENANT_LEARNING_THRESHOLD", 0.7)),
             "mailbox_shards": _env_int("RAYTENANT_MAILBOX_SHARDS", 1),
+            "flow_shards": _env_int("RAYTENANT_FLOW_SHARDS", 1),
+            "flow_limit": _env_int("RAYTENANT_FLOW_LIMIT", 4),
+            "llm": os.environ.get("RAYTENANT_LLM", ""),
+            "llm_latency": float(os.environ.get("RAYTENANT_LLM_LATENCY", 0)),
         }
         known = {f.name for f in fields(cls)}
         values.update({k: v for k, v in overrides.items() if k in known and v is not None})

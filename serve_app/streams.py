@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from actors.metrics import NO_METRICS, MetricSink
 from storage.events import Event
 
 log = logging.getLogger("raytenant.streams")
@@ -128,8 +129,10 @@ class StreamRouter:
         poll_timeout: float = 10.0,
         poll_interval: float = 0.01,
         presence_interval: float = 2.0,
+        metrics: MetricSink = NO_METRICS,
     ):
         self.hub = hub
+        self.metrics = metrics
         self.replica_id = replica_id
         self.poll_timeout = poll_timeout
         self.poll_interval = poll_interval
@@ -149,6 +152,7 @@ class StreamRouter:
         conn.last_sent = conn.joined_at = feed.cursor
         feed.connections.add(conn)
         self.connections[conn.id] = conn
+        self.metrics.set("raytenant_ws_connections", len(self.connections))
         self._ensure_presence()
         return feed.cursor
 
@@ -157,6 +161,7 @@ class StreamRouter:
         if conn.writer:
             conn.writer.cancel()
         self.connections.pop(conn.id, None)
+        self.metrics.set("raytenant_ws_connections", len(self.connections))
         feed = self.feeds.get(conn.tenant)
         if feed:
             feed.connections.discard(conn)
@@ -227,6 +232,7 @@ class StreamRouter:
         feed = self.feeds.get(tenant)
         if feed is None:
             return
+        delivered = slow = 0
         for event in events:
             if event.seq <= feed.cursor:
                 continue
@@ -236,8 +242,12 @@ class StreamRouter:
                 before = conn.closed
                 conn.deliver(event, text)
                 if conn.closed and not before:
-                    self.slow_closed += 1
-            self.delivered += len(feed.connections)
+                    slow += 1
+            delivered += len(feed.connections)
+        self.delivered += delivered
+        self.slow_closed += slow
+        self.metrics.inc("raytenant_events_delivered", delivered)
+        self.metrics.inc("raytenant_slow_consumer_disconnects", slow)
 
     # -- resume -----------------------------------------------------------------------------------
     async def resume(self, conn: Connection, last_seq: int) -> None:

@@ -150,3 +150,34 @@ class SubscriptionRow(Base):
     tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
     agent: Mapped[str] = mapped_column(String(128), primary_key=True)
     topic: Mapped[str] = mapped_column(String(128), primary_key=True)
+
+
+class FlowRow(Base):
+    """One flow: its input, the result of each finished phase, and where it stands.
+
+    status: initialized | running | completed | failed | cancelled. `results` maps a finished
+    phase to its stored result, so a flow resumed after its runner died starts after the last.
+    `runner` is the runner kind that owns it: deployments sharing a database never run each
+    other's flows.
+    """
+
+    __tablename__ = "flows"
+    __table_args__ = (Index("ix_flows_tenant_created", "tenant", "created_at"), Index("ix_flows_status", "runner", "status"))
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    runner: Mapped[str] = mapped_column(String(128))  # the runner kind (deployment) that owns it
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    process: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    phase: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    input: Mapped[dict] = mapped_column(JSONType)
+    results: Mapped[dict] = mapped_column(JSONType)
+    error: Mapped[dict | None] = mapped_column(JSONType, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

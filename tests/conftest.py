@@ -15,7 +15,7 @@ os.environ.setdefault("OTEL_SDK_DISABLED", "true")
 os.environ.setdefault("CREWAI_TRACING_ENABLED", "false")
 os.environ.setdefault("CREWAI_DISABLE_VERSION_CHECK", "true")
 
-from serve_app.launcher import configure_environment  # noqa: E402
+from serve_app.launcher import configure_environment, metrics_enabled  # noqa: E402
 
 configure_environment()
 
@@ -28,6 +28,15 @@ from serve_app.runtime import Runtime  # noqa: E402
 from serve_app.settings import Settings  # noqa: E402
 from storage.migrate import upgrade  # noqa: E402
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+METRICS_PORT: int | None = None  # the Prometheus port of the Ray this run started
 PG_ADMIN_DSN = os.environ.get("RAYTENANT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 OPERATOR_TOKEN = "test-operator-token"
 
@@ -37,9 +46,13 @@ def ray_session():
     """One local Ray for the whole run; shut down only if this fixture started it."""
     import ray
 
+    global METRICS_PORT
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, namespace="raytenant", log_to_driver=False)
+        METRICS_PORT = _free_port()
+        with metrics_enabled():
+            ray.init(num_cpus=2, include_dashboard=False, namespace="raytenant", log_to_driver=False,
+                     _metrics_export_port=METRICS_PORT)
     yield ray
     if started:
         ray.shutdown()

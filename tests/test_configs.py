@@ -25,10 +25,12 @@ def test_serve_config_matches_serve_schema_and_code():
 
 
 def test_cluster_yaml_matches_the_launcher_schema():
-    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
-    validate_config(prepare_config(config))  # what `ray up` does: fill defaults, then check
-    assert config["head_node_type"] in config["available_node_types"]
-    assert any("serve deploy serve_config.yaml" in c for c in config["head_start_ray_commands"])
+    for path in ("cluster.yaml", "docs/cluster-local.yaml"):  # AWS, and the local provider (on-premises)
+        config = yaml.safe_load((ROOT / path).read_text())
+        validate_config(prepare_config(config))  # what `ray up` does: fill defaults, then check
+        assert config["head_node_type"] in config["available_node_types"]
+        assert any("serve deploy serve_config.yaml" in c for c in config["head_start_ray_commands"])
+        assert any("pip install -e" in c for c in config["setup_commands"])
 
 
 def test_config_checks_can_fail():

@@ -70,6 +70,7 @@ def test_cli_run_starts_shows_and_stops(ray_session, tmp_path, monkeypatch, caps
     assert f"operator token   : {saved}" in out
     assert "received over WebSocket" in out and '"progress": 42' in out
     assert "cost ledger      : gpt-4o-mini 1200 in / 300 out = $0.000360" in out
+    assert "completed (100 %)" in out and "application_discovery  11 application(s)" in out
     assert (tmp_path / "operator_token").stat().st_mode & 0o777 == 0o600
     # Without --check it serves until told to stop.
     stop = threading.Event()

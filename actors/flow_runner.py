@@ -1,0 +1,73 @@
+"""FlowRunner: the Ray shell around FlowRunnerCore (actors/flow_runs.py), one per runner shard.
+
+crewai is imported inside the actor only (it takes seconds), so the ingress can hold a client
+without it. A restarted runner calls itself once from its constructor so that it resumes its
+unfinished flows at once, not when someone next happens to call it.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from actors.gc_policy import quiet_gc
+from actors.metrics import RayMetrics
+from actors.operations import run_many
+from actors.shard_actor import ShardActor
+
+KIND = "flows"
+PUBLIC_METHODS = frozenset({"create", "get", "list", "cancel", "correct"})
+
+
+@dataclass(frozen=True)
+class FlowOptions:
+    running_limit: int = 4  # running flows per tenant; more answer 429
+    threads: int = 32  # crews running at once in one runner
+    llm: str = ""  # RAYTENANT_LLM: empty or "offline" for the OfflineLLM, else a provider model string
+    llm_latency: float = 0.0  # the OfflineLLM's simulated provider latency per call, in seconds
+    sweep_interval: float = 5.0  # how often a runner looks for unfinished flows it owns and no one runs
+    shards: int = 1
+    kind: str = KIND  # the runners' actor kind (with the deployment's prefix): whose flows are whose
+
+
+@ray.remote(num_cpus=0, max_concurrency=1_000)
+class FlowRunner(ShardActor):
+    public = PUBLIC_METHODS
+
+    def __init__(self, database_url: str, options: FlowOptions, services: dict[str, dict[str, Any]]) -> None:
+        import crews  # noqa: F401 - crewai's telemetry off before it is imported
+        from actors.cost_ledger_client import CostLedgerClient
+        from actors.event_hub_client import EventHubClient
+        from actors.flow_runs import FlowRunnerCore, Services
+        from actors.learning_client import LearningClient
+        from actors.mailbox_client import MailboxClient
+        from storage.engine import create_engine
+        from storage.flows import FlowStore
+
+        name = ray.get_runtime_context().get_actor_name() or f"{KIND}-0"
+        self.core = FlowRunnerCore(
+            FlowStore(create_engine(database_url)),
+            Services(hub=EventHubClient(**services["hub"]), ledger=CostLedgerClient(**services["ledger"]),
+                     learning=LearningClient(**services["learning"]), mailbox=MailboxClient(**services["mailbox"])),
+            options, index=int(name.rsplit("-", 1)[1]), metrics=RayMetrics.for_actor(),
+        )
+        self.sweep = self.core.resume
+        quiet_gc()
+        me = ray.get_runtime_context().current_actor
+        threading.Thread(target=lambda: ray.get(me.ready.remote()), daemon=True, name="resume").start()
+
+    async def ready(self) -> bool:
+        if not self.core.resumed.is_set() and not getattr(self, "_resuming", False):
+            self._resuming = True
+            await self.core.resume()
+        self._ensure_sweeper()
+        return True
+
+    async def call_many(self, calls: list[tuple[str, str, tuple]]) -> list[dict[str, Any]]:
+        self._ensure_sweeper()
+        return await run_many(self.core, self.public, calls)
+
+    async def stats(self) -> dict[str, Any]:
+        return await self.core.stats()

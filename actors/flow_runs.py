@@ -1,0 +1,355 @@
+"""FlowRunnerCore: runs a tenant's discovery and optimisation flows, phase by phase, durably.
+
+A flow's crew runs in a worker thread. When a phase's task finishes, the crew's thread waits while
+the runner stores the phase's result and streams it (agent_insight phase_completed, flow_update),
+hands a note to the next agent through the Mailbox, and announces the next phase: what a client
+has seen is already stored, and a runner that dies mid-flow is restarted by Ray and resumes every
+unfinished flow it owns after its last finished phase.
+
+Flows are placed on runners by tenant (the same rendezvous hashing as every shard), so one runner
+counts a tenant's running flows and the per-tenant limit needs no distributed lock.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from actors.flow_runner import FlowOptions
+from actors.operations import ActorError
+from actors.metrics import NO_METRICS, MetricSink
+from actors.notifications import StreamNotifier
+from actors.shards import shard_for
+from crews.agents import REGISTRY
+from crews.crew_builder import build_crew
+from crews.field_mapping import acceptance, correction
+from crews.field_matcher import parse_schema
+from crews.flow_context import FlowContext
+from crews.metering import FlowCancelled, Meter, MeteredLLM
+from crews.offline_llm import llm_for
+from crews.phases import phases_of
+from crews.runs import PhaseFailed, run_crew
+from storage.flows import ACTIVE, FlowStore
+
+log = logging.getLogger("raytenant.flows")
+
+ANSWER_CHARS = 4_000  # of the LLM's final answer kept with a phase's result
+
+
+class FlowError(ActorError):
+    """A refused flow operation (status, code, message, details)."""
+
+
+@dataclass
+class Services:
+    """The clients a runner reaches other actors through (the runner holds no one else's state)."""
+
+    hub: Any
+    ledger: Any
+    learning: Any
+    mailbox: Any
+
+
+@dataclass
+class Run:
+    row: dict[str, Any]
+    context: FlowContext
+    stop: threading.Event = field(default_factory=threading.Event)
+    phase: str | None = None
+    handoffs: dict[str, list[Any]] = field(default_factory=dict)
+    started: float = 0.0  # monotonic time the current phase started
+    task: asyncio.Task | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def view(row: dict[str, Any], *, full: bool = True) -> dict[str, Any]:
+    """A flow as clients see it. The list view leaves out input and results."""
+    found = {
+        "flow_id": row["id"], "name": row["name"], "kind": row["kind"], "process": row["process"],
+        "status": row["status"], "phase": row["phase"], "progress": row["progress"], "error": row["error"],
+        "attempts": row["attempts"],
+        **{k: row[k].isoformat() if row[k] else None for k in ("created_at", "updated_at", "started_at", "finished_at")},
+    }
+    if full:
+        found["phases"] = [p.name for p in phases_of(row["kind"])]
+        found["results"] = row["results"]
+    return found
+
+
+class FlowRunnerCore:
+    def __init__(self, store: FlowStore, services: Services, options: FlowOptions = FlowOptions(), *,
+                 index: int = 0, metrics: MetricSink = NO_METRICS) -> None:
+        self.store, self.services, self.options, self.index = store, services, options, index
+        self.metrics = metrics
+        self.runs: dict[str, Run] = {}
+        self.executor = ThreadPoolExecutor(max_workers=options.threads, thread_name_prefix="crew")
+        self.resumed = asyncio.Event()
+        self.counters = {"started": 0, "resumed": 0, "completed": 0, "failed": 0, "cancelled": 0}
+        self.phase_seconds: dict[str, tuple[float, int]] = {}  # phase -> (total seconds, phases run)
+
+    # -- operations (tenant first: the shard call convention) ---------------------------------------
+    async def create(self, tenant: str, spec: dict[str, Any]) -> dict[str, Any]:
+        await self.resumed.wait()  # the running count is complete only once resumed flows are back
+        running = sum(1 for r in self.runs.values() if r.row["tenant"] == tenant)
+        if running >= self.options.running_limit:
+            raise FlowError(429, "too_many_flows", f"this tenant already runs {running} flows; wait for one to end",
+                            limit=self.options.running_limit, running=running)
+        now = _now()
+        row = {
+            "id": uuid.uuid4().hex, "tenant": tenant, "runner": self.options.kind, "name": spec["name"],
+            "kind": spec["kind"],
+            "process": spec.get("process", "sequential"), "status": "initialized", "phase": None, "progress": 0,
+            "input": {k: spec.get(k) for k in ("data", "source_schema", "target_schema")}, "results": {},
+            "error": None, "attempts": 0, "created_at": now, "updated_at": now, "started_at": None, "finished_at": None,
+        }
+        try:
+            await self.store.create(row)
+        except Exception as error:  # noqa: BLE001 - nothing was stored; the client may retry
+            log.exception("could not store flow")
+            raise FlowError(503, "flows_unavailable", "the flow could not be stored; nothing changed") from error
+        await self._notifier(tenant).send_flow_update(row["id"], {"status": "initialized", "phase": None, "progress": 0,
+                                                                  "updated_at": now.isoformat()})
+        self._start(row)
+        return view(row)
+
+    async def get(self, tenant: str, flow_id: str) -> dict[str, Any]:
+        return view(await self._row(tenant, flow_id))
+
+    async def list(self, tenant: str, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        return [view(r, full=False) for r in await self.store.list(tenant, status, limit)]
+
+    async def cancel(self, tenant: str, flow_id: str) -> dict[str, Any]:
+        row = await self._row(tenant, flow_id)
+        if row["status"] not in ACTIVE:
+            raise FlowError(409, "flow_finished", f"the flow has already ended ({row['status']})", flow_status=row["status"])
+        run = self.runs.get(flow_id)
+        if run is not None:
+            run.stop.set()  # its crew stops at its next LLM call or phase boundary
+            row = run.row
+        now = _now()
+        row.update(status="cancelled", updated_at=now, finished_at=now)
+        await self.store.update(flow_id, status="cancelled", updated_at=now, finished_at=now)
+        self.counters["cancelled"] += 1
+        self.metrics.inc("raytenant_flows_finished", status="cancelled")
+        await self._notifier(tenant).send_flow_update(flow_id, {"status": "cancelled", "phase": row["phase"],
+                                                                "progress": row["progress"], "updated_at": now.isoformat()})
+        return view(row)
+
+    async def correct(self, tenant: str, flow_id: str, corrections: list[dict[str, str]]) -> dict[str, Any]:
+        """Apply a user's corrections (or acceptances) to the flow's field mapping, and teach them
+        to the tenant's learning engine."""
+        run = self.runs.get(flow_id)
+        row = run.row if run is not None and run.row["tenant"] == tenant else await self._row(tenant, flow_id)
+        results = run.context.results if run is not None else row["results"]
+        mapping = results.get("field_mapping")
+        if not mapping:
+            raise FlowError(409, "no_mapping", "this flow has no field mapping (yet)")
+        sources = {f.name: f for f in parse_schema(mapping["source_schema"], "source_schema")}
+        targets = [f.name for f in parse_schema(mapping["target_schema"], "target_schema")]
+        proposed = {m["source_field"]: m["target_field"] for m in mapping["mappings"]}
+        items = []
+        for item in corrections:
+            source, target = item["source_field"], item["target_field"]
+            if source not in sources:
+                raise FlowError(422, "unknown_source_field", f"{source!r} is not a field of this flow's source schema")
+            if target not in targets:
+                raise FlowError(422, "unknown_target_field", f"{target!r} is not a field of this flow's target schema")
+            was = proposed.get(source)
+            items.append(acceptance(sources[source], target, row["name"]) if was == target
+                         else correction(sources[source], was, target, row["name"]))
+        learned = await self.services.learning.call("learn", tenant, items)
+        updated = apply_corrections(mapping, corrections, list(sources), targets)
+        results["field_mapping"] = updated
+        now = _now()
+        row.update(results=results, updated_at=now)
+        await self.store.update(flow_id, results=results, updated_at=now)
+        await self._notifier(tenant).send_agent_insight(flow_id, REGISTRY["field_mapping"].role, {
+            "type": "mapping_corrected", "phase": "field_mapping",
+            "corrections": [{"source_field": c["source_field"], "target_field": c["target_field"],
+                             "was": proposed.get(c["source_field"])} for c in corrections],
+        })
+        return {"flow_id": flow_id, "mapping": updated, "learned": learned}
+
+    async def stats(self) -> dict[str, Any]:
+        durations = {p: round(total / n, 3) for p, (total, n) in self.phase_seconds.items()}
+        return {"running": len(self.runs), "mean_phase_seconds": durations, **self.counters}
+
+    # -- running -----------------------------------------------------------------------------------
+    async def resume(self) -> int:
+        """Start every unfinished flow this runner owns that is not running here (after a restart)."""
+        started = 0
+        try:
+            for row in await self.store.active(self.options.kind):
+                if row["id"] not in self.runs and shard_for(row["tenant"], self.options.shards) == self.index:
+                    self.counters["resumed"] += 1
+                    self._start(row)
+                    started += 1
+        finally:
+            self.resumed.set()
+        return started
+
+    def _start(self, row: dict[str, Any]) -> None:
+        named = row["input"]["data"]
+        context = FlowContext(row["tenant"], row["id"], row["kind"], named, row["input"].get("source_schema"),
+                              row["input"].get("target_schema"), row["name"], self.services.learning.call_sync,
+                              results=dict(row["results"] or {}))
+        run = Run(row, context)
+        self.runs[row["id"]] = run
+        self.counters["started"] += 1
+        self.metrics.set("raytenant_flows_running", len(self.runs))
+        run.task = asyncio.get_running_loop().create_task(self._run(run))
+
+    def _notifier(self, tenant: str) -> StreamNotifier:
+        return StreamNotifier(self.services.hub, tenant)
+
+    def _llm(self, run: Run):
+        meter = Meter(self.services.ledger.call_sync, run.row["tenant"], flow_id=run.row["id"], stop=run.stop)
+
+        def factory(agent: str) -> MeteredLLM:
+            inner = llm_for(self.options.llm)
+            if self.options.llm_latency and hasattr(inner, "latency"):
+                inner.latency = self.options.llm_latency
+            return MeteredLLM.wrap(inner, meter, agent=agent)
+
+        return factory
+
+    async def _run(self, run: Run) -> None:
+        row, notifier = run.row, self._notifier(run.row["tenant"])
+        phases = phases_of(row["kind"])
+        remaining = [p for p in phases if p.name not in run.context.results]
+        try:
+            if not remaining:  # every phase finished before a restart: only the ending was lost
+                await self._complete(run, notifier)
+                return
+            now = _now()
+            row.update(status="running", attempts=row["attempts"] + 1, started_at=row["started_at"] or now,
+                       phase=remaining[0].name, updated_at=now)
+            await self.store.update(row["id"], status="running", attempts=row["attempts"], started_at=row["started_at"],
+                                    phase=row["phase"], updated_at=now)
+            await notifier.send_flow_update(row["id"], {"status": "running", "phase": row["phase"],
+                                                        "progress": row["progress"], "updated_at": now.isoformat()})
+            await self._phase_started(run, remaining[0].name, notifier)
+            loop = asyncio.get_running_loop()
+            crew = build_crew(run.context, self._llm(run), process=row["process"],
+                              on_phase_done=lambda name, output: self._phase_done(run, name, output, loop))
+            outcome = await run_crew(crew, {}, notifier, row["id"], phase=lambda: run.phase, executor=self.executor)
+            if run.stop.is_set():
+                return  # cancelled: cancel() stored and announced it
+            if outcome.ok:
+                await self._complete(run, notifier)
+            else:
+                now = _now()
+                row.update(status="failed", error=outcome.error, updated_at=now, finished_at=now)
+                await self.store.update(row["id"], status="failed", error=outcome.error, updated_at=now, finished_at=now)
+                self.counters["failed"] += 1
+                self.metrics.inc("raytenant_flows_finished", status="failed")
+        except Exception:  # noqa: BLE001 - the store or hub failed: the sweep resumes the flow later
+            log.exception("flow %s stopped; it will be resumed", row["id"])
+        finally:
+            self.runs.pop(row["id"], None)
+            self.metrics.set("raytenant_flows_running", len(self.runs))
+
+    def _phase_done(self, run: Run, name: str, output: Any, loop: asyncio.AbstractEventLoop) -> None:
+        """In the crew's thread, when phase `name`'s task has finished."""
+        if run.stop.is_set():
+            raise FlowCancelled()
+        phase = next(p for p in phases_of(run.row["kind"]) if p.name == name)
+        result = run.context.output(name, phase.primary.name)
+        if result is None:  # the LLM answered without running the tool: the facts are computed anyway
+            result = {**phase.primary.compute(run.context), "computed_by": "runner"}
+        result = {**result, "answer": str(getattr(output, "raw", output))[:ANSWER_CHARS],
+                  "handoffs": run.handoffs.pop(name, [])}
+        run.context.results[name] = result
+        asyncio.run_coroutine_threadsafe(self._phase_finished(run, name), loop).result()
+        if name == "data_validation" and result.get("status") == "failed":
+            raise PhaseFailed("Data validation failed", "validation_failed", quality_score=result.get("quality_score"),
+                              issues=len(result.get("issues", [])))
+
+    async def _phase_started(self, run: Run, name: str, notifier: StreamNotifier) -> None:
+        run.phase = name
+        run.started = time.monotonic()
+        agent = f"{name}:{run.row['id']}"
+        try:  # the previous agent's handoff note, if any, is this phase's to read
+            messages = await self.services.mailbox.call("receive", run.row["tenant"], agent, 10, 0.0)
+            if messages:
+                await self.services.mailbox.call("ack_many", run.row["tenant"], agent, [m["message_id"] for m in messages])
+                run.handoffs[name] = [m["content"] for m in messages]
+        except ActorError as error:
+            log.warning("mailbox unavailable for flow %s: %s", run.row["id"], error.message)
+        await notifier.send_agent_insight(run.row["id"], REGISTRY[name].role, {
+            "type": "phase_started", "phase": name, "message": f"Starting {name.replace('_', ' ')}",
+        })
+
+    async def _phase_finished(self, run: Run, name: str) -> None:
+        row, notifier = run.row, self._notifier(run.row["tenant"])
+        phases = [p.name for p in phases_of(row["kind"])]
+        result = run.context.results[name]
+        seconds = time.monotonic() - run.started
+        total, n = self.phase_seconds.get(name, (0.0, 0))
+        self.phase_seconds[name] = (total + seconds, n + 1)
+        self.metrics.observe("raytenant_flow_phase_seconds", seconds, phase=name)
+        now = _now()
+        progress = round(100 * sum(1 for p in phases if p in run.context.results) / len(phases))
+        row.update(results=run.context.results, phase=name, progress=progress, updated_at=now)
+        await self.store.update(row["id"], results=run.context.results, phase=name, progress=progress, updated_at=now)
+        await notifier.send_agent_insight(row["id"], REGISTRY[name].role, {
+            "type": "phase_completed", "phase": name, "results_summary": result.get("summary"),
+        })
+        await notifier.send_flow_update(row["id"], {"status": "running", "phase": name, "progress": progress,
+                                                    "updated_at": now.isoformat()})
+        following = phases[phases.index(name) + 1] if phases.index(name) + 1 < len(phases) else None
+        if following is None or (name == "data_validation" and result.get("status") == "failed"):
+            return
+        try:
+            await self.services.mailbox.call("send", row["tenant"], [{
+                "receiver": f"{following}:{row['id']}", "sender": f"{name}:{row['id']}", "type": "notification",
+                "content": {"flow_id": row["id"], "phase": name, "summary": result.get("summary")},
+                "correlation_id": row["id"],
+            }])
+        except ActorError as error:
+            log.warning("handoff of flow %s not sent: %s", row["id"], error.message)
+        await self._phase_started(run, following, notifier)
+
+    async def _complete(self, run: Run, notifier: StreamNotifier) -> None:
+        row, now = run.row, _now()
+        row.update(status="completed", progress=100, updated_at=now, finished_at=now)
+        await self.store.update(row["id"], status="completed", progress=100, updated_at=now, finished_at=now)
+        self.counters["completed"] += 1
+        self.metrics.inc("raytenant_flows_finished", status="completed")
+        await notifier.send_flow_update(row["id"], {"status": "completed", "phase": row["phase"], "progress": 100,
+                                                    "updated_at": now.isoformat()})
+        summaries = {name: r.get("summary") for name, r in run.context.results.items()}
+        await notifier.send_completion_notification(row["id"], {"kind": row["kind"], "phases": summaries})
+
+    async def _row(self, tenant: str, flow_id: str) -> dict[str, Any]:
+        row = await self.store.get(tenant, flow_id)
+        if row is None:
+            raise FlowError(404, "flow_not_found", "no such flow for this tenant")
+        return row
+
+
+def apply_corrections(mapping: dict[str, Any], corrections: list[dict[str, str]], sources: list[str],
+                      targets: list[str]) -> dict[str, Any]:
+    """The mapping with the user's choices: one target per source and one source per target, so a
+    target taken from another source leaves that source unmapped."""
+    by_source = {m["source_field"]: m for m in mapping["mappings"]}
+    for item in corrections:
+        source, target = item["source_field"], item["target_field"]
+        for other, entry in list(by_source.items()):
+            if entry["target_field"] == target and other != source:
+                del by_source[other]
+        by_source[source] = {"source_field": source, "target_field": target, "confidence": 1.0, "method": "user"}
+    mapped = [by_source[s] for s in sources if s in by_source]
+    used = {m["target_field"] for m in mapped}
+    return {**mapping, "mappings": mapped, "unmapped_source_fields": [s for s in sources if s not in by_source],
+            "unmapped_target_fields": [t for t in targets if t not in used],
+            "match_rate": round(len(mapped) / len(sources), 4) if sources else 0.0}

@@ -1,0 +1,161 @@
+"""FlowRunnerCore in this process (its Ray shell is a few lines), against the real ledger,
+learning, mailbox and hub actors and both databases: resume, cancel, limits and failures."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+
+from actors.flow_runner import FlowOptions
+from actors.flow_runs import FlowError, FlowRunnerCore, Services
+from actors.metrics import RecordingSink
+from crews.flow_request import parse_flow_request
+from crews.samples import sample_inventory
+from storage.engine import create_engine
+from storage.flows import FlowStore
+
+pytestmark = pytest.mark.integration
+SAMPLE = sample_inventory()
+
+
+@pytest.fixture
+async def runner(live, db_url):
+    engine = create_engine(db_url)
+    runtime = live.runtime
+    services = Services(hub=runtime.hub, ledger=runtime.ledger, learning=runtime.learning, mailbox=runtime.mailbox)
+    made = []
+
+    def make(**options) -> FlowRunnerCore:
+        core = FlowRunnerCore(FlowStore(engine), services, FlowOptions(kind=f"inproc-{uuid.uuid4().hex[:8]}", **options),
+                              metrics=RecordingSink())
+        made.append(core)
+        return core
+
+    yield make
+    for core in made:
+        for run in list(core.runs.values()):
+            run.stop.set()
+        await asyncio.gather(*(r.task for r in core.runs.values() if r.task), return_exceptions=True)
+        core.executor.shutdown(wait=False)
+    await engine.dispose()
+
+
+def spec(**changes):
+    return parse_flow_request({"name": "inventory", "data": SAMPLE["data"], "target_schema": SAMPLE["target_schema"],
+                               **changes})
+
+
+async def finished(core: FlowRunnerCore, tenant: str, flow_id: str, timeout: float = 60) -> dict:
+    for _ in range(int(timeout / 0.1)):
+        flow = await core.get(tenant, flow_id)
+        if flow["status"] not in ("initialized", "running"):
+            return flow
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"flow did not end: {flow}")
+
+
+async def test_a_flow_runs_to_completion_and_is_measured(runner, tenant):
+    core = runner()
+    await core.resume()
+    flow = await core.create(tenant, spec(kind="optimization"))
+    done = await finished(core, tenant, flow["flow_id"])
+    assert done["status"] == "completed" and done["progress"] == 100 and done["attempts"] == 1
+    assert done["results"]["cost_optimization"]["totals"]["current_monthly"] == 23650.0
+    assert [f["flow_id"] for f in await core.list(tenant)] == [flow["flow_id"]]
+    assert await core.list(tenant, "failed") == []
+    stats = await core.stats()
+    assert stats["completed"] == 1 and set(stats["mean_phase_seconds"]) == {"migration_strategy", "cost_optimization",
+                                                                            "timeline_planning"}
+    assert core.metrics.total("raytenant_flows_finished", status="completed") == 1
+    assert [r[1] for r in core.metrics.records].count("raytenant_flow_phase_seconds") == 3
+
+
+async def test_resume_runs_only_the_phases_not_stored(runner, tenant, db_url):
+    first = runner()
+    await first.resume()
+    flow = await first.create(tenant, spec())
+    flow_id = flow["flow_id"]
+    # Let it finish its first phase, then stop it the way a dying runner would (its task gone).
+    for _ in range(200):
+        if "data_validation" in first.runs[flow_id].context.results:
+            break
+        await asyncio.sleep(0.02)
+    run = first.runs[flow_id]
+    run.task.cancel()
+    run.stop.set()
+    await asyncio.gather(run.task, return_exceptions=True)
+    stored = await first.store.get(tenant, flow_id)
+    assert stored["status"] == "running" and "data_validation" in stored["results"]
+    second = FlowRunnerCore(first.store, first.services, first.options, metrics=RecordingSink())
+    try:
+        assert await second.resume() == 1
+        assert await second.resume() == 0  # already running here
+        done = await finished(second, tenant, flow_id)
+    finally:
+        second.executor.shutdown(wait=False)
+    assert done["status"] == "completed" and done["attempts"] == 2
+    assert set(done["results"]) == set(flow["phases"])
+    assert done["results"]["data_validation"] == stored["results"]["data_validation"]  # not recomputed
+    other = FlowRunnerCore(first.store, first.services, FlowOptions(kind="someone-else"))
+    try:
+        assert await other.resume() == 0  # another deployment's runner leaves it alone
+    finally:
+        other.executor.shutdown(wait=False)
+
+
+async def test_a_flow_whose_phases_all_finished_is_only_completed_on_resume(runner, tenant):
+    core = runner()
+    now = datetime.now(timezone.utc)
+    results = {p: {"summary": p} for p in ("migration_strategy", "cost_optimization", "timeline_planning")}
+    await core.store.create({
+        "id": uuid.uuid4().hex, "tenant": tenant, "runner": core.options.kind, "name": "n", "kind": "optimization",
+        "process": "sequential", "status": "running", "phase": "timeline_planning", "progress": 100,
+        "input": {"data": {"r": [{"a": 1}]}}, "results": results, "error": None, "attempts": 1, "created_at": now,
+        "updated_at": now, "started_at": now, "finished_at": None,
+    })
+    assert await core.resume() == 1
+    [flow] = await core.list(tenant)
+    done = await finished(core, tenant, flow["flow_id"])
+    assert done["status"] == "completed" and done["attempts"] == 1
+
+
+async def test_cancel_limit_and_refusals(runner, tenant):
+    core = runner(running_limit=2, llm_latency=0.2)
+    await core.resume()
+    a = await core.create(tenant, spec())
+    b = await core.create(tenant, spec(kind="optimization"))
+    with pytest.raises(FlowError) as refused:
+        await core.create(tenant, spec())
+    assert refused.value.status == 429 and refused.value.details == {"limit": 2, "running": 2}
+    cancelled = await core.cancel(tenant, a["flow_id"])
+    assert cancelled["status"] == "cancelled"
+    with pytest.raises(FlowError) as again:
+        await core.cancel(tenant, a["flow_id"])
+    assert again.value.code == "flow_finished"
+    with pytest.raises(FlowError) as missing:
+        await core.get(tenant, uuid.uuid4().hex)
+    assert missing.value.status == 404
+    with pytest.raises(FlowError) as early:
+        await core.correct(tenant, b["flow_id"], [{"source_field": "os", "target_field": "os"}])
+    assert early.value.code == "no_mapping"
+    await finished(core, tenant, b["flow_id"])
+    for _ in range(100):
+        if a["flow_id"] not in core.runs:
+            break
+        await asyncio.sleep(0.05)
+    assert (await core.get(tenant, a["flow_id"]))["status"] == "cancelled" and a["flow_id"] not in core.runs
+    assert core.metrics.total("raytenant_flows_finished", status="cancelled") == 1
+
+
+async def test_budget_and_validation_failures(runner, tenant, live):
+    core = runner()
+    await core.resume()
+    sparse = spec(data={"rows": [{"a": None, "b": ""}, {"a": None, "b": None}, {"a": 1, "b": None}]})
+    bad = await finished(core, tenant, (await core.create(tenant, sparse))["flow_id"])
+    assert bad["status"] == "failed" and bad["error"]["reason"] == "validation_failed"
+    await live.runtime.ledger.call("set_budget", tenant, 0.002, 1.0)
+    poor = await finished(core, tenant, (await core.create(tenant, spec()))["flow_id"])
+    assert poor["status"] == "failed" and poor["error"]["reason"] == "budget_exceeded"
+    assert core.metrics.total("raytenant_flows_finished", status="failed") == 2

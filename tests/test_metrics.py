@@ -1,0 +1,71 @@
+"""Metrics: the state logic records them; through Ray they reach the Prometheus endpoint."""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import httpx
+import pytest
+
+from actors.learning import LearningCore, LearningOptions
+from actors.metrics import CATALOG, RayMetrics, RecordingSink
+from storage.engine import create_engine
+from storage.patterns import PatternStore
+from tests import conftest
+from tests.test_flows_http import flow_body, flows, wait_flow  # noqa: F401 - the flows fixture
+from tests.wsutil import connect, recv
+
+
+async def test_cores_record_into_their_sink(sqlite_url, tenant):
+    sink = RecordingSink()
+    engine = create_engine(sqlite_url)
+    core = LearningCore(PatternStore(engine), LearningOptions(), metrics=sink)
+    item = {"type": "correction", "original": {"f": "a"}, "corrected": {"f": "b"}, "context": {"field": "cust_nm"}}
+    await core.learn(tenant, [item, {**item, "context": {"field": "other"}}])
+    await core.recommendations(tenant, {"field": "cust_nm"})
+    await core.recommendations_many(tenant, [{"field": "x"}, {"field": "y"}])
+    await engine.dispose()
+    assert sink.total("raytenant_learning_patterns_learned") == 2
+    assert len([r for r in sink.records if r[1] == "raytenant_recommendation_ms"]) == 3
+
+
+def test_every_metric_has_bounded_labels():
+    for name, (kind, description, keys, boundaries) in CATALOG.items():
+        assert name.startswith("raytenant_") and description
+        assert not {"tenant", "flow_id", "message_id", "user"} & set(keys)
+        assert (boundaries is not None) == (kind == "histogram")
+    metrics = RayMetrics(shard="s-0")
+    assert metrics._tags({"__name": "raytenant_ledger_records", "model": "m"}) == {"shard": "s-0", "model": "m"}
+
+
+@pytest.mark.integration
+async def test_metrics_reach_the_prometheus_endpoint(flows, tenant, backend):
+    if backend != "postgresql":
+        pytest.skip("one database is enough to see the metrics exported")
+    if conftest.METRICS_PORT is None:
+        pytest.skip("Ray was started outside this test run: its metrics port is unknown")
+    auth = flows.auth(tenant)
+    ws = await connect(flows.ws_url, flows.token(tenant))
+    await recv(ws)
+    await ws.send(json.dumps({"type": "subscribe_flow", "flow_id": "*"}))
+    async with httpx.AsyncClient(base_url=flows.url, timeout=30) as client:
+        flow_id = (await client.post("/v1/flows", headers=auth, json=flow_body())).json()["flow_id"]
+        assert (await wait_flow(client, auth, flow_id))["status"] == "completed"
+        await client.post("/v1/agents/a/messages", headers=auth, json={"sender": "b", "content": 1})
+        wanted = {f"ray_{name}" for name in CATALOG} - {
+            "ray_raytenant_reservations_refused", "ray_raytenant_budget_utilisation",
+            "ray_raytenant_mailbox_redeliveries", "ray_raytenant_mailbox_dead_letters",
+            "ray_raytenant_slow_consumer_disconnects", "ray_raytenant_learning_patterns_learned"}
+        found: set[str] = set()
+        text = ""
+        for _ in range(60):  # Ray exports every few seconds
+            text = (await client.get(f"http://127.0.0.1:{conftest.METRICS_PORT}/metrics")).text
+            found = set(re.findall(r"^(ray_raytenant_\w+?)(?:_bucket|_count|_sum|_total)?\{", text, re.M))
+            if wanted <= found:
+                break
+            await asyncio.sleep(1)
+    await ws.close()
+    assert wanted <= found, sorted(wanted - found)
+    assert re.search(r'ray_raytenant_ledger_records\w*\{[^}]*model="gpt-4o-mini"', text)
+    assert re.search(r'ray_raytenant_flow_phase_seconds_count\{[^}]*phase="risk_assessment"', text)

@@ -1,0 +1,28 @@
+"""A worker node is lost under traffic: shards restart elsewhere, nothing acknowledged is lost,
+sockets resume without gaps. The cluster runs in its own process (tests/node_loss_scenario.py)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_node_loss_under_traffic(pg_url):
+    done = subprocess.run([sys.executable, "-m", "tests.node_loss_scenario", pg_url], cwd=ROOT, capture_output=True,
+                          text=True, timeout=280, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    result = json.loads(lines[-1])
+    assert len(result["nodes_before"]) == 1 and result["placed_on_doomed"] == ["hub-0", "hub-1", "ledger-0", "ledger-1"]
+    assert result["moved"] == result["placed_on_doomed"] and result["still_on_doomed"] == []
+    assert result["doomed_node"] not in result["nodes_after"]
+    assert result["acked_events"] > 100 and result["acked_records"] > 100
+    assert result["lost_events"] == 0 and result["lost_records"] == 0 and result["duplicated_records"] == 0
+    assert result["gaps"] == 0 and result["duplicated_deliveries"] == 0 and result["delivered"] > 0
