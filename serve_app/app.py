@@ -4,7 +4,7 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 
-from serve_app import routes, routes_agents, routes_costs, routes_flows, routes_learning
+from serve_app import console_routes, routes, routes_agents, routes_costs, routes_flows, routes_learning
 from serve_app.errors import EXCEPTION_HANDLERS
 from serve_app.runtime import Runtime
 from serve_app.websocket import websocket_endpoint
@@ -24,6 +24,7 @@ def create_app(runtime: Runtime) -> Starlette:
             *routes_learning.ROUTES,
             *routes_agents.ROUTES,
             *routes_flows.ROUTES,
+            *console_routes.ROUTES,
         ],
         exception_handlers=EXCEPTION_HANDLERS,
     )

@@ -168,6 +168,7 @@ def run_service(args: argparse.Namespace, stop: threading.Event | None = None) -
         print(f"  HTTP + WebSocket : {urls[0]}   (WebSocket: {urls[0].replace('http', 'ws', 1)}/v1/ws)")
         if len(urls) > 1:
             print(f"  via Serve proxy  : {urls[-1]}")
+        print(f"  web console      : {urls[0]}/   (sign in with the demo tenant token below)")
         print(f"  Ray dashboard    : http://{dashboard}" if dashboard else "  Ray dashboard    : (disabled)")
         print(f"  database         : {url.split('@')[-1]}")
         print(f"  operator token   : {token}")

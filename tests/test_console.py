@@ -1,0 +1,96 @@
+"""The web console in headless Chromium (Debian's package, driven by Playwright): start a flow,
+watch it reach 100 %, see the spend rise, correct a mapping and see the recommendation change."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.test_flows_http import flows  # noqa: F401 - the flows fixture (a live ingress with runners)
+
+pytestmark = pytest.mark.integration
+CHROMIUM = os.environ.get("RAYTENANT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+async def test_console_page_and_sample_are_served(flows, backend):
+    if backend != "postgresql":
+        pytest.skip("the page does not depend on the database")
+    async with httpx.AsyncClient(base_url=flows.url) as client:
+        page = await client.get("/")
+        script = await client.get("/console/console.js")
+        sample = await client.get("/v1/samples/inventory")
+        missing = await client.get("/console/nope.js")
+    assert page.status_code == 200 and "<title>raytenant console</title>" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert script.status_code == 200 and "subscribe_flow" in script.text
+    assert sample.json()["data"]["inventory"][0]["application"] == "customer-portal"
+    assert missing.status_code == 404
+
+
+async def test_console_in_headless_chromium(flows, tenant, backend):
+    if backend != "postgresql":
+        pytest.skip("one database is enough for the browser test")
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium package where it can)")
+    from playwright.async_api import async_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                                   args=["--no-sandbox", "--disable-dev-shm-usage"])
+        # The page's CSP forbids eval; Playwright's string predicates need it, so the test context bypasses it.
+        context = await browser.new_context(viewport={"width": 1280, "height": 1000}, bypass_csp=True)
+        page = await context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        await page.goto(flows.url + "/")
+        # A wrong token is refused with a message; the right one signs in and goes live.
+        await page.get_by_label("Tenant token").fill("not-a-token")
+        await page.get_by_role("button", name="Connect").click()
+        await page.get_by_text("That token was not accepted.").wait_for()
+        await page.get_by_label("Tenant token").fill(flows.token(tenant))
+        await page.get_by_label("Tenant token").press("Enter")  # the form works from the keyboard
+        await page.wait_for_function("document.getElementById('status').textContent.startsWith('Live')")
+        spend_before = await page.locator("#spend-total").text_content()
+
+        await page.get_by_role("button", name="Start discovery flow (sample inventory)").click()
+        await page.wait_for_function("document.querySelector('#flows progress')?.value === 100", timeout=90_000)
+        assert "completed" in await page.locator("#flows .flow-status").first.text_content()
+        feed = await page.locator("#feed").text_content()
+        assert "started data_validation" in feed and "risk_assessment done" in feed
+        await page.wait_for_function(f"document.getElementById('spend-total').textContent !== '{spend_before}'",
+                                     timeout=30_000)
+        assert float((await page.locator("#spend-total").text_content()).lstrip("$")) > float(spend_before.lstrip("$"))
+        assert "gpt-4o-mini" in await page.locator("#chart-model svg").get_attribute("aria-label")
+        assert await page.locator("#mailbox li").count() >= 3  # the agents' handoffs
+
+        # Correct a mapping: the recommendation for that field changes to what was taught.
+        row = page.locator("tr[data-source='hostname']")
+        await row.wait_for()
+        assert (await row.locator(".recommendation").text_content()) == "—"
+        await page.get_by_label("Correct target for hostname").select_option("host_name")
+        await page.get_by_role("button", name="Correct hostname").click()
+        await page.wait_for_function(
+            "document.querySelector(\"tr[data-source='hostname'] .recommendation\").textContent.startsWith('host_name')")
+        assert "(yours)" in await row.locator(".proposed").text_content()
+        await page.get_by_role("button", name="Accept application").click()
+        await page.get_by_text("Learned: application → application_name").wait_for()
+        await page.screenshot(path=str(ARTIFACTS / "console.png"), full_page=True)
+
+        # The socket drops: the console says so, reconnects and resumes.
+        await page.evaluate("state.ws.close()")
+        await page.wait_for_function("document.getElementById('status').textContent.startsWith('Disconnected')")
+        await page.wait_for_function("document.getElementById('status').textContent.startsWith('Live')",
+                                     timeout=20_000)
+
+        # Readable on a narrow screen: nothing wider than the viewport.
+        await page.set_viewport_size({"width": 375, "height": 800})
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 376
+        await page.screenshot(path=str(ARTIFACTS / "console-narrow.png"), full_page=True)
+        assert errors == []
+        await browser.close()
+    assert (ARTIFACTS / "console.png").stat().st_size > 10_000
