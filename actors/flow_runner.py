@@ -28,6 +28,7 @@ class FlowOptions:
     llm: str = ""  # RAYTENANT_LLM: empty or "offline" for the OfflineLLM, else a provider model string
     llm_latency: float = 0.0  # the OfflineLLM's simulated provider latency per call, in seconds
     sweep_interval: float = 5.0  # how often a runner looks for unfinished flows it owns and no one runs
+    max_attempts: int = 5  # starts of one flow (first run and resumes) before it fails as too_many_attempts
     shards: int = 1
     kind: str = KIND  # the runners' actor kind (with the deployment's prefix): whose flows are whose
 

@@ -34,7 +34,7 @@ from crews.flow_context import FlowContext
 from crews.metering import FlowCancelled, Meter, MeteredLLM
 from crews.offline_llm import llm_for
 from crews.phases import phases_of
-from crews.runs import PhaseFailed, run_crew
+from crews.runs import PhaseFailed, announce_failure, run_crew
 from storage.flows import ACTIVE, FlowStore
 
 log = logging.getLogger("raytenant.flows")
@@ -129,15 +129,17 @@ class FlowRunnerCore:
 
     async def cancel(self, tenant: str, flow_id: str) -> dict[str, Any]:
         row = await self._row(tenant, flow_id)
-        if row["status"] not in ACTIVE:
-            raise FlowError(409, "flow_finished", f"the flow has already ended ({row['status']})", flow_status=row["status"])
         run = self.runs.get(flow_id)
         if run is not None:
             run.stop.set()  # its crew stops at its next LLM call or phase boundary
-            row = run.row
         now = _now()
+        if row["status"] not in ACTIVE or not await self.store.update(flow_id, status="cancelled", updated_at=now,
+                                                                      finished_at=now):
+            ended = (await self._row(tenant, flow_id))["status"]  # it ended first: the stop changes nothing
+            raise FlowError(409, "flow_finished", f"the flow has already ended ({ended})", flow_status=ended)
+        if run is not None:
+            row = run.row
         row.update(status="cancelled", updated_at=now, finished_at=now)
-        await self.store.update(flow_id, status="cancelled", updated_at=now, finished_at=now)
         self.counters["cancelled"] += 1
         self.metrics.inc("raytenant_flows_finished", status="cancelled")
         await self._notifier(tenant).send_flow_update(flow_id, {"status": "cancelled", "phase": row["phase"],
@@ -171,7 +173,7 @@ class FlowRunnerCore:
         results["field_mapping"] = updated
         now = _now()
         row.update(results=results, updated_at=now)
-        await self.store.update(flow_id, results=results, updated_at=now)
+        await self.store.update(flow_id, while_active=False, results=results, updated_at=now)
         await self._notifier(tenant).send_agent_insight(flow_id, REGISTRY["field_mapping"].role, {
             "type": "mapping_corrected", "phase": "field_mapping",
             "corrections": [{"source_field": c["source_field"], "target_field": c["target_field"],
@@ -185,17 +187,33 @@ class FlowRunnerCore:
 
     # -- running -----------------------------------------------------------------------------------
     async def resume(self) -> int:
-        """Start every unfinished flow this runner owns that is not running here (after a restart)."""
+        """Start every unfinished flow this runner owns that is not running here (after a restart).
+
+        A flow that has been started `max_attempts` times without finishing (it kills its runner,
+        or its store keeps failing) fails as `too_many_attempts` instead of being tried forever."""
         started = 0
         try:
             for row in await self.store.active(self.options.kind):
-                if row["id"] not in self.runs and shard_for(row["tenant"], self.options.shards) == self.index:
-                    self.counters["resumed"] += 1
-                    self._start(row)
-                    started += 1
+                if row["id"] in self.runs or shard_for(row["tenant"], self.options.shards) != self.index:
+                    continue
+                if row["attempts"] >= self.options.max_attempts:
+                    await self._give_up(row)
+                    continue
+                self.counters["resumed"] += 1
+                self._start(row)
+                started += 1
         finally:
             self.resumed.set()
         return started
+
+    async def _give_up(self, row: dict[str, Any]) -> None:
+        now = _now()
+        error = {"reason": "too_many_attempts", "phase": row["phase"],
+                 "message": f"the flow was started {row['attempts']} times without finishing"}
+        if await self.store.update(row["id"], status="failed", error=error, updated_at=now, finished_at=now):
+            self.counters["failed"] += 1
+            self.metrics.inc("raytenant_flows_finished", status="failed")
+            await announce_failure(self._notifier(row["tenant"]), row["id"], error)
 
     def _start(self, row: dict[str, Any]) -> None:
         named = row["input"]["data"]
@@ -231,27 +249,30 @@ class FlowRunnerCore:
                 await self._complete(run, notifier)
                 return
             now = _now()
-            row.update(status="running", attempts=row["attempts"] + 1, started_at=row["started_at"] or now,
-                       phase=remaining[0].name, updated_at=now)
-            await self.store.update(row["id"], status="running", attempts=row["attempts"], started_at=row["started_at"],
-                                    phase=row["phase"], updated_at=now)
+            running = {"status": "running", "attempts": row["attempts"] + 1, "started_at": row["started_at"] or now,
+                       "phase": remaining[0].name, "updated_at": now}
+            if run.stop.is_set() or not await self.store.update(row["id"], **running):
+                return  # cancelled before it started
+            row.update(running)
             await notifier.send_flow_update(row["id"], {"status": "running", "phase": row["phase"],
                                                         "progress": row["progress"], "updated_at": now.isoformat()})
             await self._phase_started(run, remaining[0].name, notifier)
             loop = asyncio.get_running_loop()
             crew = build_crew(run.context, self._llm(run), process=row["process"],
                               on_phase_done=lambda name, output: self._phase_done(run, name, output, loop))
-            outcome = await run_crew(crew, {}, notifier, row["id"], phase=lambda: run.phase, executor=self.executor)
-            if run.stop.is_set():
+            outcome = await run_crew(crew, {}, row["id"], phase=lambda: run.phase, executor=self.executor)
+            if run.stop.is_set() or outcome.status == "cancelled":
                 return  # cancelled: cancel() stored and announced it
             if outcome.ok:
                 await self._complete(run, notifier)
-            else:
-                now = _now()
-                row.update(status="failed", error=outcome.error, updated_at=now, finished_at=now)
-                await self.store.update(row["id"], status="failed", error=outcome.error, updated_at=now, finished_at=now)
+                return
+            now = _now()
+            failed = {"status": "failed", "error": outcome.error, "updated_at": now, "finished_at": now}
+            if await self.store.update(row["id"], **failed):  # stored, then announced
+                row.update(failed)
                 self.counters["failed"] += 1
                 self.metrics.inc("raytenant_flows_finished", status="failed")
+                await announce_failure(notifier, row["id"], outcome.error)
         except Exception:  # noqa: BLE001 - the store or hub failed: the sweep resumes the flow later
             log.exception("flow %s stopped; it will be resumed", row["id"])
         finally:
@@ -299,8 +320,11 @@ class FlowRunnerCore:
         self.metrics.observe("raytenant_flow_phase_seconds", seconds, phase=name)
         now = _now()
         progress = round(100 * sum(1 for p in phases if p in run.context.results) / len(phases))
-        row.update(results=run.context.results, phase=name, progress=progress, updated_at=now)
-        await self.store.update(row["id"], results=run.context.results, phase=name, progress=progress, updated_at=now)
+        finished = {"results": run.context.results, "phase": name, "progress": progress, "updated_at": now}
+        if not await self.store.update(row["id"], **finished):
+            run.stop.set()  # it was cancelled meanwhile: the crew stops here
+            raise FlowCancelled()
+        row.update(finished)
         await notifier.send_agent_insight(row["id"], REGISTRY[name].role, {
             "type": "phase_completed", "phase": name, "results_summary": result.get("summary"),
         })
@@ -321,8 +345,10 @@ class FlowRunnerCore:
 
     async def _complete(self, run: Run, notifier: StreamNotifier) -> None:
         row, now = run.row, _now()
-        row.update(status="completed", progress=100, updated_at=now, finished_at=now)
-        await self.store.update(row["id"], status="completed", progress=100, updated_at=now, finished_at=now)
+        completed = {"status": "completed", "progress": 100, "updated_at": now, "finished_at": now}
+        if not await self.store.update(row["id"], **completed):
+            return  # it was cancelled meanwhile
+        row.update(completed)
         self.counters["completed"] += 1
         self.metrics.inc("raytenant_flows_finished", status="completed")
         await notifier.send_flow_update(row["id"], {"status": "completed", "phase": row["phase"], "progress": 100,

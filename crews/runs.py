@@ -1,9 +1,10 @@
 """Running a crew for a flow: in a worker thread, with metering failures turned into a clean end.
 
 A crew that stops because the ledger refused a call (BudgetExceeded) or could not meter it is not
-an error of the crew: the flow ends as failed with that reason, and the tenant's stream gets an
-`error_notification` and a final `flow_update` saying so. A crew stopped because its flow was
-cancelled ends as `cancelled`, without an error (the canceller has already said so).
+an error of the crew: the flow ends as failed with that reason. `announce_failure` then tells the
+tenant's stream (an `error_notification` and a final `flow_update`); it is separate so that the
+flow runner stores the failure first and only then announces it. A crew stopped because its flow
+was cancelled ends as `cancelled`, without an error (the canceller has already said so).
 
 `phase` is the phase to blame, or a callable giving the phase running when the crew stopped.
 """
@@ -41,7 +42,7 @@ class CrewOutcome:
         return self.status == "completed"
 
 
-async def run_crew(crew: Any, inputs: dict[str, Any], notifier: StreamNotifier, flow_id: str,
+async def run_crew(crew: Any, inputs: dict[str, Any], flow_id: str,
                    phase: str | Callable[[], str | None] | None = None, *, executor: Any = None) -> CrewOutcome:
     loop = asyncio.get_running_loop()
     try:
@@ -57,8 +58,12 @@ async def run_crew(crew: Any, inputs: dict[str, Any], notifier: StreamNotifier, 
         failure = {"reason": "crew_error", "message": f"{type(error).__name__}: {error}"[:1000]}
     else:
         return CrewOutcome("completed", output)
-    phase = phase() if callable(phase) else phase
-    failure["phase"] = phase
-    await notifier.send_error_notification(flow_id, failure)
-    await notifier.send_flow_update(flow_id, {"status": "failed", "reason": failure["reason"], "phase": phase})
+    failure["phase"] = phase() if callable(phase) else phase
     return CrewOutcome("failed", reason=failure["reason"], error=failure)
+
+
+async def announce_failure(notifier: StreamNotifier, flow_id: str, failure: dict[str, Any]) -> None:
+    """Tell the tenant's stream that the flow failed: its error, then its final status."""
+    await notifier.send_error_notification(flow_id, failure)
+    await notifier.send_flow_update(flow_id, {"status": "failed", "reason": failure["reason"],
+                                              "phase": failure.get("phase")})

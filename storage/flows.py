@@ -20,9 +20,15 @@ class FlowStore:
         async with self.engine.begin() as conn:
             await conn.execute(insert(FlowRow), [row])
 
-    async def update(self, flow_id: str, **values: Any) -> None:
+    async def update(self, flow_id: str, *, while_active: bool = True, **values: Any) -> bool:
+        """Update a flow; by default only while it has not ended, so a flow leaves the active
+        states once (a cancel racing a completion, or a late phase write after a cancel, changes
+        nothing). Returns whether the row was updated."""
+        query = update(FlowRow).where(FlowRow.id == flow_id)
+        if while_active:
+            query = query.where(FlowRow.status.in_(ACTIVE))
         async with self.engine.begin() as conn:
-            await conn.execute(update(FlowRow).where(FlowRow.id == flow_id).values(**values))
+            return (await conn.execute(query.values(**values))).rowcount == 1
 
     async def get(self, tenant: str, flow_id: str) -> dict[str, Any] | None:
         query = select(FlowRow).where(FlowRow.id == flow_id, FlowRow.tenant == tenant)

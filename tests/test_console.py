@@ -58,8 +58,10 @@ async def test_console_in_headless_chromium(flows, tenant, backend):
         spend_before = await page.locator("#spend-total").text_content()
 
         await page.get_by_role("button", name="Start discovery flow (sample inventory)").click()
+        # The last phase's flow_update brings the bar to 100 % just before flow_completed: wait for both.
         await page.wait_for_function("document.querySelector('#flows progress')?.value === 100", timeout=90_000)
-        assert "completed" in await page.locator("#flows .flow-status").first.text_content()
+        await page.wait_for_function(
+            "document.querySelector('#flows .flow-status')?.textContent.startsWith('completed')", timeout=30_000)
         feed = await page.locator("#feed").text_content()
         assert "started data_validation" in feed and "risk_assessment done" in feed
         await page.wait_for_function(f"document.getElementById('spend-total').textContent !== '{spend_before}'",

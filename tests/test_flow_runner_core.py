@@ -159,3 +159,69 @@ async def test_budget_and_validation_failures(runner, tenant, live):
     poor = await finished(core, tenant, (await core.create(tenant, spec()))["flow_id"])
     assert poor["status"] == "failed" and poor["error"]["reason"] == "budget_exceeded"
     assert core.metrics.total("raytenant_flows_finished", status="failed") == 2
+
+
+async def events_of(core: FlowRunnerCore, tenant: str, flow_id: str) -> list[dict]:
+    read = await core.services.hub.read(tenant, 0, flow_ids=[flow_id])
+    return [e if isinstance(e, dict) else e.to_message() for e in read["events"]]
+
+
+async def gone(core: FlowRunnerCore, flow_id: str) -> None:
+    for _ in range(200):
+        if flow_id not in core.runs:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the run did not stop")
+
+
+async def test_a_flow_leaves_the_active_states_once(runner, tenant):
+    core = runner(llm_latency=0.05)
+    await core.resume()
+    # Cancelled before its run started: it never becomes running.
+    early = await core.create(tenant, spec(kind="optimization"))
+    assert (await core.cancel(tenant, early["flow_id"]))["status"] == "cancelled"
+    await gone(core, early["flow_id"])
+    stored = await core.get(tenant, early["flow_id"])
+    assert stored["status"] == "cancelled" and stored["results"] == {}
+    statuses = [e["data"]["status"] for e in await events_of(core, tenant, early["flow_id"]) if e["type"] == "flow_update"]
+    assert statuses[-1] == "cancelled" and "completed" not in statuses
+    # Ended by another writer mid-run (a cancel through another runner generation): the crew stops
+    # at its next phase boundary and writes nothing more.
+    flow = await core.create(tenant, spec())
+    flow_id = flow["flow_id"]
+    for _ in range(400):
+        if core.runs[flow_id].phase == "application_discovery":
+            break
+        await asyncio.sleep(0.01)
+    assert await core.store.update(flow_id, status="cancelled")
+    await gone(core, flow_id)
+    after = await core.get(tenant, flow_id)
+    assert after["status"] == "cancelled" and "risk_assessment" not in after["results"]
+    assert not any(e["type"] in ("flow_completed", "error_notification") for e in await events_of(core, tenant, flow_id))
+    # A finished flow cannot be cancelled, and the store refuses to move it again.
+    done = await finished(core, tenant, (await core.create(tenant, spec(kind="optimization")))["flow_id"])
+    with pytest.raises(FlowError) as late:
+        await core.cancel(tenant, done["flow_id"])
+    assert late.value.status == 409 and late.value.details == {"flow_status": "completed"}
+    assert not await core.store.update(done["flow_id"], status="running")
+    assert (await core.get(tenant, done["flow_id"]))["status"] == "completed"
+
+
+async def test_a_flow_started_too_often_fails_instead_of_looping(runner, tenant):
+    core = runner(max_attempts=2)
+    now = datetime.now(timezone.utc)
+    flow_id = uuid.uuid4().hex
+    await core.store.create({
+        "id": flow_id, "tenant": tenant, "runner": core.options.kind, "name": "n", "kind": "optimization",
+        "process": "sequential", "status": "running", "phase": "cost_optimization", "progress": 33,
+        "input": {"data": {"r": [{"a": 1}]}}, "results": {}, "error": None, "attempts": 2, "created_at": now,
+        "updated_at": now, "started_at": now, "finished_at": None,
+    })
+    assert await core.resume() == 0 and flow_id not in core.runs
+    failed = await core.get(tenant, flow_id)
+    assert failed["status"] == "failed" and failed["error"]["reason"] == "too_many_attempts"
+    assert failed["error"]["phase"] == "cost_optimization"
+    events = await events_of(core, tenant, flow_id)
+    assert [e["type"] for e in events] == ["error_notification", "flow_update"]
+    assert events[-1]["data"]["status"] == "failed"
+    assert core.metrics.total("raytenant_flows_finished", status="failed") == 1

@@ -13,7 +13,7 @@ from actors.cost_ledger import LedgerError
 from actors.notifications import StreamNotifier
 from actors.prices import NANOS, default_catalog
 from crews.metering import BudgetExceeded, Meter, MeteredLLM, MeteringError, estimate_input_tokens
-from crews.runs import run_crew
+from crews.runs import announce_failure, run_crew
 from tests.test_costs_http import stored
 from storage.models import UsageRow
 
@@ -71,8 +71,9 @@ async def test_budget_exhausted_mid_crew_ends_flow_as_failed(live, tenant, db_ur
     inner = ScriptedLLM(model=MODEL, max_tokens=cap)
     llm = MeteredLLM.wrap(inner, meter)
     notifier = StreamNotifier(live.runtime.hub, tenant)
-    outcome = await run_crew(crew_of(llm, 4), {}, notifier, "flow-1", phase="mapping")
+    outcome = await run_crew(crew_of(llm, 4), {}, "flow-1", phase="mapping")
     assert outcome.status == "failed" and outcome.reason == "budget_exceeded"
+    await announce_failure(notifier, "flow-1", outcome.error)
     assert outcome.error["remaining"] >= 0 and outcome.error["requested"] > outcome.error["remaining"]
     rows = await stored(db_url, UsageRow, tenant)
     assert len(rows) == inner.calls == 2
@@ -95,7 +96,7 @@ async def test_crew_within_budget_is_metered_per_call(live, tenant, db_url):
     meter = Meter(live.runtime.ledger.call_sync, tenant, flow_id="flow-2")
     inner = SilentLLM(model=MODEL)
     llm = MeteredLLM.wrap(inner, meter, agent="validator")
-    outcome = await run_crew(crew_of(llm, 2), {}, StreamNotifier(live.runtime.hub, tenant), "flow-2")
+    outcome = await run_crew(crew_of(llm, 2), {}, "flow-2")
     assert outcome.ok and "x" * 10 in str(outcome.output)
     rows = await stored(db_url, UsageRow, tenant)
     assert len(rows) == 2 and {r["agent"] for r in rows} == {"validator"}
@@ -110,7 +111,7 @@ async def test_crew_within_budget_is_metered_per_call(live, tenant, db_url):
 async def test_unknown_model_and_failed_calls(live, tenant, db_url):
     meter = Meter(live.runtime.ledger.call_sync, tenant)
     unpriced = MeteredLLM.wrap(ScriptedLLM(model="house-llm-v0"), meter)
-    outcome = await run_crew(crew_of(unpriced, 1), {}, StreamNotifier(live.runtime.hub, tenant), "flow-3")
+    outcome = await run_crew(crew_of(unpriced, 1), {}, "flow-3")
     assert outcome.status == "failed" and outcome.reason == "unknown_model"
     assert outcome.error["model"] == "house-llm-v0"
 
