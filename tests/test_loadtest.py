@@ -3,12 +3,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from serve_app import cli
 from serve_app.loadtest import LoadConfig, build_report, percentile, run
 from tests.conftest import OPERATOR_TOKEN
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.integration
@@ -75,3 +81,19 @@ async def test_a_client_worker_in_this_process(live, backend):
     assert {s[1] for s in result["samples"]} == {"usage", "publish", "recommend", "flow"}
     assert all(ok for _, _, _, ok in result["samples"]) and result["lost"] == 0 and result["duplicated"] == 0
     assert progress.done.calls == [()] and sum(c[0] for c in progress.report.calls) > 0
+
+
+@pytest.mark.integration
+def test_loadtest_workers_spread_over_a_multi_node_cluster(pg_url):
+    """On a head and two workers (tests/cluster_loadtest_scenario.py, in its own process), each
+    client worker runs on its own node, so the load grows with the cluster."""
+    done = subprocess.run([sys.executable, "-m", "tests.cluster_loadtest_scenario", pg_url], cwd=ROOT,
+                          capture_output=True, text=True, timeout=240, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    result = json.loads(lines[-1])
+    assert len(result["cluster_nodes"]) == 3 and result["workers"] == 3
+    assert sorted(result["nodes"]) == result["cluster_nodes"], "one client worker per node"
+    assert result["sockets"] == {"opened": 12, "failed": 0}
+    assert result["total_ops"] >= 300 and result["total_errors"] == 0, result["operations"]
+    assert result["events"]["published"] > 0 and result["events"]["lost"] == 0 and result["events"]["duplicated"] == 0

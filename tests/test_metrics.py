@@ -8,9 +8,13 @@ import re
 import httpx
 import pytest
 
+from actors.cost_ledger import LedgerCore, LedgerError
 from actors.learning import LearningCore, LearningOptions
+from actors.mailbox import MailboxCore, MailboxOptions
 from actors.metrics import CATALOG, RayMetrics, RecordingSink
 from storage.engine import create_engine
+from storage.ledger import LedgerStore
+from storage.mailbox import MailboxStore
 from storage.patterns import PatternStore
 from tests import conftest
 from tests.test_flows_http import flow_body, flows, wait_flow  # noqa: F401 - the flows fixture
@@ -28,6 +32,34 @@ async def test_cores_record_into_their_sink(sqlite_url, tenant):
     await engine.dispose()
     assert sink.total("raytenant_learning_patterns_learned") == 2
     assert len([r for r in sink.records if r[1] == "raytenant_recommendation_ms"]) == 3
+
+
+async def test_ledger_and_mailbox_record_refusals_utilisation_redeliveries_and_dead_letters(sqlite_url, tenant):
+    """The metrics the Prometheus test below does not wait for (they need refusals, budgets or
+    expired visibility), recorded by the cores themselves."""
+    engine = create_engine(sqlite_url)
+    ledger_sink, mailbox_sink = RecordingSink(), RecordingSink()
+    ledger = LedgerCore(LedgerStore(engine), metrics=ledger_sink)
+    await ledger.set_budget(tenant, 0.001, 0.5)
+    await ledger.record_usage(tenant, [{"model": "gpt-4o-mini", "input_tokens": 1000, "output_tokens": 100}])
+    with pytest.raises(LedgerError):
+        await ledger.reserve(tenant, "gpt-4o-mini", 100_000, 100_000)
+    now = [1_800_000_000.0]
+    box = MailboxCore(MailboxStore(engine), MailboxOptions(max_attempts=2, visibility_timeout=1),
+                      clock=lambda: now[0], metrics=mailbox_sink)
+    await box.send(tenant, [{"receiver": "a", "sender": "b", "type": "notification", "content": 1}])
+    for _ in range(2):
+        await box.receive(tenant, "a", 1)
+        now[0] += 2
+        await box.sweep()
+    await engine.dispose()
+    assert ledger_sink.total("raytenant_ledger_records", model="gpt-4o-mini") == 1
+    assert ledger_sink.total("raytenant_reservations_refused", reason="budget_exceeded") == 1
+    [utilisation] = [r for r in ledger_sink.records if r[1] == "raytenant_budget_utilisation"]
+    assert 0 < utilisation[2] < 1
+    assert mailbox_sink.total("raytenant_mailbox_redeliveries") == 1
+    assert mailbox_sink.total("raytenant_mailbox_dead_letters") == 1
+    assert [r[2] for r in mailbox_sink.records if r[1] == "raytenant_mailbox_depth"][-1] == 0
 
 
 def test_every_metric_has_bounded_labels():
