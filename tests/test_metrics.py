@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from pathlib import Path
 
 import httpx
 import pytest
@@ -60,6 +61,16 @@ async def test_ledger_and_mailbox_record_refusals_utilisation_redeliveries_and_d
     assert mailbox_sink.total("raytenant_mailbox_redeliveries") == 1
     assert mailbox_sink.total("raytenant_mailbox_dead_letters") == 1
     assert [r[2] for r in mailbox_sink.records if r[1] == "raytenant_mailbox_depth"][-1] == 0
+
+
+def test_the_grafana_dashboard_charts_every_metric_of_the_catalog():
+    dashboard = json.loads((Path(__file__).resolve().parent.parent / "docs" / "grafana-dashboard.json").read_text())
+    exprs = " ".join(t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", []))
+    charted = {re.sub(r"_(bucket|total|count|sum)$", "", name) for name in re.findall(r"ray_(raytenant_\w+)", exprs)}
+    assert charted == set(CATALOG)
+    for name, (kind, *_rest) in CATALOG.items():  # Prometheus names: counters end in _total, histograms in _bucket
+        suffix = {"counter": "_total", "histogram": "_bucket", "gauge": ""}[kind]
+        assert f"ray_{name}{suffix}" in exprs, name
 
 
 def test_every_metric_has_bounded_labels():
