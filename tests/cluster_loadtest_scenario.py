@@ -11,13 +11,10 @@ cluster's nodes and the load test's report (without its per-second timeline).
 """
 from __future__ import annotations
 
-import os
-
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keeps node and metrics addresses on loopback
+from tests.local_cluster import run_scenario  # first: Ray's addresses stay on loopback
 
 import asyncio  # noqa: E402
 import json  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -30,13 +27,12 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from serve_app.loadtest import LoadConfig, run  # noqa: E402
 from serve_app.runtime import Runtime  # noqa: E402
 from serve_app.settings import Settings  # noqa: E402
-from storage.migrate import upgrade  # noqa: E402
 
 OPERATOR = "cluster-loadtest"
 WORKERS = 3
 
 
-async def scenario(database_url: str) -> dict[str, Any]:
+async def scenario(database_url: str, cluster: Cluster, workers: list[Any]) -> dict[str, Any]:
     settings = Settings.from_env(database_url=database_url, operator_token=OPERATOR, actor_prefix="clt-")
     async with LiveServer(Runtime(settings)) as server:
         config = LoadConfig(url=server.url, operator_token=OPERATOR, workers=WORKERS, tenants=6, connections=12,
@@ -49,21 +45,5 @@ async def scenario(database_url: str) -> dict[str, Any]:
     return {"cluster_nodes": alive, **{k: v for k, v in report.items() if k != "timeline"}}
 
 
-def main() -> None:
-    database_url = sys.argv[1]
-    upgrade(database_url)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    for _ in range(2):
-        cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="raytenant", log_to_driver=False)
-    try:
-        result = asyncio.run(scenario(database_url))
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-    print(json.dumps(result), flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    run_scenario(scenario)

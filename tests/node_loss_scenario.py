@@ -13,13 +13,10 @@ and what was acknowledged versus stored and delivered.
 """
 from __future__ import annotations
 
-import os
-
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keeps node and metrics addresses on loopback
+from tests.local_cluster import run_scenario  # first: Ray's addresses stay on loopback
 
 import asyncio  # noqa: E402
 import json  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 from typing import Any  # noqa: E402
@@ -35,11 +32,9 @@ from sqlalchemy import select  # noqa: E402
 
 from actors.event_hub import EventHub  # noqa: E402
 from actors.shards import get_or_create  # noqa: E402
-from serve_app.launcher import metrics_enabled  # noqa: E402
 from serve_app.runtime import Runtime  # noqa: E402
 from serve_app.settings import Settings  # noqa: E402
 from storage.engine import create_engine  # noqa: E402
-from storage.migrate import upgrade  # noqa: E402
 from storage.models import EventRow, UsageRow  # noqa: E402
 
 TENANTS = 4
@@ -139,7 +134,8 @@ async def traffic(server: LiveServer, tenants: list[str], stop: asyncio.Event, a
             await asyncio.sleep(max(0.0, 1 / RATE - (time.monotonic() - started)))
 
 
-async def scenario(database_url: str, cluster: Cluster, doomed: Any) -> dict[str, Any]:
+async def scenario(database_url: str, cluster: Cluster, workers: list[Any]) -> dict[str, Any]:
+    doomed = workers[-1]
     settings = Settings.from_env(database_url=database_url, operator_token="node-loss", actor_prefix="nl-",
                                  hub_shards=2, ledger_shards=2)
     runtime = Runtime(settings)
@@ -197,22 +193,5 @@ async def scenario(database_url: str, cluster: Cluster, doomed: Any) -> dict[str
     }
 
 
-def main() -> None:
-    database_url = sys.argv[1]
-    upgrade(database_url)
-    with metrics_enabled():
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-        cluster.add_node(num_cpus=1)
-        doomed = cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="raytenant", log_to_driver=False)
-    try:
-        result = asyncio.run(scenario(database_url, cluster, doomed))
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-    print(json.dumps(result), flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    run_scenario(scenario)
