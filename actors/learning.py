@@ -38,6 +38,7 @@ from actors.gc_policy import quiet_gc
 from actors.operations import ActorError
 from actors.shard_actor import ShardActor
 from actors.pattern_index import PatternIndex
+from crews.field_matcher import Learned
 from storage.engine import create_engine
 from storage.patterns import PatternStore
 
@@ -136,6 +137,25 @@ class TenantPatterns:
     patterns: dict[str, Pattern] = field(default_factory=dict)
     by_fingerprint: dict[str, Pattern] = field(default_factory=dict)
     by_row: list[Pattern] = field(default_factory=list)
+    # what a correction of a field mapping teaches (Learned.keys_of) -> the corrections teaching it;
+    # built on the tenant's first mapping (activation stays as cheap for tenants that never map)
+    by_mapping_key: dict[str, list[Pattern]] | None = None
+
+    def mapping_index(self) -> dict[str, list[Pattern]]:
+        if self.by_mapping_key is None:
+            self.by_mapping_key = {}
+            self.index_mappings(self.by_row)
+        return self.by_mapping_key
+
+    def index_mappings(self, patterns: list[Pattern]) -> None:
+        if self.by_mapping_key is None:
+            return
+        for pattern in patterns:
+            corrected = pattern.data.get("corrected") if pattern.type == CORRECTION else None
+            if isinstance(corrected, dict) and isinstance(corrected.get("source_field"), str) \
+                    and isinstance(corrected.get("target_field"), str):
+                for key in Learned.keys_of(corrected["source_field"], corrected["target_field"]):
+                    self.by_mapping_key.setdefault(key, []).append(pattern)
 
 
 @dataclass
@@ -179,6 +199,7 @@ class LearningCore:
         for pattern, row in zip(patterns, rows):
             pattern.row = row
             state.by_row.append(pattern)
+        state.index_mappings(patterns)
 
     async def _flush(self, pending: list[PendingPatterns]) -> list[None]:
         rows: dict[str, dict[str, Any]] = {}
@@ -315,14 +336,24 @@ class LearningCore:
             self.metrics.observe("raytenant_recommendation_ms", (time.perf_counter() - started) * 1000)
         return found
 
-    async def corrections(self, tenant: str, limit: int = 5_000) -> list[dict[str, Any]]:
-        """The tenant's recommendable corrections, most supported first (what a field matcher applies)."""
+    async def corrections(self, tenant: str, limit: int = 5_000, keys: list[str] | None = None) -> list[dict[str, Any]]:
+        """The tenant's recommendable corrections, most trusted first (what a field matcher applies).
+
+        With `keys` (Learned.keys_for the schemas being mapped), only the corrections of a field
+        mapping that teach one of them, found through the shard's key index instead of a scan of
+        every pattern: a mapping costs what its fields need, however much the tenant taught, and
+        no correction that decides it is cut off by the limit behind thousands that do not."""
         state = await self._state(tenant)
         prior = self.options.prior_weight
-        found = [p for p in state.patterns.values() if p.type == CORRECTION and p.confidence(prior) >= self.options.min_confidence]
-        found.sort(key=lambda p: (p.confidence(prior), p.support, p.updated_at), reverse=True)
+        if keys is None:
+            candidates = [p for p in state.patterns.values() if p.type == CORRECTION]
+        else:
+            index = state.mapping_index()
+            candidates = list({id(p): p for key in keys for p in index.get(key, ())}.values())
+        rated = [(c, p) for p in candidates if (c := p.confidence(prior)) >= self.options.min_confidence]
+        rated.sort(key=lambda cp: (cp[0], cp[1].support, cp[1].updated_at, cp[1].created_at, cp[1].id), reverse=True)
         return [{"pattern_id": p.id, "original": p.data["original"], "corrected": p.data["corrected"],
-                 "context": p.data["context"], "confidence": p.confidence(prior), "support": p.support} for p in found[:limit]]
+                 "context": p.data["context"], "confidence": c, "support": p.support} for c, p in rated[:limit]]
 
     async def stats_for(self, tenant: str) -> dict[str, Any]:
         state = await self._state(tenant)

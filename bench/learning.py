@@ -6,7 +6,12 @@ patterns for one tenant, against the original algorithm in the same run.
 - recommendation: p50/p99 latency of --queries recommendation calls (similar contexts, threshold
   0.7, top 5) at N patterns;
 - baseline: the original's query (fit a TfidfVectorizer over the context and the latest 100
-  patterns, cosine similarity) on the same queries; it never looks beyond 100 patterns.
+  patterns, cosine similarity) on the same queries; it never looks beyond 100 patterns;
+- mapping: a field mapping of 10 source to 10 target fields of the data (crews.field_mapping, as
+  POST /v1/mappings runs it) fetching only the corrections that teach what these fields can use
+  (the shard's key index), against fetching the tenant's 5,000 most trusted corrections from a scan
+  of all its patterns (the previous path), in the same run; each path's mapping is compared with
+  the mapping every one of the tenant's corrections gives (`*_exact`).
 
 One JSON line per size, then the summary.
 
@@ -26,6 +31,7 @@ from sklearn.metrics.pairwise import cosine_similarity
 
 from actors.learning import LearningCore, LearningOptions, context_text
 from bench.common import bench_database, emit, percentile
+from crews.field_mapping import map_fields
 from storage.engine import create_engine
 from storage.migrate import upgrade
 from storage.patterns import PatternStore
@@ -51,6 +57,40 @@ def original_query(context: dict[str, Any], latest: list[str]) -> list[tuple[int
     similarities = cosine_similarity(vectors[0], vectors[1:])[0]
     found = [(i, s) for i, s in enumerate(similarities) if s >= 0.7]
     return sorted(found, key=lambda x: -x[1])[:5]
+
+
+async def mapping_costs(core: LearningCore, tenant: str, rng: random.Random, items: list[dict[str, Any]],
+                        rounds: int) -> dict[str, Any]:
+    picked = rng.sample(items, 20)
+    sources = {item["corrected"]["source_field"]: "string" for item in picked[:10]}
+    targets = {item["corrected"]["target_field"]: "string" for item in picked[10:]}
+
+    async def indexed(method: str, who: str, *args: Any) -> Any:
+        return await getattr(core, method)(who, *args)
+
+    async def scanned(method: str, who: str, *args: Any) -> Any:
+        if method == "corrections":
+            return await core.corrections(who)
+        return await indexed(method, who, *args)
+
+    async def everything(method: str, who: str, *args: Any) -> Any:
+        if method == "corrections":
+            return await core.corrections(who, len(items))
+        return await indexed(method, who, *args)
+
+    truth = await map_fields(everything, tenant, sources, targets)
+
+    times: dict[str, list[float]] = {"indexed": [], "scanned": []}
+    answers: dict[str, Any] = {}
+    for _ in range(rounds):
+        for name, learning in (("indexed", indexed), ("scanned", scanned)):
+            began = time.perf_counter()
+            answers[name] = await map_fields(learning, tenant, sources, targets)
+            times[name].append((time.perf_counter() - began) * 1000)
+    p50 = {name: percentile(found, 0.5) for name, found in times.items()}
+    return {"mapping_p50_ms": round(p50["indexed"], 2), "mapping_scan_p50_ms": round(p50["scanned"], 2),
+            "mapping_speedup_vs_scan": round(p50["scanned"] / p50["indexed"], 2),
+            "mapping_exact": answers["indexed"] == truth, "mapping_scan_exact": answers["scanned"] == truth}
 
 
 async def run(args, database: str) -> None:
@@ -91,6 +131,7 @@ async def run(args, database: str) -> None:
             "original_patterns_considered": min(size, 100),
             "p99_ratio_vs_original": round(percentile(mine, 0.99) / percentile(base, 0.99), 3),
             "index_refits": core.tenants.peek(tenant).index.refits,
+            **await mapping_costs(core, tenant, rng, items, args.mapping_rounds),
         }
         emit(row)
         results.append(row)
@@ -114,6 +155,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--queries", type=int, default=400)
     parser.add_argument("--baseline-queries", type=int, default=200)
+    parser.add_argument("--mapping-rounds", type=int, default=20)
     parser.add_argument("--database-url")
     args = parser.parse_args()
     database = bench_database(args.database_url)

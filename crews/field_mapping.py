@@ -13,19 +13,21 @@ from crews.field_matcher import Field, FieldMatcher, Learned, field_context, par
 
 LearningCall = Callable[..., Awaitable[Any]]
 SIMILAR_THRESHOLD = 0.5  # similar-field corrections worth considering (the matcher weighs them)
+CORRECTIONS_LIMIT = 5_000  # of the corrections teaching something these schemas can use, most trusted first
 
 
 def _parse(source_schema: Any, target_schema: Any, source_name: str | None):
     sources = parse_schema(source_schema, "source_schema")
     targets = parse_schema(target_schema, "target_schema")  # refused before any actor call
-    return sources, targets, [field_context(s, source_name) for s in sources]
+    keys = Learned.keys_for([f.name for f in sources], [f.name for f in sources + targets])  # what to fetch
+    return sources, targets, [field_context(s, source_name) for s in sources], keys
 
 
 async def map_fields(learning: LearningCall, tenant: str, source_schema: Any, target_schema: Any,
                      source_name: str | None = None, matcher: FieldMatcher | None = None) -> dict[str, Any]:
     """Raises crews.field_matcher.SchemaError for an unusable schema."""
-    sources, targets, contexts = _parse(source_schema, target_schema, source_name)
-    corrections = await learning("corrections", tenant)
+    sources, targets, contexts, keys = _parse(source_schema, target_schema, source_name)
+    corrections = await learning("corrections", tenant, CORRECTIONS_LIMIT, keys)
     similar = await learning("recommendations_many", tenant, contexts, SIMILAR_THRESHOLD, 3)
     return (matcher or FieldMatcher()).match(sources, targets, learned=Learned.from_corrections(corrections),
                                              recommendations=similar)
@@ -33,8 +35,8 @@ async def map_fields(learning: LearningCall, tenant: str, source_schema: Any, ta
 
 def map_fields_sync(learning: Callable[..., Any], tenant: str, source_schema: Any, target_schema: Any,
                     source_name: str | None = None, matcher: FieldMatcher | None = None) -> dict[str, Any]:
-    sources, targets, contexts = _parse(source_schema, target_schema, source_name)
-    corrections = learning("corrections", tenant)
+    sources, targets, contexts, keys = _parse(source_schema, target_schema, source_name)
+    corrections = learning("corrections", tenant, CORRECTIONS_LIMIT, keys)
     similar = learning("recommendations_many", tenant, contexts, SIMILAR_THRESHOLD, 3)
     return (matcher or FieldMatcher()).match(sources, targets, learned=Learned.from_corrections(corrections),
                                              recommendations=similar)

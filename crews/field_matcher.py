@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Iterable
 
 ABBREVIATIONS = {
@@ -117,21 +118,40 @@ _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _SPLIT = re.compile(r"[^A-Za-z0-9]+|(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
 
 
+# Field names recur (every mapping of a tenant reads its corrections' names again): their words
+# are computed once per process, for this many names.
+NAME_CACHE = 65_536
+
+
 def split_name(name: str) -> list[str]:
     """`custAddrLine1` -> ["cust", "addr", "line", "1"]; `CUST_NM` -> ["cust", "nm"]."""
+    return list(_split_name(name))
+
+
+@lru_cache(maxsize=NAME_CACHE)
+def _split_name(name: str) -> tuple[str, ...]:
     words = []
     for part in _SPLIT.split(_CAMEL.sub(" ", name)):
         words += [w.lower() for w in part.split() if w]
-    return words
+    return tuple(words)
 
 
 def normalise(name: str, synonyms: dict[str, str] | None = None) -> list[str]:
     """Words of a field name with abbreviations (and the tenant's learned synonyms) expanded."""
+    return list(_expand(name, synonyms) if synonyms else _normalise(name))
+
+
+@lru_cache(maxsize=NAME_CACHE)
+def _normalise(name: str) -> tuple[str, ...]:
+    return _expand(name, None)
+
+
+def _expand(name: str, synonyms: dict[str, str] | None) -> tuple[str, ...]:
     out: list[str] = []
-    for word in split_name(name):
+    for word in _split_name(name):
         expanded = (synonyms or {}).get(word) or ABBREVIATIONS.get(word, word)
         out += [w for w in expanded.split() if w not in STOP_WORDS]
-    return out or split_name(name)
+    return tuple(out) or _split_name(name)
 
 
 def type_group(kind: str | None) -> str | None:
@@ -205,12 +225,32 @@ class Learned:
                 learned.synonyms.setdefault(word, meaning)
         return learned
 
+    @staticmethod
+    def keys_of(source: str, target: str) -> set[str]:
+        """What one correction `source -> target` teaches, as lookup keys: the exact mapping of
+        the source's normalised words, and each word synonym it implies (the learning engine
+        indexes corrections by them)."""
+        return {"exact:" + " ".join(normalise(source))} | {"word:" + w for w in align_words(source, target)}
+
+    @staticmethod
+    def keys_for(sources: Iterable[str], names: Iterable[str]) -> list[str]:
+        """The keys a mapping of these source fields can use: their exact mappings, and synonyms
+        of any word of these field names (sources and targets). The corrections with one of these
+        keys decide the mapping exactly as all of the tenant's corrections would."""
+        return sorted({"exact:" + " ".join(normalise(s)) for s in sources}
+                      | {"word:" + w for name in names for w in split_name(name)})
+
 
 def align_words(source: str, target: str) -> dict[str, str]:
     """Word synonyms implied by a correct mapping: source words that abbreviations do not explain,
     paired in order with target words nothing in the source explains."""
-    src_words = split_name(source)
-    tgt_words = [w for w in split_name(target) if w not in STOP_WORDS]
+    return dict(_align_words(source, target))
+
+
+@lru_cache(maxsize=NAME_CACHE)
+def _align_words(source: str, target: str) -> tuple[tuple[str, str], ...]:
+    src_words = _split_name(source)
+    tgt_words = [w for w in _split_name(target) if w not in STOP_WORDS]
     explained = set()
     for word in src_words:
         explained.update(ABBREVIATIONS.get(word, word).split())
@@ -220,10 +260,10 @@ def align_words(source: str, target: str) -> dict[str, str]:
                    and w not in tgt_words]
     free_tgt = [w for w in tgt_words if w not in explained]
     if not unknown_src or not free_tgt:
-        return {}
+        return ()
     if len(unknown_src) == 1:
-        return {unknown_src[0]: " ".join(free_tgt)}
-    return dict(zip(unknown_src, free_tgt)) if len(unknown_src) == len(free_tgt) else {}
+        return ((unknown_src[0], " ".join(free_tgt)),)
+    return tuple(zip(unknown_src, free_tgt)) if len(unknown_src) == len(free_tgt) else ()
 
 
 def field_context(source: Field | str, source_schema: str | None = None) -> dict[str, Any]:

@@ -144,3 +144,61 @@ def test_index_matches_exact_tfidf_after_refit():
             assert got[int(row)] == pytest.approx(expected[row], abs=1e-4)
     assert index.refits >= 2 and len(index) == 400
     assert index.query("", 0.1, 5) == [] and PatternIndex().query("w1", 0.1, 5) == []
+
+
+def mapping_correction(source: str, target: str, proposed: str | None = None) -> dict:
+    return {"type": "correction", "original": {"source_field": source, "target_field": proposed},
+            "corrected": {"source_field": source, "target_field": target}, "context": {"source_field": source}}
+
+
+async def test_corrections_for_fields_decide_the_mapping_as_all_of_them_do(engine, tenant):
+    """`corrections(keys=...)` fetches through the key index only the corrections that teach
+    something these schemas can use: the matcher maps exactly as with every correction of the tenant."""
+    from crews.field_matcher import FieldMatcher, Learned
+
+    core = core_on(engine)
+    rng = random.Random(5)
+    taught = [mapping_correction("cust_nm", "customer_name"), mapping_correction("xref_code", "legacy_reference"),
+              mapping_correction("CUSTOMER-NAME", "client_label"),  # the same normalised words, taught later
+              mapping_correction("zzq_amt", "invoice_total"), mapping_correction("shipTo", "delivery_address")]
+    noise = [mapping_correction(f"{rng.choice(['abc', 'qrs', 'uvw'])}{i}_{rng.choice(['kk', 'pp'])}", f"t{i}")
+             for i in range(300)]
+    await core.learn(tenant, taught[:2] + noise[:150])
+    await core.learn(tenant, taught[2:] + noise[150:])
+    await core.learn(tenant, [{"type": "success", "result": {"ok": 1}, "context": {"source_field": "cust_nm"}}])
+    source = {"customer_nm": "text", "xref_id": "text", "zzq_amt": "decimal", "ship_to": "text", "other": "text"}
+    target = {"customer_name": "text", "client_label": "text", "legacy_reference": "text", "invoice_total": "numeric",
+              "delivery_address": "text", "notes": "text"}
+    keys = Learned.keys_for(source, list(source) + list(target))
+    every = await core.corrections(tenant)
+    relevant = await core.corrections(tenant, 5_000, keys)
+    assert len(every) == 305 and len(relevant) == 5
+    # cust_nm and CUSTOMER-NAME decide customer_nm, zzq_amt decides zzq_amt; xref_code teaches
+    # xref = legacy and shipTo ship = delivery address, words of xref_id and ship_to. No noise.
+    assert {c["corrected"]["source_field"] for c in relevant} == {"cust_nm", "CUSTOMER-NAME", "xref_code", "zzq_amt",
+                                                                  "shipTo"}
+    matcher = FieldMatcher()
+    assert matcher.match(source, target, learned=Learned.from_corrections(relevant)) == \
+        matcher.match(source, target, learned=Learned.from_corrections(every))
+    assert Learned.from_corrections(relevant).exact["customer name"][0] == \
+        Learned.from_corrections(every).exact["customer name"][0]
+    # Most trusted first, on both paths; the index survives a restart (it is rebuilt from storage).
+    again = core_on(engine)
+    assert [c["pattern_id"] for c in await again.corrections(tenant, 5_000, keys)] == \
+        [c["pattern_id"] for c in relevant]
+    assert await core.corrections(tenant, 5_000, []) == [] and await core.corrections(tenant, 5_000, ["nothing"]) == []
+    # What is learned after the index was built joins it.
+    await core.learn(tenant, [mapping_correction("customer_nm", "customer_name")])
+    assert "customer_nm" in {c["corrected"]["source_field"] for c in await core.corrections(tenant, 5_000, keys)}
+
+
+async def test_a_relevant_correction_is_found_beyond_the_most_trusted_limit(engine, tenant):
+    core = core_on(engine)
+    await core.learn(tenant, [mapping_correction(f"popular{i}", f"t{i}") for i in range(5)])
+    await core.learn(tenant, [mapping_correction(f"popular{i}", f"t{i}") for i in range(5)])  # support 2: more trusted
+    await core.learn(tenant, [mapping_correction("hostname", "host_name")])
+    assert "hostname" not in {c["corrected"]["source_field"] for c in await core.corrections(tenant, 5)}
+    from crews.field_matcher import Learned
+
+    [found] = await core.corrections(tenant, 5, Learned.keys_for(["hostname"], ["hostname", "host_name"]))
+    assert found["corrected"] == {"source_field": "hostname", "target_field": "host_name"}
