@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -93,16 +94,26 @@ class FlowRunnerCore:
         self.runs: dict[str, Run] = {}
         self.executor = ThreadPoolExecutor(max_workers=options.threads, thread_name_prefix="crew")
         self.resumed = asyncio.Event()
+        self.creating: Counter[str] = Counter()  # flows of a tenant being stored: they count as running
         self.counters = {"started": 0, "resumed": 0, "completed": 0, "failed": 0, "cancelled": 0}
         self.phase_seconds: dict[str, tuple[float, int]] = {}  # phase -> (total seconds, phases run)
 
     # -- operations (tenant first: the shard call convention) ---------------------------------------
     async def create(self, tenant: str, spec: dict[str, Any]) -> dict[str, Any]:
         await self.resumed.wait()  # the running count is complete only once resumed flows are back
-        running = sum(1 for r in self.runs.values() if r.row["tenant"] == tenant)
+        running = sum(1 for r in self.runs.values() if r.row["tenant"] == tenant) + self.creating[tenant]
         if running >= self.options.running_limit:
             raise FlowError(429, "too_many_flows", f"this tenant already runs {running} flows; wait for one to end",
                             limit=self.options.running_limit, running=running)
+        self.creating[tenant] += 1  # held across the awaits below, so concurrent creates see it
+        try:
+            return await self._create(tenant, spec)
+        finally:
+            self.creating[tenant] -= 1
+            if not self.creating[tenant]:
+                del self.creating[tenant]
+
+    async def _create(self, tenant: str, spec: dict[str, Any]) -> dict[str, Any]:
         now = _now()
         row = {
             "id": uuid.uuid4().hex, "tenant": tenant, "runner": self.options.kind, "name": spec["name"],
@@ -116,8 +127,11 @@ class FlowRunnerCore:
         except Exception as error:  # noqa: BLE001 - nothing was stored; the client may retry
             log.exception("could not store flow")
             raise FlowError(503, "flows_unavailable", "the flow could not be stored; nothing changed") from error
-        await self._notifier(tenant).send_flow_update(row["id"], {"status": "initialized", "phase": None, "progress": 0,
-                                                                  "updated_at": now.isoformat()})
+        try:  # announced before its run starts, so the stream shows initialized first
+            await self._notifier(tenant).send_flow_update(row["id"], {"status": "initialized", "phase": None,
+                                                                      "progress": 0, "updated_at": now.isoformat()})
+        except Exception:  # noqa: BLE001 - the flow is stored: it runs and is acknowledged all the same
+            log.warning("the start of flow %s was not streamed", row["id"], exc_info=True)
         self._start(row)
         return view(row)
 

@@ -149,6 +149,20 @@ async def test_cancel_limit_and_refusals(runner, tenant):
     assert core.metrics.total("raytenant_flows_finished", status="cancelled") == 1
 
 
+async def test_concurrent_creates_respect_the_running_limit(runner, tenant):
+    core = runner(running_limit=2, llm_latency=0.05)
+    await core.resume()
+    outcomes = await asyncio.gather(*(core.create(tenant, spec(kind="optimization")) for _ in range(6)),
+                                    return_exceptions=True)
+    made = [o for o in outcomes if isinstance(o, dict)]
+    refused = [o for o in outcomes if isinstance(o, FlowError)]
+    assert len(made) == 2 and len(refused) == 4 and {e.status for e in refused} == {429}
+    assert len(await core.list(tenant)) == 2 and not core.creating
+    other = await core.create(tenant + "-other", spec(kind="optimization"))  # another tenant has its own limit
+    for who, flow in [(tenant, f) for f in made] + [(tenant + "-other", other)]:
+        assert (await finished(core, who, flow["flow_id"]))["status"] == "completed"
+
+
 async def test_budget_and_validation_failures(runner, tenant, live):
     core = runner()
     await core.resume()
