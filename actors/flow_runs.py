@@ -27,6 +27,7 @@ from actors.operations import ActorError
 from actors.metrics import NO_METRICS, MetricSink
 from actors.notifications import StreamNotifier
 from actors.shards import shard_for
+from actors.turns import TenantTurns
 from crews.agents import REGISTRY
 from crews.crew_builder import build_crew
 from crews.field_mapping import acceptance, correction
@@ -95,6 +96,7 @@ class FlowRunnerCore:
         self.executor = ThreadPoolExecutor(max_workers=options.threads, thread_name_prefix="crew")
         self.resumed = asyncio.Event()
         self.creating: Counter[str] = Counter()  # flows of a tenant being stored: they count as running
+        self.correcting = TenantTurns()  # by flow id
         self.counters = {"started": 0, "resumed": 0, "completed": 0, "failed": 0, "cancelled": 0}
         self.phase_seconds: dict[str, tuple[float, int]] = {}  # phase -> (total seconds, phases run)
 
@@ -162,7 +164,12 @@ class FlowRunnerCore:
 
     async def correct(self, tenant: str, flow_id: str, corrections: list[dict[str, str]]) -> dict[str, Any]:
         """Apply a user's corrections (or acceptances) to the flow's field mapping, and teach them
-        to the tenant's learning engine."""
+        to the tenant's learning engine. A flow's corrections take turns: each reads the mapping
+        the one before it stored, so none is lost to another's write."""
+        async with self.correcting.turn(flow_id):
+            return await self._correct(tenant, flow_id, corrections)
+
+    async def _correct(self, tenant: str, flow_id: str, corrections: list[dict[str, str]]) -> dict[str, Any]:
         run = self.runs.get(flow_id)
         row = run.row if run is not None and run.row["tenant"] == tenant else await self._row(tenant, flow_id)
         results = run.context.results if run is not None else row["results"]

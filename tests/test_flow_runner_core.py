@@ -163,6 +163,22 @@ async def test_concurrent_creates_respect_the_running_limit(runner, tenant):
         assert (await finished(core, who, flow["flow_id"]))["status"] == "completed"
 
 
+async def test_concurrent_corrections_of_a_finished_flow_are_all_kept(runner, tenant):
+    core = runner()
+    await core.resume()
+    done = await finished(core, tenant, (await core.create(tenant, spec()))["flow_id"])
+    unmapped = done["results"]["field_mapping"]["unmapped_source_fields"]
+    free = done["results"]["field_mapping"]["unmapped_target_fields"]
+    assert len(unmapped) >= 3 and len(free) >= 3
+    pairs = list(zip(unmapped, free))[:3]
+    await asyncio.gather(*(core.correct(tenant, done["flow_id"], [{"source_field": s, "target_field": t}])
+                           for s, t in pairs))
+    stored = {m["source_field"]: m["target_field"]
+              for m in (await core.get(tenant, done["flow_id"]))["results"]["field_mapping"]["mappings"]}
+    assert all(stored.get(s) == t for s, t in pairs), stored
+    assert not core.correcting.active()
+
+
 async def test_budget_and_validation_failures(runner, tenant, live):
     core = runner()
     await core.resume()
