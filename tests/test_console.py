@@ -89,6 +89,16 @@ async def test_console_in_headless_chromium(flows, tenant, backend):
         await page.wait_for_function("document.getElementById('status').textContent.startsWith('Live')",
                                      timeout=20_000)
 
+        # A reload keeps the session (no second sign-in) and rebuilds a flow's feed from the stream.
+        await page.reload()
+        await page.wait_for_function("document.getElementById('status').textContent.startsWith('Live')")
+        assert await page.locator("#sign-in").is_hidden()
+        assert await page.locator("#feed li").count() == 0
+        await page.locator("#flows button").first.click()
+        await page.wait_for_function("document.getElementById('feed').textContent.includes('risk_assessment done')")
+        rebuilt = await page.locator("#feed").text_content()
+        assert "started data_validation" in rebuilt and "mapping corrected" in rebuilt and "Flow completed" in rebuilt
+
         # Readable on a narrow screen: nothing wider than the viewport.
         await page.set_viewport_size({"width": 375, "height": 800})
         assert await page.evaluate("document.documentElement.scrollWidth") <= 376

@@ -5,7 +5,8 @@
 const $ = (id) => document.getElementById(id);
 const state = {
   token: sessionStorage.getItem("raytenant.token") || "",
-  lastSeq: null, ws: null, retry: 0, flows: new Map(), selected: null, feed: new Map(), mapping: null,
+  lastSeq: null, ws: null, retry: 0, flows: new Map(), selected: null, feed: new Map(), feedLoaded: new Set(),
+  mapping: null,
   costTimer: null, stopped: false,
 };
 
@@ -96,9 +97,9 @@ function handle(message) {
       break;
     case "resume_failed": loadFlows(); break;
     case "flow_update": onFlowUpdate(message); break;
-    case "agent_insight": addFeed(message.flow_id, insightText(message.data), false); onInsight(message); break;
-    case "error_notification": addFeed(message.flow_id, `Error: ${errorText(message.data.error)}`, true); break;
-    case "flow_completed": addFeed(message.flow_id, "Flow completed", false); refreshCosts(); break;
+    case "agent_insight": addFeed(message); onInsight(message); break;
+    case "error_notification": addFeed(message); break;
+    case "flow_completed": addFeed(message); refreshCosts(); break;
     case "budget_alert": addAlert(message.data); break;
     case "agent_message": addMailbox(message.data); break;
     default: break;
@@ -173,14 +174,43 @@ function select(flowId) {
   renderFlows();
   $("feed-flow").textContent = `· ${(state.flows.get(flowId) || {}).name || ""} ${flowId.slice(0, 8)}`;
   renderFeed();
+  loadFeed(flowId);
   loadMapping(flowId);
 }
 
-function addFeed(flowId, text, isError) {
-  if (!flowId) return;
-  const items = state.feed.get(flowId) || [];
-  items.push({ text, isError, at: new Date().toLocaleTimeString() });
-  state.feed.set(flowId, items.slice(-200));
+// A feed entry of a stream event, or null for events the feed does not show.
+function feedItem(message) {
+  const at = new Date(message.ts || Date.now()).toLocaleTimeString();
+  if (message.type === "agent_insight") return { seq: message.seq, at, text: insightText(message.data), isError: false };
+  if (message.type === "error_notification") {
+    return { seq: message.seq, at, text: `Error: ${errorText(message.data.error)}`, isError: true };
+  }
+  if (message.type === "flow_completed") return { seq: message.seq, at, text: "Flow completed", isError: false };
+  return null;
+}
+
+function addFeed(message) {
+  const item = feedItem(message);
+  if (!message.flow_id || !item) return;
+  const items = state.feed.get(message.flow_id) || [];
+  if (items.some((known) => known.seq === item.seq)) return;  // a replayed event after a resume
+  state.feed.set(message.flow_id, [...items, item].slice(-200));
+  if (message.flow_id === state.selected) renderFeed();
+}
+
+// What the flow's agents said before this page was open: its events from the tenant's stream.
+async function loadFeed(flowId) {
+  if (state.feedLoaded.has(flowId)) return;
+  state.feedLoaded.add(flowId);
+  try {
+    const { events } = await api("GET", `/v1/events?flow_id=${encodeURIComponent(flowId)}&after=0&limit=1000`);
+    const live = state.feed.get(flowId) || [];
+    const seen = new Set(live.map((item) => item.seq));
+    const past = events.filter((e) => !seen.has(e.seq)).map(feedItem).filter(Boolean);
+    state.feed.set(flowId, [...past, ...live].sort((a, b) => a.seq - b.seq).slice(-200));
+  } catch (error) {
+    state.feedLoaded.delete(flowId);  // try again next time it is shown
+  }
   if (flowId === state.selected) renderFeed();
 }
 
