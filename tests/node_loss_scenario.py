@@ -5,11 +5,13 @@ run's session is a single node):
 
     python -m tests.node_loss_scenario DATABASE_URL
 
-A head and two worker nodes; every EventHub and CostLedger shard is placed (softly) on worker 1.
-WebSocket clients of several tenants listen while events are published and usage is recorded over
-HTTP; then worker 1 is removed. The shards restart on the surviving nodes and rebuild from storage.
-Prints one JSON line: where the shards ran before and after, how long until traffic flowed again,
-and what was acknowledged versus stored and delivered.
+A head and two worker nodes; every shard (EventHub, CostLedger, LearningModel, Mailbox and the
+FlowRunner) is placed (softly) on worker 2. WebSocket clients of several tenants listen while
+events are published and usage is recorded over HTTP, and discovery flows run; then worker 2 is
+removed. The shards restart on the surviving nodes and rebuild from storage; the runner resumes
+the flows it was running. Prints one JSON line: where the shards ran before and after, how long
+until traffic flowed again, what was acknowledged versus stored and delivered, and how the flows
+ended.
 """
 from __future__ import annotations
 
@@ -36,10 +38,15 @@ from serve_app.runtime import Runtime  # noqa: E402
 from serve_app.settings import Settings  # noqa: E402
 from storage.engine import create_engine  # noqa: E402
 from storage.models import EventRow, UsageRow  # noqa: E402
+from crews.samples import sample_inventory  # noqa: E402
+
+SAMPLE = sample_inventory()
 
 TENANTS = 4
 SOCKETS_PER_TENANT = 3
 RATE = 40  # publishes and usage records per second, each
+FLOWS = 2  # discovery flows running when the node goes
+LLM_LATENCY = 0.5  # seconds per OfflineLLM call: a flow takes 5+ s, so it is mid-flight at the loss
 
 
 def node_of(handle: Any) -> str:
@@ -47,18 +54,22 @@ def node_of(handle: Any) -> str:
 
 
 def place(runtime: Runtime, node_id: str) -> dict[str, Any]:
-    """Create the hub and ledger shards on `node_id`, softly (Ray may restart them elsewhere).
+    """Create every shard on `node_id`, softly (Ray may restart them elsewhere).
 
     A soft affinity is a preference: while a fresh node settles, the scheduler may still start an
-    actor elsewhere, so a shard that landed on another node is created again."""
+    actor elsewhere, so a shard that landed on another node is created again. Named shards are
+    found by name, so the flow runner's own clients reach these same actors."""
     where = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=True)}
-    hub, ledger = runtime.hub, runtime.ledger
-    makers = {f"hub-{s}": (lambda s=s: get_or_create(EventHub, hub.kind, s, hub.database_url, hub.options, options=where))
-              for s in range(hub.shards)}
-    makers.update({f"ledger-{s}": (lambda s=s: get_or_create(ledger.actor_class, ledger.kind, s, *ledger.init_args,
-                                                               options=where)) for s in range(ledger.shards)})
+    hub = runtime.hub
+    makers = {("hub", hub, s): (lambda s=s: get_or_create(EventHub, hub.kind, s, hub.database_url, hub.options,
+                                                          options=where)) for s in range(hub.shards)}
+    for label, client in (("ledger", runtime.ledger), ("learning", runtime.learning), ("mailbox", runtime.mailbox),
+                          ("flows", runtime.flows)):
+        makers.update({(label, client, s): (lambda c=client, s=s: get_or_create(c.actor_class, c.kind, s, *c.init_args,
+                                                                                options=where))
+                       for s in range(client.shards)})
     placed = {}
-    for name, make in makers.items():
+    for (label, client, shard), make in makers.items():
         for _ in range(20):
             handle = make()
             ray.get(handle.ready.remote())
@@ -66,11 +77,7 @@ def place(runtime: Runtime, node_id: str) -> dict[str, Any]:
                 break
             ray.kill(handle, no_restart=True)
             time.sleep(0.5)
-        placed[name] = handle
-    for shard in range(hub.shards):
-        hub._handles[shard] = placed[f"hub-{shard}"]
-    for shard in range(ledger.shards):
-        ledger._handles[shard] = placed[f"ledger-{shard}"]
+        placed[f"{label}-{shard}"] = client._handles[shard] = handle
     return placed
 
 
@@ -134,10 +141,37 @@ async def traffic(server: LiveServer, tenants: list[str], stop: asyncio.Event, a
             await asyncio.sleep(max(0.0, 1 / RATE - (time.monotonic() - started)))
 
 
+async def start_flows(server: LiveServer, tenants: list[str]) -> list[tuple[str, str]]:
+    body = {"name": "node loss", "kind": "discovery", "data": SAMPLE["data"], "target_schema": SAMPLE["target_schema"]}
+    started = []
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        for tenant in tenants:
+            response = await client.post("/v1/flows", headers=server.auth(tenant), json=body)
+            assert response.status_code == 202, response.text
+            started.append((tenant, response.json()["flow_id"]))
+    return started
+
+
+async def flows_ended(server: LiveServer, flows: list[tuple[str, str]], timeout: float = 120.0) -> list[dict[str, Any]]:
+    """Each flow once it has ended (or as it stands at the timeout)."""
+    deadline = time.monotonic() + timeout
+    found: list[dict[str, Any]] = []
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        for tenant, flow_id in flows:
+            while True:
+                response = await client.get(f"/v1/flows/{flow_id}", headers=server.auth(tenant))
+                flow = response.json() if response.status_code == 200 else {}
+                if flow.get("status") in ("completed", "failed", "cancelled") or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
+            found.append(flow)
+    return found
+
+
 async def scenario(database_url: str, cluster: Cluster, workers: list[Any]) -> dict[str, Any]:
     doomed = workers[-1]
     settings = Settings.from_env(database_url=database_url, operator_token="node-loss", actor_prefix="nl-",
-                                 hub_shards=2, ledger_shards=2)
+                                 hub_shards=2, ledger_shards=2, llm_latency=LLM_LATENCY)
     runtime = Runtime(settings)
     placed = place(runtime, doomed.node_id)
     tenants = [f"nl-{uuid.uuid4().hex[:8]}-{i}" for i in range(TENANTS)]
@@ -151,12 +185,15 @@ async def scenario(database_url: str, cluster: Cluster, workers: list[Any]) -> d
         errors: dict[str, int] = {}
         timeline: list[tuple[float, str, bool]] = []
         load = asyncio.create_task(traffic(server, tenants, stop, acked, errors, timeline))
-        await asyncio.sleep(4)
+        await asyncio.sleep(3)
+        flows = await start_flows(server, tenants[:FLOWS])
+        await asyncio.sleep(1.5)  # the flows are in their first phases
         removed_at = time.monotonic()
         await asyncio.to_thread(cluster.remove_node, doomed, True)
         await asyncio.sleep(12)
         stop.set()
         await load
+        ended = await flows_ended(server, flows)
         await asyncio.sleep(3)  # the last events reach the sockets
         for listener in listeners:
             listener.stop.set()
@@ -166,8 +203,9 @@ async def scenario(database_url: str, cluster: Cluster, workers: list[Any]) -> d
     async with engine.connect() as conn:
         stored_events = {(r.tenant, r.seq) for r in await conn.execute(
             select(EventRow.tenant, EventRow.seq).where(EventRow.tenant.in_(tenants), EventRow.type == "flow_update"))}
-        usage_keys = [(r.tenant, r.idempotency_key) for r in await conn.execute(
-            select(UsageRow.tenant, UsageRow.idempotency_key).where(UsageRow.tenant.in_(tenants)))]
+        usage_keys = [(r.tenant, r.idempotency_key) for r in await conn.execute(  # the traffic's, not the flows'
+            select(UsageRow.tenant, UsageRow.idempotency_key).where(UsageRow.tenant.in_(tenants),
+                                                                    UsageRow.idempotency_key.like("k-%")))]
     await engine.dispose()
     acked_events = {(t, s) for t, seqs in acked["events"].items() for s in seqs}
     acked_usage = {(t, k) for t, keys in acked["usage"].items() for k in keys}
@@ -190,6 +228,7 @@ async def scenario(database_url: str, cluster: Cluster, workers: list[Any]) -> d
         "delivered": sum(len(listener.seqs) for listener in listeners), "gaps": gaps, "duplicated_deliveries": duplicates,
         "reconnects": sum(listener.reconnects for listener in listeners), "errors_during_failover": errors,
         "recovered_after_s": round(recovered, 2),
+        "flows": [{k: f[k] for k in ("status", "attempts", "progress", "error")} for f in ended],
     }
 
 
