@@ -218,7 +218,8 @@ class FlowRunnerCore:
                 if row["id"] in self.runs or shard_for(row["tenant"], self.options.shards) != self.index:
                     continue
                 if row["attempts"] >= self.options.max_attempts:
-                    await self._give_up(row)
+                    await self._fail(row, {"reason": "too_many_attempts", "phase": row["phase"],
+                                           "message": f"the flow was started {row['attempts']} times without finishing"})
                     continue
                 self.counters["resumed"] += 1
                 self._start(row)
@@ -227,11 +228,12 @@ class FlowRunnerCore:
             self.resumed.set()
         return started
 
-    async def _give_up(self, row: dict[str, Any]) -> None:
+    async def _fail(self, row: dict[str, Any], error: dict[str, Any]) -> None:
+        """End an active flow as failed: stored first, then counted and announced."""
         now = _now()
-        error = {"reason": "too_many_attempts", "phase": row["phase"],
-                 "message": f"the flow was started {row['attempts']} times without finishing"}
-        if await self.store.update(row["id"], status="failed", error=error, updated_at=now, finished_at=now):
+        failed = {"status": "failed", "error": error, "updated_at": now, "finished_at": now}
+        if await self.store.update(row["id"], **failed):
+            row.update(failed)
             self.counters["failed"] += 1
             self.metrics.inc("raytenant_flows_finished", status="failed")
             await announce_failure(self._notifier(row["tenant"]), row["id"], error)
@@ -287,13 +289,7 @@ class FlowRunnerCore:
             if outcome.ok:
                 await self._complete(run, notifier)
                 return
-            now = _now()
-            failed = {"status": "failed", "error": outcome.error, "updated_at": now, "finished_at": now}
-            if await self.store.update(row["id"], **failed):  # stored, then announced
-                row.update(failed)
-                self.counters["failed"] += 1
-                self.metrics.inc("raytenant_flows_finished", status="failed")
-                await announce_failure(notifier, row["id"], outcome.error)
+            await self._fail(row, outcome.error)
         except Exception:  # noqa: BLE001 - the store or hub failed: the sweep resumes the flow later
             log.exception("flow %s stopped; it will be resumed", row["id"])
         finally:
