@@ -26,7 +26,7 @@ import ray
 
 from actors.metrics import NO_METRICS, MetricSink, RayMetrics
 from actors.activation import ActivationTable, InFlight
-from actors.batching import Batcher
+from actors.batching import Batcher, commit_failure
 from actors.gc_policy import quiet_gc
 from actors.model_quality import TASK_QUALITY, model_quality
 from actors.operations import ActorError
@@ -159,7 +159,7 @@ class LedgerCore:
             busy=self._in_flight.__contains__,
         )
         # Unbounded batches: a flush snapshots the budgets, which must hold only this batch's changes.
-        self._commits: Batcher[PendingWrite, None] = Batcher(self._flush, max_batch=2**62)
+        self._commits: Batcher[PendingWrite, None] = Batcher(self._flush, max_batch=2**62, isolate="retry", group=lambda item: item.tenant)
         # Keys not in memory (recorded before this activation, or forgotten) are looked up in SQL;
         # concurrent operations share one query.
         self._key_lookups: Batcher[tuple[str, list[str]], dict[str, dict]] = Batcher(self._lookup_keys)
@@ -228,6 +228,11 @@ class LedgerCore:
             try:
                 await self._commits.submit(PendingWrite(writes, tenant, undo))
             except Exception as error:
+                failure = commit_failure(error)
+                if failure == "retry":
+                    raise
+                if failure == "refused":
+                    raise LedgerError(422, "value_not_storable", "the database refused a value of this request; nothing was stored") from error
                 log.exception("ledger commit failed")
                 raise LedgerError(503, "ledger_unavailable", "the ledger could not store this; nothing was recorded") from error
 

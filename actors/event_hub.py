@@ -73,7 +73,7 @@ class EventHubCore:
         self.tenants: ActivationTable[TenantLog] = ActivationTable(
             self._load, idle_seconds=options.idle_seconds, max_tenants=options.max_tenants
         )
-        self._commits: Batcher[AppendRequest, list[Event]] = Batcher(self._commit)
+        self._commits: Batcher[AppendRequest, list[Event]] = Batcher(self._commit, isolate="split")
         self._wake = asyncio.Event()
         self._presence: dict[str, tuple[float, dict[str, dict[str, int]]]] = {}
         self._trims: set[asyncio.Task] = set()

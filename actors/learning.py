@@ -33,7 +33,7 @@ import ray
 
 from actors.metrics import NO_METRICS, MetricSink, RayMetrics
 from actors.activation import ActivationTable, InFlight
-from actors.batching import Batcher
+from actors.batching import Batcher, commit_failure
 from actors.gc_policy import quiet_gc
 from actors.operations import ActorError
 from actors.shard_actor import ShardActor
@@ -174,7 +174,7 @@ class LearningCore:
             self._load, idle_seconds=options.idle_seconds, max_tenants=options.max_tenants,
             busy=self._in_flight.__contains__,
         )
-        self._commits: Batcher[PendingPatterns, None] = Batcher(self._flush, max_batch=2**62)
+        self._commits: Batcher[PendingPatterns, None] = Batcher(self._flush, max_batch=2**62, isolate="retry", group=lambda item: item.tenant)
         self.learned = 0
 
     async def _load(self, tenants: list[str]) -> dict[str, TenantPatterns]:
@@ -219,6 +219,11 @@ class LearningCore:
             try:
                 await self._commits.submit(PendingPatterns(tenant, patterns, undo))
             except Exception as error:
+                failure = commit_failure(error)
+                if failure == "retry":
+                    raise
+                if failure == "refused":
+                    raise LearningError(422, "value_not_storable", "the database refused a value of this request; nothing was stored") from error
                 raise LearningError(503, "learning_unavailable", "the pattern could not be stored; nothing was learned") from error
 
     async def _state(self, tenant: str) -> TenantPatterns:

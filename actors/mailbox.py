@@ -26,7 +26,7 @@ import ray
 
 from actors.metrics import NO_METRICS, MetricSink, RayMetrics
 from actors.activation import ActivationTable, InFlight
-from actors.batching import Batcher
+from actors.batching import Batcher, commit_failure
 from actors.gc_policy import quiet_gc
 from actors.operations import ActorError
 from actors.shard_actor import BackgroundPublisher, ShardActor, stream_publisher
@@ -136,7 +136,7 @@ class MailboxCore:
         self.tenants: ActivationTable[TenantMailbox] = ActivationTable(
             self._load, idle_seconds=options.idle_seconds, max_tenants=options.max_tenants, busy=self._busy
         )
-        self._commits: Batcher[PendingWrite, None] = Batcher(self._flush)
+        self._commits: Batcher[PendingWrite, None] = Batcher(self._flush, isolate="retry")
         self._events = BackgroundPublisher(notify, "agent_message events")
         self._last_stamp = 0.0
         self.counters = {"sent": 0, "delivered": 0, "acked": 0, "redelivered": 0, "dead": 0}
@@ -188,6 +188,11 @@ class MailboxCore:
             try:
                 await self._commits.submit(PendingWrite(writes, undo))
             except Exception as error:
+                failure = commit_failure(error)
+                if failure == "retry":
+                    raise
+                if failure == "refused":
+                    raise MailboxError(422, "value_not_storable", "the database refused a value of this request; nothing was stored") from error
                 log.exception("mailbox commit failed")
                 raise MailboxError(503, "mailbox_unavailable", "the mailbox could not store this; nothing changed") from error
 
@@ -328,10 +333,11 @@ class MailboxCore:
             await self._commit(tenant, self._rows(tenant, found), undo)
             self.counters["acked"] += len(found)
         result: dict[str, list[str]] = {"acked": [m.id for m in found], "not_found": [], "dead": []}
+        stored = await self.store.states(tenant, missing)  # one query, however many ids
         for message_id in missing:
-            row = await self.store.get(tenant, message_id)
-            known = row is not None and row["receiver"] == agent
-            key = "acked" if known and row["state"] == "acked" else "dead" if known and row["state"] == "dead" else "not_found"
+            receiver, row_state = stored.get(message_id, (None, None))
+            known = receiver == agent
+            key = "acked" if known and row_state == "acked" else "dead" if known and row_state == "dead" else "not_found"
             result[key].append(message_id)
         return result
 

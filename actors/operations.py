@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Iterable
 
+from actors.batching import SOLO, Refused
+
 Call = tuple[str, str, tuple]
 
 
@@ -31,8 +33,15 @@ async def run_many(core: Any, public: Iterable[str], calls: list[Call]) -> list[
     async def one(method: str, tenant: str, args: tuple) -> dict[str, Any]:
         if method not in allowed:
             return {"error": ActorError(400, "unknown_operation", method).to_dict()}
+        operation = getattr(core, method)
         try:
-            return {"ok": await getattr(core, method)(tenant, *args)}
+            try:
+                return {"ok": await operation(tenant, *args)}
+            except Refused:
+                # Another operation's write made the database refuse the shared commit; this one
+                # was undone and runs again in a commit of its own (actors/batching.py).
+                SOLO.set(True)
+                return {"ok": await operation(tenant, *args)}
         except ActorError as error:
             return {"error": error.to_dict()}
 

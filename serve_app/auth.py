@@ -48,7 +48,7 @@ def derive_secret(operator_token: str) -> str:
 
 
 def valid_tenant(tenant: object) -> bool:
-    return isinstance(tenant, str) and bool(TENANT_PATTERN.match(tenant))
+    return isinstance(tenant, str) and bool(TENANT_PATTERN.fullmatch(tenant))
 
 
 class Tokens:

@@ -15,6 +15,7 @@ from serve_app.auth import AuthError, Claims, bearer, valid_tenant
 from serve_app.errors import ApiError
 from serve_app.runtime import Runtime
 from serve_app.websocket import valid_flow_id
+from storage import strict_json
 
 log = logging.getLogger("raytenant.http")
 
@@ -46,9 +47,10 @@ async def read_json(request: Request) -> Any:
         if len(body) > limit:
             raise ApiError(413, "payload_too_large", f"request body over {limit} bytes")
     try:
-        return json.loads(body)
-    except ValueError as error:
-        raise ApiError(400, "malformed_json", "the request body is not valid JSON") from error
+        return strict_json.loads(body)
+    except strict_json.StrictJSONError as error:
+        status = 400 if error.code in ("malformed_json", "too_deep") else 422
+        raise ApiError(status, error.code, f"the request body is not strict JSON: {error.message}") from error
 
 
 def int_param(request: Request, name: str, default: int, *, low: int = 0, high: int | None = None) -> int:

@@ -17,14 +17,14 @@ MAX_MESSAGES = 1_000
 
 
 def _name(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not NAME.match(value):
+    if not isinstance(value, str) or not NAME.fullmatch(value):
         raise ApiError(422, f"invalid_{what}", f"{what} must be 1-128 letters, digits, '.', '_', ':' or '-'")
     return value
 
 
 def _path_name(request: Request, key: str) -> str:
     value = request.path_params[key]
-    if not NAME.match(value):
+    if not NAME.fullmatch(value):
         raise ApiError(404, "not_found", f"no such {key}")
     return value
 

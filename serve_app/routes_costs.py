@@ -142,15 +142,25 @@ async def get_budget(request: Request) -> JSONResponse:
     return JSONResponse(await ledger(request, "get_budget", claims.tenant))
 
 
+# Far enough apart for any summary, near enough that "start = end - 30 days" and every database's
+# timestamp type hold it (0001-01-01 minus 30 days was a 500).
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(9000, 1, 1, tzinfo=timezone.utc)
+
+
 def _date(request: Request, name: str) -> datetime | None:
     raw = request.query_params.get(name)
     if not raw:
         return None
     try:
         value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError as error:
+        value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        value.astimezone(timezone.utc)
+    except (ValueError, OverflowError) as error:
         raise ApiError(422, "invalid_parameter", f"{name} must be an ISO-8601 date or time") from error
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if not EARLIEST <= value <= LATEST:
+        raise ApiError(422, "invalid_parameter", f"{name} must be between {EARLIEST.year} and {LATEST.year}")
+    return value
 
 
 async def summary(request: Request) -> JSONResponse:

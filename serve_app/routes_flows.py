@@ -18,7 +18,7 @@ STATUSES = ("initialized", "running", "completed", "failed", "cancelled")
 
 def _flow_id(request: Request) -> str:
     flow_id = request.path_params["flow_id"]
-    if not FLOW_ID.match(flow_id):
+    if not FLOW_ID.fullmatch(flow_id):
         raise ApiError(404, "flow_not_found", "no such flow for this tenant")
     return flow_id
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import Any
 
@@ -12,6 +11,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from serve_app.auth import AuthError, bearer
 from serve_app.runtime import Runtime
 from serve_app.streams import ALL_FLOWS, Connection
+from storage import strict_json
 
 log = logging.getLogger("raytenant.ws")
 
@@ -22,7 +22,7 @@ CLOSE_BAD_REQUEST = 4000
 
 
 def valid_flow_id(flow_id: Any) -> bool:
-    return isinstance(flow_id, str) and 0 < len(flow_id) <= 128
+    return isinstance(flow_id, str) and 0 < len(flow_id) <= 128 and strict_json.is_clean_text(flow_id)
 
 
 def _int_arg(value: Any) -> int | None:
@@ -99,12 +99,10 @@ async def _read_loop(websocket: WebSocket, runtime: Runtime, conn: Connection, t
             conn.closed = True
             await websocket.close(CLOSE_TOO_BIG, f"frame larger than {limit} bytes")
             return
-        if raw is None:
-            raw = (message.get("bytes") or b"").decode("utf-8", errors="replace")
         try:
-            payload = json.loads(raw)
-        except ValueError:
-            conn.send_json({"type": "error", "code": "malformed_json", "message": "messages must be JSON objects"})
+            payload = strict_json.loads(raw if raw is not None else (message.get("bytes") or b""))
+        except strict_json.StrictJSONError as error:
+            conn.send_json({"type": "error", "code": error.code, "message": f"messages must be strict JSON objects: {error.message}"})
             continue
         if not isinstance(payload, dict):
             conn.send_json({"type": "error", "code": "malformed_json", "message": "messages must be JSON objects"})

@@ -13,6 +13,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from storage.strict_json import dumps_stored
+
 
 def data_dir() -> Path:
     """The folder for the embedded database and the generated operator token."""
@@ -46,9 +48,9 @@ def create_engine(url: str | None = None, *, pool_size: int = 5) -> AsyncEngine:
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url)
+        engine = create_async_engine(url, json_serializer=dumps_stored)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     # No pre-ping: it is a round trip per checkout on the commit path. A connection that died is
     # invalidated when its statement fails, and that batch is refused (never half-acknowledged).
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600)
+    return create_async_engine(url, json_serializer=dumps_stored, pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600)

@@ -9,12 +9,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
-import json
-
 from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.models import EventRow
+from storage.strict_json import dumps_stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +100,7 @@ class EventStore:
                 "seq": [e.seq for e in events],
                 "type": [e.type for e in events],
                 "flow_id": [e.flow_id for e in events],
-                "data": [json.dumps(e.data) for e in events],
+                "data": [dumps_stored(e.data) for e in events],
                 "ts": [datetime.fromtimestamp(e.ts, timezone.utc) for e in events],
             }
             async with self.engine.connect() as conn:

@@ -66,6 +66,15 @@ class MailboxStore:
             row = (await conn.execute(query)).mappings().first()
         return dict(row) if row else None
 
+    async def states(self, tenant: str, message_ids: list[str]) -> dict[str, tuple[str, str]]:
+        """(receiver, state) of many messages in one query; unknown ids are absent."""
+        if not message_ids:
+            return {}
+        query = select(MessageRow.id, MessageRow.receiver, MessageRow.state).where(
+            MessageRow.tenant == tenant, MessageRow.id.in_(message_ids))
+        async with self.engine.connect() as conn:
+            return {row.id: (row.receiver, row.state) for row in await conn.execute(query)}
+
     async def dead_letters(self, tenant: str, agent: str, limit: int) -> list[dict[str, Any]]:
         query = (
             select(MessageRow)

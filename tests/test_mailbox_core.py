@@ -191,3 +191,23 @@ async def test_ack_many_in_one_commit(engine, tenant):
     assert result == {"acked": [ids[3], ids[0]], "not_found": ["unknown"], "dead": [ids[1]]}
     assert box.stats()["commits"] == commits + 1
     assert await box.receive(tenant, "mapper", 5) == []
+
+
+async def test_ack_many_looks_up_unknown_ids_in_one_query(engine, tenant):
+    from sqlalchemy import event
+
+    box = mailbox(engine)
+    [sent] = await box.send(tenant, [msg()])
+    unknown = [f"{i:032x}" for i in range(1000)]
+    statements: list[str] = []
+
+    def seen(_conn, _cursor, statement, *_args) -> None:
+        statements.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        result = await box.ack_many(tenant, "mapper", [*unknown, sent["message_id"]])
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", seen)
+    assert result["not_found"] == unknown and result["acked"] == [sent["message_id"]]
+    assert sum(s.lstrip().upper().startswith("SELECT") for s in statements) == 1
