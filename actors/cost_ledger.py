@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable
 
@@ -53,6 +53,10 @@ def month_of(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m")
 
 
+def month_start(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, timezone.utc).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
 @dataclass(frozen=True)
 class LedgerOptions:
     reservation_ttl: float = 600.0  # an unsettled reservation is released after this
@@ -69,38 +73,74 @@ class LedgerOptions:
 
 @dataclass
 class Budget:
+    """A tenant's month. `amount` is the tenant's own budget (costs:admin), `cap` the operator's hard
+    cap; either may be unset. What is spent is tracked whether or not either is set, so a budget set
+    mid-month counts everything the month already spent."""
+
     month: str
-    amount: int
-    threshold: float
+    amount: int | None = None
+    threshold: float = 0.8
     used: int = 0
     reserved: int = 0
     alert_sent: bool = False
+    cap: int | None = None
+    overrun: int = 0  # recorded beyond the reservations calls were admitted under
 
     @property
-    def remaining(self) -> int:
-        return self.amount - self.used - self.reserved
+    def limit(self) -> int | None:
+        """What the month may spend: the lower of the tenant's budget and the operator's cap."""
+        bounds = [x for x in (self.amount, self.cap) if x is not None]
+        return min(bounds) if bounds else None
+
+    @property
+    def remaining(self) -> int | None:
+        limit = self.limit
+        return None if limit is None else limit - self.used - self.reserved
+
+    def admits(self, amount: int) -> bool:
+        """Whether `amount` more may be held or spent: never while the month is at or over its
+        limit (an overrun or a late settle can take it there)."""
+        limit = self.limit
+        return limit is None or (self.used < limit and amount <= limit - self.used - self.reserved)
+
+    def next_month(self, month: str, carried: int) -> "Budget":
+        return Budget(month, self.amount, self.threshold, 0, carried, False, self.cap, 0)
 
     def row(self, tenant: str) -> dict[str, Any]:
         return {
             "tenant": tenant, "month": self.month, "amount_nanos": self.amount, "alert_threshold": self.threshold,
             "used_nanos": self.used, "reserved_nanos": self.reserved, "alert_sent": self.alert_sent,
+            "cap_nanos": self.cap, "overrun_nanos": self.overrun,
         }
 
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "Budget":
+        return cls(row["month"], row["amount_nanos"], row["alert_threshold"], row["used_nanos"], row["reserved_nanos"],
+                   row["alert_sent"], row["cap_nanos"], row["overrun_nanos"])
+
     def view(self) -> dict[str, Any]:
+        limit, remaining = self.limit, self.remaining
         return {
             "month": self.month,
-            "monthly_budget": usd(self.amount),
+            "monthly_budget": usd(self.amount) if self.amount is not None else None,
+            "operator_cap": usd(self.cap) if self.cap is not None else None,
+            "limit": usd(limit) if limit is not None else None,
             "alert_threshold": self.threshold,
             "used": usd(self.used),
             "reserved": usd(self.reserved),
-            "remaining": usd(self.remaining),
-            "utilization": round(self.used / self.amount, 6) if self.amount else None,
+            "remaining": usd(remaining) if remaining is not None else None,
+            "utilization": round(self.used / limit, 6) if limit else None,
             "alert_sent": self.alert_sent,
+            "overrun": usd(self.overrun),
+            "over_limit": limit is not None and self.used >= limit,
         }
 
 
 @dataclass
 class Reservation:
+    """Money held for one call's worst case: its declared input tokens and its output bound (which
+    the caller passes to the provider as max_tokens). None for reservations made before bounds."""
+
     id: str
     month: str
     model: str
@@ -108,22 +148,31 @@ class Reservation:
     expires_at: float
     created_at: float
     state: str = "open"
+    input_tokens: int | None = None
+    max_output_tokens: int | None = None
 
     def row(self, tenant: str) -> dict[str, Any]:
         return {
             "id": self.id, "tenant": tenant, "month": self.month, "model": self.model, "amount_nanos": self.amount,
             "state": self.state, "expires_at": datetime.fromtimestamp(self.expires_at, timezone.utc),
             "created_at": datetime.fromtimestamp(self.created_at, timezone.utc),
+            "input_tokens": self.input_tokens, "max_output_tokens": self.max_output_tokens,
         }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "Reservation":
+        return cls(row["id"], row["month"], row["model"], row["amount_nanos"], utc(row["expires_at"]).timestamp(),
+                   utc(row["created_at"]).timestamp(), row["state"], row["input_tokens"], row["max_output_tokens"])
 
 
 @dataclass
 class TenantCosts:
-    budget: Budget | None = None
+    budget: Budget
     overrides: dict[str, Price] = field(default_factory=dict)
     reservations: dict[str, Reservation] = field(default_factory=dict)
     closed: OrderedDict[str, str] = field(default_factory=OrderedDict)  # reservation id -> final state
-    keys: OrderedDict[str, tuple[dict[str, Any], asyncio.Future]] = field(default_factory=OrderedDict)
+    # idempotency key -> (first result, its commit, what the record said: a retry must say the same)
+    keys: OrderedDict[str, tuple[dict[str, Any], asyncio.Future, tuple]] = field(default_factory=OrderedDict)
 
 
 @dataclass
@@ -169,20 +218,21 @@ class LedgerCore:
     # -- activation and commit --------------------------------------------------------------------
     async def _load(self, tenants: list[str]) -> dict[str, TenantCosts]:
         loaded = await self.store.load(tenants)
+        month = month_of(self.clock())
+        fresh = [t for t, found in loaded.items() if not found["budget"] or found["budget"]["month"] != month]
+        spent = await self.store.month_spend(fresh, month_start(self.clock()))
         states = {}
         for tenant, found in loaded.items():
-            state = TenantCosts()
-            if found["budget"]:
-                row = found["budget"]
-                state.budget = Budget(
-                    row["month"], row["amount_nanos"], row["alert_threshold"], row["used_nanos"],
-                    row["reserved_nanos"], row["alert_sent"],
-                )
-            for row in found["reservations"]:
-                state.reservations[row["id"]] = Reservation(
-                    row["id"], row["month"], row["model"], row["amount_nanos"],
-                    utc(row["expires_at"]).timestamp(), utc(row["created_at"]).timestamp(),
-                )
+            reservations = {row["id"]: Reservation.from_row(row) for row in found["reservations"]}
+            row = found["budget"]
+            if tenant in fresh:  # no row for this month yet: the month's spend is its usage so far
+                used, overrun = spent.get(tenant, (0, 0))
+                last = Budget.from_row(row) if row else Budget(month)
+                budget = last.next_month(month, sum(r.amount for r in reservations.values()))
+                budget.used, budget.overrun = used, overrun
+            else:
+                budget = Budget.from_row(row)
+            state = TenantCosts(budget, reservations=reservations)
             for row in found["overrides"]:
                 state.overrides[row["model"].lower()] = Price(
                     row["input_per_token"], row["output_per_token"], row["cached_per_token"]
@@ -201,17 +251,15 @@ class LedgerCore:
 
     def _roll_month(self, state: TenantCosts) -> None:
         month = month_of(self.clock())
-        budget = state.budget
-        if budget is not None and budget.month < month:
-            carried = sum(r.amount for r in state.reservations.values())
-            state.budget = Budget(month, budget.amount, budget.threshold, 0, carried, False)
+        if state.budget.month < month:
+            state.budget = state.budget.next_month(month, sum(r.amount for r in state.reservations.values()))
 
     async def _flush(self, pending: list[PendingWrite]) -> list[None]:
         merged = LedgerWrites()
         for item in pending:
             merged.merge(item.writes)
             state = self.tenants.peek(item.tenant)
-            if state is not None and state.budget is not None:
+            if state is not None:
                 merged.budgets[(item.tenant, state.budget.month)] = state.budget.row(item.tenant)
         try:
             await self.store.write(merged)
@@ -280,14 +328,23 @@ class LedgerCore:
 
     # -- budgets ----------------------------------------------------------------------------------
     async def set_budget(self, tenant: str, amount_usd: float, threshold: float) -> dict[str, Any]:
+        """The tenant's own monthly budget (costs:admin), inside the operator's cap."""
         state = await self._state(tenant)
         before = state.budget
         amount = round(amount_usd * NANOS)
-        if before is None or before.month != month_of(self.clock()):
-            carried = sum(r.amount for r in state.reservations.values())
-            state.budget = Budget(month_of(self.clock()), amount, threshold, 0, carried)
-        else:
-            state.budget = Budget(before.month, amount, threshold, before.used, before.reserved, before.alert_sent)
+        if before.cap is not None and amount > before.cap:
+            raise LedgerError(422, "budget_above_cap", "the budget is above the monthly cap the operator set",
+                              operator_cap=usd(before.cap), requested=usd(amount))
+        return await self._change_budget(tenant, state, replace(before, amount=amount, threshold=threshold))
+
+    async def set_cap(self, tenant: str, cap_usd: float | None) -> dict[str, Any]:
+        """The operator's hard monthly cap (None lifts it). No tenant token reaches this."""
+        state = await self._state(tenant)
+        cap = None if cap_usd is None else round(cap_usd * NANOS)
+        return await self._change_budget(tenant, state, replace(state.budget, cap=cap))
+
+    async def _change_budget(self, tenant: str, state: TenantCosts, budget: Budget) -> dict[str, Any]:
+        before, state.budget = state.budget, budget
         alert = self._check_alert(state)
 
         def undo() -> None:
@@ -299,18 +356,23 @@ class LedgerCore:
 
     async def get_budget(self, tenant: str) -> dict[str, Any]:
         state = await self._state(tenant)
-        if state.budget is None:
-            raise LedgerError(404, "budget_not_set", "no budget is set for this tenant")
+        if state.budget.limit is None:
+            raise LedgerError(404, "budget_not_set", "no budget and no operator cap is set for this tenant")
         return state.budget.view()
+
+    async def month(self, tenant: str) -> dict[str, Any]:
+        """The month's budget view for the operator, set or not."""
+        return (await self._state(tenant)).budget.view()
 
     def _check_alert(self, state: TenantCosts) -> dict[str, Any] | None:
         budget = state.budget
-        if budget is None or budget.alert_sent or budget.amount <= 0:
+        limit = budget.limit
+        if budget.alert_sent or not limit:
             return None
-        if budget.used < budget.threshold * budget.amount:
+        if budget.used < budget.threshold * limit:
             return None
         budget.alert_sent = True
-        return {**budget.view(), "message": f"LLM spend reached {budget.used / budget.amount:.0%} of the monthly budget"}
+        return {**budget.view(), "message": f"LLM spend reached {budget.used / limit:.0%} of the monthly budget"}
 
     def _publish_alert(self, tenant: str, alert: dict[str, Any] | None) -> None:
         """After the commit that set alert_sent: the flag is durable, so the alert goes out once."""
@@ -330,7 +392,7 @@ class LedgerCore:
                 if key not in state.keys:
                     done = asyncio.get_running_loop().create_future()
                     done.set_result(None)
-                    state.keys[key] = (_usage_result(row, duplicate=True), done)
+                    state.keys[key] = (_usage_result(row, duplicate=True), done, _fingerprint(row))
         # From here to the commit nothing awaits: the check and the change are one step.
         priced = [(r, self.price(state, r["model"])) for r in records]
         now = self.clock()
@@ -341,7 +403,10 @@ class LedgerCore:
         for record, price in priced:
             key = record.get("idempotency_key")
             if key and key in state.keys:
-                first, done = state.keys[key]
+                first, done, said = state.keys[key]
+                if said != _fingerprint(record):
+                    raise LedgerError(409, "idempotency_mismatch", "this idempotency_key was used with a different "
+                                      "record; nothing was recorded", idempotency_key=key)
                 results.append({**first, "duplicate": True})
                 waits.append(done)
                 continue
@@ -352,24 +417,22 @@ class LedgerCore:
             result = _usage_result(row, duplicate=False)
             results.append(result)
             if key:
-                state.keys[key] = (result, commit_done)
+                state.keys[key] = (result, commit_done, _fingerprint(record))
                 new_keys.append(key)
         budget = state.budget
-        if budget is not None and total > budget.remaining:
+        if rows and not budget.admits(total):
             for key in new_keys:
                 del state.keys[key]
             raise LedgerError(402, "budget_exceeded", "this usage would exceed the monthly budget",
-                              remaining=usd(budget.remaining), requested=usd(total))
-        if budget is not None:
-            budget.used += total
+                              remaining=usd(max(0, budget.remaining)), requested=usd(total))
+        budget.used += total
         alert = self._check_alert(state)
         self._forget_old_keys(state)
 
         def undo() -> None:
-            if budget is not None:
-                budget.used -= total
-                if alert is not None:
-                    budget.alert_sent = False
+            budget.used -= total
+            if alert is not None:
+                budget.alert_sent = False
             for key in new_keys:
                 state.keys.pop(key, None)
 
@@ -392,43 +455,47 @@ class LedgerCore:
         for row in rows:
             self.metrics.inc("raytenant_ledger_records", model=row["model"])
             self.metrics.inc("raytenant_ledger_cost_usd", row["cost_nanos"] / NANOS, model=row["model"])
-        if rows and budget is not None and budget.amount > 0:
-            self.metrics.observe("raytenant_budget_utilisation", budget.used / budget.amount)
+        if rows and budget.limit:
+            self.metrics.observe("raytenant_budget_utilisation", budget.used / budget.limit)
 
     def _forget_old_keys(self, state: TenantCosts) -> None:
         while len(state.keys) > self.options.remembered_keys:
-            key, (_, done) = next(iter(state.keys.items()))
+            key, (_, done, _) = next(iter(state.keys.items()))
             if not done.done():
                 break
             del state.keys[key]
 
     # -- reservations -----------------------------------------------------------------------------
-    async def reserve(self, tenant: str, model: str, input_tokens: int, output_tokens: int, ttl: float | None = None):
+    async def reserve(self, tenant: str, model: str, input_tokens: int, max_output_tokens: int,
+                      ttl: float | None = None) -> dict[str, Any]:
+        """Hold the worst case of one call: `input_tokens` (the caller's count of its prompt) and
+        `max_output_tokens` (which the caller passes to the provider as max_tokens)."""
         state = await self._state(tenant)
-        amount = self.price(state, model).cost_nanos(input_tokens, output_tokens)
+        amount = self.price(state, model).cost_nanos(input_tokens, max_output_tokens)
         budget = state.budget
-        if budget is not None and amount > budget.remaining:
+        if not budget.admits(amount):
             self.metrics.inc("raytenant_reservations_refused", reason="budget_exceeded")
             raise LedgerError(402, "budget_exceeded", "the reservation does not fit in the remaining budget",
-                              remaining=usd(budget.remaining), requested=usd(amount))
+                              remaining=usd(max(0, budget.remaining)), requested=usd(amount))
         now = self.clock()
-        reservation = Reservation(uuid.uuid4().hex, month_of(now), model, amount, now + (ttl or self.options.reservation_ttl), now)
+        reservation = Reservation(uuid.uuid4().hex, month_of(now), model, amount,
+                                  now + (ttl or self.options.reservation_ttl), now, "open", input_tokens, max_output_tokens)
         state.reservations[reservation.id] = reservation
-        if budget is not None:
-            budget.reserved += amount
+        budget.reserved += amount
 
         def undo() -> None:
             state.reservations.pop(reservation.id, None)
-            if budget is not None:
-                budget.reserved -= amount
+            budget.reserved -= amount
 
         await self._commit(tenant, LedgerWrites(reservations={reservation.id: reservation.row(tenant)}), undo)
         return {
             "reservation_id": reservation.id,
             "model": model,
             "amount": usd(amount),
+            "input_tokens": input_tokens,
+            "max_output_tokens": max_output_tokens,
             "expires_at": datetime.fromtimestamp(reservation.expires_at, timezone.utc).isoformat(),
-            "remaining": usd(budget.remaining) if budget is not None else None,
+            "remaining": usd(budget.remaining) if budget.remaining is not None else None,
         }
 
     def _open(self, state: TenantCosts, reservation_id: str) -> Reservation:
@@ -444,51 +511,101 @@ class LedgerCore:
         """Take a reservation off the budget; returns the undo."""
         del state.reservations[reservation.id]
         reservation.state = final
-        state.closed[reservation.id] = final
-        while len(state.closed) > self.options.remembered_keys:
-            state.closed.popitem(last=False)
+        undo_closed = self._remember_closed(state, reservation.id, final)
         budget = state.budget
-        counted = budget is not None and reservation.month <= budget.month
+        counted = reservation.month <= budget.month
         if counted:
             budget.reserved -= reservation.amount
 
         def undo() -> None:
             reservation.state = "open"
             state.reservations[reservation.id] = reservation
-            state.closed.pop(reservation.id, None)
+            undo_closed()
             if counted:
                 budget.reserved += reservation.amount
 
         return undo
 
-    async def settle(self, tenant: str, reservation_id: str, usage: dict[str, Any]) -> dict[str, Any]:
-        state = await self._state(tenant)
-        reservation = self._open(state, reservation_id)
-        price = self.price(state, reservation.model)
-        cost = price.cost_nanos(usage["input_tokens"], usage["output_tokens"], usage.get("cached_tokens", 0))
-        undo_close = self._close(state, reservation, "settled")
-        budget = state.budget
-        if budget is not None:
-            budget.used += cost
-        alert = self._check_alert(state)
-        row = _usage_row(tenant, {**usage, "model": reservation.model}, cost, self.clock(), reservation_id)
+    def _remember_closed(self, state: TenantCosts, reservation_id: str, final: str) -> Callable[[], None]:
+        before = state.closed.get(reservation_id)
+        state.closed[reservation_id] = final
+        while len(state.closed) > self.options.remembered_keys:
+            state.closed.popitem(last=False)
 
         def undo() -> None:
-            if budget is not None:
-                budget.used -= cost
-                if alert is not None:
-                    budget.alert_sent = False
+            if before is None:
+                state.closed.pop(reservation_id, None)
+            else:
+                state.closed[reservation_id] = before
+
+        return undo
+
+    async def _expired(self, tenant: str, state: TenantCosts, reservation_id: str) -> Reservation:
+        """A reservation that expired before its settle came: from storage (its bounds and model)."""
+        closed = state.closed.get(reservation_id)
+        if closed not in (None, "expired"):
+            raise LedgerError(409, "reservation_closed", f"the reservation is already {closed}", state=closed)
+        row = await self.store.reservation(tenant, reservation_id)
+        state = await self._state(tenant)  # the await may have let a concurrent settle close it
+        closed = state.closed.get(reservation_id) or (row["state"] if row else None)
+        if reservation_id in state.reservations:
+            return state.reservations[reservation_id]
+        if row is None:
+            raise LedgerError(404, "reservation_not_found", "no reservation with this id")
+        if closed != "expired":
+            raise LedgerError(409, "reservation_closed", f"the reservation is already {closed}", state=closed)
+        return Reservation.from_row({**row, "state": "expired"})
+
+    async def settle(self, tenant: str, reservation_id: str, usage: dict[str, Any]) -> dict[str, Any]:
+        """Record what the call really used. Output beyond the reservation's bound is refused (the
+        provider was told max_tokens, so only a false report exceeds it); input beyond the estimate
+        is recorded as an overrun. A settle after expiry records the real usage, flagged late."""
+        state = await self._state(tenant)
+        reservation = state.reservations.get(reservation_id)
+        if reservation is None:
+            reservation = await self._expired(tenant, state, reservation_id)
+            state = await self._state(tenant)
+        late = reservation.state == "expired"
+        bound = reservation.max_output_tokens
+        if bound is not None and usage["output_tokens"] > bound:
+            raise LedgerError(422, "usage_exceeds_reservation", "output_tokens exceed the reservation's max_output_tokens; "
+                              "nothing was recorded", max_output_tokens=bound, output_tokens=usage["output_tokens"])
+        price = self.price(state, reservation.model)
+        cost = price.cost_nanos(usage["input_tokens"], usage["output_tokens"], usage.get("cached_tokens", 0))
+        overrun = max(0, cost - reservation.amount)
+        if late:
+            reservation.state = "settled"
+            undo_close = self._remember_closed(state, reservation.id, "settled")
+        else:
+            undo_close = self._close(state, reservation, "settled")
+        budget = state.budget
+        budget.used += cost
+        budget.overrun += overrun
+        alert = self._check_alert(state)
+        row = _usage_row(tenant, {**usage, "model": reservation.model}, cost, self.clock(), reservation_id,
+                         overrun=overrun, late=late)
+
+        def undo() -> None:
+            budget.used -= cost
+            budget.overrun -= overrun
+            if alert is not None:
+                budget.alert_sent = False
+            if late:
+                reservation.state = "expired"
             undo_close()
 
         await self._commit(tenant, LedgerWrites(usage=[row], reservations={reservation.id: reservation.row(tenant)}), undo)
         self._measure([row], budget)
+        if overrun:
+            self.metrics.inc("raytenant_ledger_overruns", model=reservation.model)
         self._publish_alert(tenant, alert)
         return {
             **_usage_result(row, duplicate=False),
             "reservation_id": reservation.id,
             "reserved": usd(reservation.amount),
-            "released": usd(max(0, reservation.amount - cost)),
-            "overrun": usd(max(0, cost - reservation.amount)),
+            "released": usd(max(0, reservation.amount - cost)) if not late else 0.0,
+            "overrun": usd(overrun),
+            "late": late,
         }
 
     async def release(self, tenant: str, reservation_id: str) -> dict[str, Any]:
@@ -535,9 +652,13 @@ class LedgerCore:
             "input_tokens": raw["total"]["input_tokens"],
             "output_tokens": raw["total"]["output_tokens"],
             "cached_tokens": raw["total"]["cached_tokens"],
+            "overrun_cost": usd(raw["total"]["overrun_nanos"]),
+            "overrun_records": raw["total"]["overrun_records"],
+            "late_records": raw["total"]["late_records"],
             **{
-                name: {key: {"cost": usd(m["cost_nanos"]), "tokens": m["tokens"], "requests": m["requests"]} for key, m in raw[name].items()}
-                for name in ("by_model", "by_agent", "by_flow", "by_day")
+                name: {key: {"cost": usd(m["cost_nanos"]), "tokens": m["tokens"], "requests": m["requests"]}
+                       for key, m in raw[name].items()}
+                for name in ("by_model", "by_agent", "by_flow", "by_day", "by_engagement", "by_user")
             },
         }
 
@@ -650,26 +771,35 @@ class LedgerCore:
                 "priority": "medium",
             })
         budget = state.budget
-        if budget is not None:
+        limit = budget.limit
+        if limit is not None:
             moment = datetime.fromtimestamp(now, timezone.utc)
-            month_start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-            next_month = (month_start + timedelta(days=32)).replace(day=1)
-            elapsed = max((moment - month_start).total_seconds(), 3600.0)
-            projected = budget.used * (next_month - month_start).total_seconds() / elapsed
+            first = month_start(now)
+            next_month = (first + timedelta(days=32)).replace(day=1)
+            elapsed = max((moment - first).total_seconds(), 3600.0)
+            projected = budget.used * (next_month - first).total_seconds() / elapsed
             advice.append({
                 "type": "burn_rate", "month": budget.month, "spent": usd(budget.used),
-                "projected_month_end": usd(round(projected)), "budget": usd(budget.amount),
-                "projected_utilization": round(projected / budget.amount, 3) if budget.amount else None,
-                "priority": "high" if projected > budget.amount else "low",
+                "projected_month_end": usd(round(projected)), "budget": usd(limit),
+                "projected_utilization": round(projected / limit, 3) if limit else None,
+                "priority": "high" if projected > limit else "low",
             })
         return {"window_days": 30, "recommendations": advice}
 
     def stats(self) -> dict[str, Any]:
-        return {"active_tenants": len(self.tenants), "commits": self._commits.flushes, "alerts_sent": self.alerts_sent}
+        return {"active_tenants": len(self.tenants), "commits": self._commits.flushes, "isolated_commits": self._commits.isolations, "alerts_sent": self.alerts_sent}
 
 
-def _usage_row(tenant: str, record: dict[str, Any], cost: int, now: float, reservation_id: str | None = None):
+def _fingerprint(record: dict[str, Any]) -> tuple:
+    """What an idempotent retry must repeat: the same call, counted the same way."""
+    return tuple(record.get(name) or 0 if name.endswith("tokens") else record.get(name)
+                 for name in ("model", "input_tokens", "output_tokens", "cached_tokens", "agent", "task", "flow_id"))
+
+
+def _usage_row(tenant: str, record: dict[str, Any], cost: int, now: float, reservation_id: str | None = None, *,
+               overrun: int = 0, late: bool = False):
     return {
+        "overrun_nanos": overrun, "late": late, "user_id": record.get("user"), "engagement": record.get("engagement"),
         "tenant": tenant, "model": record["model"], "input_tokens": record["input_tokens"],
         "output_tokens": record["output_tokens"], "cached_tokens": record.get("cached_tokens", 0), "cost_nanos": cost,
         "agent": record.get("agent"), "task": record.get("task"), "flow_id": record.get("flow_id"),
@@ -683,12 +813,13 @@ def _usage_result(row: dict[str, Any], *, duplicate: bool) -> dict[str, Any]:
         "model": row["model"], "cost": usd(row["cost_nanos"]), "input_tokens": row["input_tokens"],
         "output_tokens": row["output_tokens"], "cached_tokens": row["cached_tokens"],
         "idempotency_key": row["idempotency_key"], "duplicate": duplicate,
+        "overrun": bool(row.get("overrun_nanos")), "late": bool(row.get("late")),
     }
 
 
 PUBLIC_METHODS = frozenset(
     {"record_usage", "reserve", "settle", "release", "set_budget", "get_budget", "summary", "recommendations",
-     "estimate", "select_model", "prices", "set_override", "delete_override"}
+     "estimate", "select_model", "prices", "set_override", "delete_override", "set_cap", "month"}
 )
 
 

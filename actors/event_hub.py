@@ -241,7 +241,7 @@ class EventHubCore:
         return {
             "active_tenants": len(self.tenants),
             "appended": self.appended,
-            "commits": self._commits.flushes,
+            "commits": self._commits.flushes, "isolated_commits": self._commits.isolations,
             "activations": self.tenants.activations,
             "evictions": self.tenants.evictions,
             "replicas_reporting": len(self._presence),

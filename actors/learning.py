@@ -367,7 +367,7 @@ class LearningCore:
                 "index_refits": state.index.refits}
 
     def stats(self) -> dict[str, Any]:
-        return {"active_tenants": len(self.tenants), "learned": self.learned, "commits": self._commits.flushes}
+        return {"active_tenants": len(self.tenants), "learned": self.learned, "commits": self._commits.flushes, "isolated_commits": self._commits.isolations}
 
 
 def _ts(value: datetime) -> float:

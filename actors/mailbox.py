@@ -443,7 +443,7 @@ class MailboxCore:
         return {"agent": agent, "ready": len(state.queue(agent)), "inflight": inflight}
 
     def stats(self) -> dict[str, Any]:
-        return {"active_tenants": len(self.tenants), "commits": self._commits.flushes, **self.counters}
+        return {"active_tenants": len(self.tenants), "commits": self._commits.flushes, "isolated_commits": self._commits.isolations, **self.counters}
 
 
 PUBLIC_METHODS = frozenset({"send", "broadcast", "receive", "ack", "ack_many", "set_topics", "get_topics", "request",

@@ -30,6 +30,7 @@ CATALOG: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
     "raytenant_ledger_records": (COUNTER, "LLM usage records stored", ("shard", "model"), None),
     "raytenant_ledger_cost_usd": (COUNTER, "LLM cost recorded, in USD", ("shard", "model"), None),
     "raytenant_reservations_refused": (COUNTER, "Reservations the ledger refused", ("shard", "reason"), None),
+    "raytenant_ledger_overruns": (COUNTER, "Settles that cost more than their reservation held", ("shard", "model"), None),
     "raytenant_budget_utilisation": (HISTOGRAM, "Month-to-date budget used / budget, per recorded call", ("shard",), RATIO),
     "raytenant_learning_patterns_learned": (COUNTER, "Patterns learned from corrections and successes", ("shard",), None),
     "raytenant_recommendation_ms": (HISTOGRAM, "Recommendation latency inside the shard", ("shard",), LATENCY_MS),

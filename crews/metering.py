@@ -136,6 +136,7 @@ class MeteredLLM(BaseLLM):
     @classmethod
     def wrap(cls, inner: BaseLLM, meter: Meter, agent: str | None = None) -> "MeteredLLM":
         cap = int(inner.max_tokens) if inner.max_tokens else DEFAULT_OUTPUT_CAP
+        inner.max_tokens = cap  # the provider enforces what was reserved: a settle can never exceed it
         return cls(model=inner.model, inner=inner, meter=meter, agent=agent, output_cap=cap, stop=list(inner.stop))
 
     def call(self, messages, tools=None, callbacks=None, available_functions=None, from_task=None,

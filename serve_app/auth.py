@@ -16,7 +16,13 @@ from dataclasses import dataclass
 import jwt
 
 ALGORITHM = "HS256"
-DEFAULT_SCOPES = ("*",)
+# What a token minted without scopes may do: everything a tenant's applications do, none of the
+# admin scopes. `costs:admin` (the tenant's own budgets, inside the operator's cap) must be asked
+# for by name; "*" grants every tenant scope. No tenant scope reaches the operator's routes.
+TENANT_SCOPES = ("events:read", "events:write", "costs:read", "costs:write", "learning:read", "learning:write",
+                 "agents:read", "agents:write", "flows:read", "flows:write", "llm:call")
+ADMIN_SCOPES = ("costs:admin",)
+DEFAULT_SCOPES = TENANT_SCOPES
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
@@ -110,7 +116,7 @@ class Tokens:
             raise AuthError("invalid_token", f"the token is not valid: {error}") from error
         tenant = claims.get("tenant")
         scopes = claims.get("scopes", list(DEFAULT_SCOPES))
-        if not valid_tenant(tenant) or not isinstance(scopes, list):
+        if not valid_tenant(tenant) or not isinstance(scopes, list) or not scopes:
             raise AuthError("invalid_token", "the token's claims are malformed")
         return Claims(tenant, claims.get("user"), claims.get("engagement"), tuple(map(str, scopes)), int(claims["exp"]))
 

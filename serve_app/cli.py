@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from serve_app.auth import Tokens, new_operator_token
+from serve_app.auth import DEFAULT_SCOPES, Tokens, new_operator_token
 from storage.engine import data_dir, database_url
 
 DEMO_TENANT = "demo"
@@ -37,7 +37,7 @@ def operator_token(explicit: str | None = None, *, create: bool = False) -> str:
 
 def cmd_token(args: argparse.Namespace) -> int:
     tokens = Tokens(operator_token(args.operator_token), os.environ.get("RAYTENANT_JWT_SECRET", ""))
-    scopes = args.scopes.split(",") if args.scopes else ["*"]
+    scopes = args.scopes.split(",") if args.scopes else list(DEFAULT_SCOPES)
     try:
         token, exp = tokens.mint(args.tenant, user=args.user, engagement=args.engagement, scopes=scopes, ttl=args.ttl)
     except ValueError as error:
@@ -234,7 +234,7 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument("--tenant", required=True)
     token.add_argument("--user")
     token.add_argument("--engagement")
-    token.add_argument("--scopes", help="comma-separated; default: all tenant scopes")
+    token.add_argument("--scopes", help="comma-separated; default: every tenant scope but costs:admin")
     token.add_argument("--ttl", type=int, default=24 * 3600, help="seconds")
     token.add_argument("--operator-token")
     token.set_defaults(func=cmd_token)

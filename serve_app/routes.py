@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse
 
 from actors.event_hub_client import HubUnavailable
 from actors.notifications import STREAM_TYPES
-from serve_app.auth import AuthError, Claims, bearer, valid_tenant
+from serve_app.auth import DEFAULT_SCOPES, AuthError, Claims, bearer, valid_tenant
 from serve_app.errors import ApiError
 from serve_app.runtime import Runtime
 from serve_app.websocket import valid_flow_id
@@ -138,7 +138,7 @@ async def mint_token(request: Request) -> JSONResponse:
     tenant = payload.get("tenant")
     if not valid_tenant(tenant):
         raise ApiError(422, "invalid_tenant", "tenant must be 1-128 characters of letters, digits and . _ : -")
-    scopes = payload.get("scopes", ["*"])
+    scopes = payload.get("scopes", list(DEFAULT_SCOPES))
     ttl = payload.get("ttl_seconds")
     user, engagement = payload.get("user"), payload.get("engagement")
     if not (isinstance(scopes, list) and scopes and all(isinstance(s, str) for s in scopes)):

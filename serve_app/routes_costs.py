@@ -5,12 +5,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from actors.cost_ledger import LedgerError
-from actors.prices import Price
 from serve_app.errors import ApiError
+from serve_app.auth import Claims
 from serve_app.routes import authenticate, read_json, runtime_of
 
 MAX_TOKENS = 10**9
@@ -65,6 +65,11 @@ def _usage(payload: dict[str, Any], where: str = "", *, with_model: bool = True)
     return record
 
 
+def _who(claims: Claims) -> dict[str, str | None]:
+    """The user and engagement a record is charged to come from the token, never from the body."""
+    return {"user": claims.user, "engagement": claims.engagement}
+
+
 def _number(payload: dict[str, Any], name: str, default: float | None = None) -> float | None:
     value = payload.get(name, default)
     if value is None:
@@ -82,7 +87,7 @@ async def record_usage(request: Request) -> JSONResponse:
     items = [items] if single else items
     if not isinstance(items, list) or not items or len(items) > MAX_RECORDS:
         raise ApiError(422, "invalid_records", f"send a record or {{'records': [...]}} with 1-{MAX_RECORDS} records")
-    records = [_usage(_object(item), f"records[{i}].") for i, item in enumerate(items)]
+    records = [{**_usage(_object(item), f"records[{i}]."), **_who(claims)} for i, item in enumerate(items)]
     keys = [r["idempotency_key"] for r in records if r["idempotency_key"]]
     if len(keys) != len(set(keys)):
         raise ApiError(422, "duplicate_idempotency_key", "an idempotency_key appears twice in this batch")
@@ -92,12 +97,17 @@ async def record_usage(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=201)
 
 
+def _bound(payload: dict[str, Any], name: str, alias: str) -> int:
+    """A reservation's bound, under its name or the earlier `estimated_*` one."""
+    return _tokens(payload, name if name in payload or alias not in payload else alias)
+
+
 async def reserve(request: Request) -> JSONResponse:
     claims = authenticate(request, "costs:write")
     payload = _object(await read_json(request))
     model = _model(payload)
-    estimate_in = _tokens(payload, "estimated_input_tokens")
-    estimate_out = _tokens(payload, "estimated_output_tokens")
+    estimate_in = _bound(payload, "input_tokens", "estimated_input_tokens")
+    estimate_out = _bound(payload, "max_output_tokens", "estimated_output_tokens")
     ttl = _number(payload, "ttl_seconds")
     if ttl is not None and not 0 < ttl <= 86_400:
         raise ApiError(422, "invalid_ttl_seconds", "ttl_seconds must be between 0 and 86400")
@@ -116,7 +126,7 @@ async def settle(request: Request) -> JSONResponse:
     claims = authenticate(request, "costs:write")
     rid = _reservation_id(request)
     payload = _object(await read_json(request))
-    usage = _usage(payload, with_model=False)
+    usage = {**_usage(payload, with_model=False), **_who(claims)}
     return JSONResponse(await ledger(request, "settle", claims.tenant, rid, usage), status_code=201)
 
 
@@ -214,24 +224,6 @@ async def list_prices(request: Request) -> JSONResponse:
     return JSONResponse({"prices": await ledger(request, "prices", claims.tenant, search, int(limit))})
 
 
-async def put_price(request: Request) -> JSONResponse:
-    claims = authenticate(request, "costs:admin")
-    model = request.path_params["model"]
-    if not 0 < len(model) <= 200:
-        raise ApiError(422, "invalid_model", "model must be a model name")
-    payload = _object(await read_json(request))
-    values = [_number(payload, name) for name in ("input_per_token", "output_per_token", "cached_per_token")]
-    if values[0] is None or values[1] is None or any(v is not None and not 0 <= v < 1 for v in values):
-        raise ApiError(422, "invalid_price", "input_per_token and output_per_token are required USD per token in [0, 1)")
-    return JSONResponse(await ledger(request, "set_override", claims.tenant, model, Price(*values)))
-
-
-async def delete_price(request: Request) -> Response:
-    claims = authenticate(request, "costs:admin")
-    await ledger(request, "delete_override", claims.tenant, request.path_params["model"])
-    return Response(status_code=204)
-
-
 ROUTES = [
     Route("/v1/costs/usage", record_usage, methods=["POST"]),
     Route("/v1/costs/reservations", reserve, methods=["POST"]),
@@ -244,6 +236,4 @@ ROUTES = [
     Route("/v1/costs/select-model", select_model, methods=["POST"]),
     Route("/v1/costs/estimate", estimate, methods=["POST"]),
     Route("/v1/costs/prices", list_prices, methods=["GET"]),
-    Route("/v1/costs/prices/{model:path}", put_price, methods=["PUT"]),
-    Route("/v1/costs/prices/{model:path}", delete_price, methods=["DELETE"]),
 ]

@@ -35,15 +35,18 @@ class LedgerWrites:
 USAGE_COLUMNS = {
     "tenant": "VARCHAR", "model": "VARCHAR", "input_tokens": "BIGINT", "output_tokens": "BIGINT",
     "cached_tokens": "BIGINT", "cost_nanos": "BIGINT", "agent": "VARCHAR", "task": "VARCHAR", "flow_id": "VARCHAR",
-    "idempotency_key": "VARCHAR", "reservation_id": "VARCHAR", "ts": "TIMESTAMPTZ",
+    "idempotency_key": "VARCHAR", "reservation_id": "VARCHAR", "ts": "TIMESTAMPTZ", "overrun_nanos": "BIGINT",
+    "late": "BOOLEAN", "user_id": "VARCHAR", "engagement": "VARCHAR",
 }
 BUDGET_COLUMNS = {
     "tenant": "VARCHAR", "month": "VARCHAR", "amount_nanos": "BIGINT", "alert_threshold": "FLOAT8",
-    "used_nanos": "BIGINT", "reserved_nanos": "BIGINT", "alert_sent": "BOOLEAN",
+    "used_nanos": "BIGINT", "reserved_nanos": "BIGINT", "alert_sent": "BOOLEAN", "cap_nanos": "BIGINT",
+    "overrun_nanos": "BIGINT",
 }
 RESERVATION_COLUMNS = {
     "id": "VARCHAR", "tenant": "VARCHAR", "month": "VARCHAR", "model": "VARCHAR", "amount_nanos": "BIGINT",
-    "state": "VARCHAR", "expires_at": "TIMESTAMPTZ", "created_at": "TIMESTAMPTZ",
+    "state": "VARCHAR", "expires_at": "TIMESTAMPTZ", "created_at": "TIMESTAMPTZ", "input_tokens": "BIGINT",
+    "max_output_tokens": "BIGINT",
 }
 
 
@@ -143,6 +146,24 @@ class LedgerStore:
                 found[row["tenant"]]["overrides"].append(dict(row))
         return found
 
+    async def reservation(self, tenant: str, reservation_id: str) -> dict[str, Any] | None:
+        """A reservation no longer in memory (closed before this activation), for a late settle."""
+        query = select(ReservationRow).where(ReservationRow.tenant == tenant, ReservationRow.id == reservation_id)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return dict(row) if row else None
+
+    async def month_spend(self, tenants: list[str], start: datetime) -> dict[str, tuple[int, int]]:
+        """(cost, overrun) in nanos of each tenant's usage since `start`: a month without a budget
+        row yet (spend recorded before any budget, or before this version kept rows for it)."""
+        if not tenants:
+            return {}
+        query = (select(UsageRow.tenant, func.coalesce(func.sum(UsageRow.cost_nanos), 0),
+                        func.coalesce(func.sum(UsageRow.overrun_nanos), 0))
+                 .where(UsageRow.tenant.in_(tenants), UsageRow.ts >= start).group_by(UsageRow.tenant))
+        async with self.engine.connect() as conn:
+            return {t: (int(cost), int(overrun)) for t, cost, overrun in await conn.execute(query)}
+
     async def usage_by_keys(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
         """Stored records by (tenant, idempotency key): many callers' lookups in one query."""
         pairs = list(pairs)
@@ -177,11 +198,16 @@ class LedgerStore:
             func.coalesce(func.sum(UsageRow.input_tokens), 0),
             func.coalesce(func.sum(UsageRow.output_tokens), 0),
             func.coalesce(func.sum(UsageRow.cached_tokens), 0),
+            func.coalesce(func.sum(UsageRow.overrun_nanos), 0),
+            func.count().filter(UsageRow.overrun_nanos > 0),
+            func.count().filter(UsageRow.late),
         )
         groups = {
             "by_model": UsageRow.model,
             "by_agent": func.coalesce(UsageRow.agent, "unknown"),
             "by_flow": func.coalesce(UsageRow.flow_id, "none"),
+            "by_engagement": func.coalesce(UsageRow.engagement, "none"),
+            "by_user": func.coalesce(UsageRow.user_id, "unknown"),
             "by_day": self._day(),
         }
         out: dict[str, Any] = {}
@@ -195,8 +221,11 @@ class LedgerStore:
 
 
 def _measures(row: Any) -> dict[str, int]:
-    cost, tokens, requests, inp, outp, cached = (int(v or 0) for v in row)
+    cost, tokens, requests, inp, outp, cached, overrun, overruns, late = (int(v or 0) for v in row)
     return {
+        "overrun_nanos": overrun,
+        "overrun_records": overruns,
+        "late_records": late,
         "cost_nanos": cost,
         "tokens": tokens,
         "requests": requests,

@@ -50,16 +50,25 @@ class UsageRow(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     reservation_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Cost beyond the reservation the call was admitted under (its input was under-estimated).
+    overrun_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    late: Mapped[bool] = mapped_column(Boolean, default=False)  # settled after its reservation expired
+    user_id: Mapped[str | None] = mapped_column(String(200), nullable=True)  # from the token's claims
+    engagement: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
 class BudgetRow(Base):
-    """A tenant's budget for one UTC calendar month, with what is used and reserved against it."""
+    """A tenant's month: its own budget (costs:admin) and the operator's hard cap, either unset
+    (None), with what is used, reserved and overrun against them. A row exists for every month
+    the tenant spent in, budget or not, so month-to-date spend never depends on when a budget was set."""
 
     __tablename__ = "llm_budgets"
 
     tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
     month: Mapped[str] = mapped_column(String(7), primary_key=True)  # YYYY-MM
-    amount_nanos: Mapped[int] = mapped_column(BigInteger)
+    amount_nanos: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    cap_nanos: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    overrun_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
     alert_threshold: Mapped[float] = mapped_column(Float)
     used_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
     reserved_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -75,12 +84,14 @@ class ReservationRow(Base):
     model: Mapped[str] = mapped_column(String(200))
     amount_nanos: Mapped[int] = mapped_column(BigInteger)
     state: Mapped[str] = mapped_column(String(16))  # open | settled | released | expired
+    input_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # the declared bounds
+    max_output_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class PriceOverrideRow(Base):
-    """A tenant's own price for a model, in USD per token (e.g. a negotiated rate)."""
+    """A tenant's negotiated price for a model, in USD per token, set by the operator."""
 
     __tablename__ = "llm_price_overrides"
 

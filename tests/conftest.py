@@ -140,6 +140,13 @@ class LiveServer:
     def auth(self, tenant: str, **kwargs: Any) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(tenant, **kwargs)}"}
 
+    def admin_auth(self, tenant: str) -> dict[str, str]:
+        """A tenant token with costs:admin (the tenant's own budgets), which default tokens lack."""
+        return self.auth(tenant, scopes=["*"])
+
+    def operator_auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.runtime.settings.operator_token}"}
+
 
 @pytest.fixture
 async def live(ray_session, db_url, backend) -> AsyncIterator[LiveServer]:

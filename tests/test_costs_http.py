@@ -42,8 +42,12 @@ async def test_usage_single_batch_and_idempotency(live, tenant, db_url):
             "idempotency_key": "call-1"})
         assert one.status_code == 201, one.text
         assert one.json()["cost"] == cost(1000, 200) / NANOS and one.json()["duplicate"] is False
+        mismatch = await client.post("/v1/costs/usage", headers=auth, json={
+            "model": MODEL, "input_tokens": 10, "output_tokens": 10, "idempotency_key": "call-1"})
+        assert_error(mismatch, 409, "idempotency_mismatch")
         batch = await client.post("/v1/costs/usage", headers=auth, json={"records": [
-            {"model": MODEL, "input_tokens": 10, "output_tokens": 10, "idempotency_key": "call-1"},
+            {"model": MODEL, "input_tokens": 1000, "output_tokens": 200, "agent": "mapper", "flow_id": "f1",
+             "idempotency_key": "call-1"},
             {"model": "openai/" + MODEL, "input_tokens": 2000, "output_tokens": 0, "cached_tokens": 1000},
         ]})
         assert batch.status_code == 201
@@ -88,7 +92,7 @@ async def test_bad_input_changes_nothing(live, tenant, db_url):
                              ({}, "invalid_budget"), ({"monthly_budget": "10"}, "invalid_monthly_budget"),
                              ({"monthly_budget": 10, "alert_threshold": 0}, "invalid_threshold"),
                              ({"monthly_budget": 10, "alert_threshold": 1.01}, "invalid_threshold")):
-            assert_error(await client.put("/v1/costs/budget", headers=auth, json=budget), 422, code)
+            assert_error(await client.put("/v1/costs/budget", headers=live.admin_auth(tenant), json=budget), 422, code)
         assert_error(await client.get("/v1/costs/budget", headers=auth), 404, "budget_not_set")
         reservation = {"model": MODEL, "estimated_input_tokens": 10, "estimated_output_tokens": -1}
         assert_error(await client.post("/v1/costs/reservations", headers=auth, json=reservation), 422, "invalid_tokens")
@@ -111,11 +115,12 @@ async def test_bad_input_changes_nothing(live, tenant, db_url):
                            ({"cost_constraint": 0}, "invalid_cost_constraint"), ({"task_type": ""}, "invalid_task_type")):
             assert_error(await client.post("/v1/costs/select-model", headers=auth, json=body), 422, code)
         assert_error(await client.get("/v1/costs/prices?limit=0", headers=auth), 422, "invalid_parameter")
-        assert_error(await client.put("/v1/costs/prices/mine", headers=auth, json={"input_per_token": 1e-6}), 422,
-                     "invalid_price")
-        assert_error(await client.put("/v1/costs/prices/mine", headers=auth,
-                                      json={"input_per_token": -1, "output_per_token": 0}), 422, "invalid_price")
-        assert_error(await client.delete("/v1/costs/prices/mine", headers=auth), 404, "override_not_found")
+        operator = live.operator_auth()
+        prices = f"/v1/admin/tenants/{tenant}/prices/mine"
+        assert_error(await client.put(prices, headers=operator, json={"input_per_token": 1e-6}), 422, "invalid_price")
+        assert_error(await client.put(prices, headers=operator, json={"input_per_token": -1, "output_per_token": 0}),
+                     422, "invalid_price")
+        assert_error(await client.delete(prices, headers=operator), 404, "override_not_found")
         reader = live.auth(tenant, scopes=["costs:read"])
         assert_error(await client.post("/v1/costs/usage", headers=reader, json=BAD_USAGE[0][0]), 403, "forbidden")
         writer = live.auth(tenant, scopes=["costs:write"])
@@ -129,7 +134,7 @@ async def test_500_concurrent_reservations_against_a_budget_for_100(live, tenant
     auth = live.auth(tenant)
     one = cost(10_000, 2_000)
     async with httpx.AsyncClient(base_url=live.url, limits=httpx.Limits(max_connections=200)) as client:
-        put = await client.put("/v1/costs/budget", headers=auth, json={"monthly_budget": 100 * one / NANOS,
+        put = await client.put("/v1/costs/budget", headers=live.admin_auth(tenant), json={"monthly_budget": 100 * one / NANOS,
                                                                        "alert_threshold": 0.9})
         assert put.status_code == 200 and put.json()["remaining"] == 100 * one / NANOS
         body = {"model": MODEL, "estimated_input_tokens": 10_000, "estimated_output_tokens": 2_000}
@@ -162,7 +167,7 @@ async def test_budget_alert_streams_once(live, tenant):
     assert (await recv(ws))["type"] == "connection_established"
     one = cost(1000, 1000)
     async with httpx.AsyncClient(base_url=live.url) as client:
-        put = await client.put("/v1/costs/budget", headers=auth, json={"monthly_budget": 4 * one / NANOS,
+        put = await client.put("/v1/costs/budget", headers=live.admin_auth(tenant), json={"monthly_budget": 4 * one / NANOS,
                                                                        "alert_threshold": 0.5})
         assert put.json()["alert_threshold"] == 0.5 and put.json()["used"] == 0
         for _ in range(4):
@@ -201,13 +206,13 @@ async def test_summary_recommendations_estimate_prices(live, tenant):
         assert choice["meets_quality"] and choice["quality"] >= 0.9 and choice["reason"]
         prices = (await client.get("/v1/costs/prices?model=gpt-4o-mini&limit=5", headers=auth)).json()["prices"]
         assert prices[0]["model"] == "gpt-4o-mini" and prices[0]["source"] == "catalog"
-        put = await client.put("/v1/costs/prices/acme/house-model", headers=auth,
-                               json={"input_per_token": 1e-6, "output_per_token": 2e-6})
+        house = f"/v1/admin/tenants/{tenant}/prices/acme/house-model"
+        put = await client.put(house, headers=live.operator_auth(), json={"input_per_token": 1e-6, "output_per_token": 2e-6})
         assert put.status_code == 200 and put.json()["model"] == "acme/house-model"
         used = await client.post("/v1/costs/usage", headers=auth,
                                  json={"model": "acme/house-model", "input_tokens": 1000, "output_tokens": 1000})
         assert used.json()["cost"] == 0.003
-        assert (await client.delete("/v1/costs/prices/acme/house-model", headers=auth)).status_code == 204
+        assert (await client.delete(house, headers=live.operator_auth())).status_code == 204
         gone = await client.post("/v1/costs/usage", headers=auth,
                                  json={"model": "acme/house-model", "input_tokens": 1, "output_tokens": 1})
         assert_error(gone, 422, "unknown_model")
@@ -236,7 +241,7 @@ async def test_ledger_shard_killed_under_load_loses_and_doubles_nothing(live, te
     refused = 0
 
     async with httpx.AsyncClient(base_url=live.url, timeout=30) as client:
-        await client.put("/v1/costs/budget", headers=auth, json={"monthly_budget": 1000.0, "alert_threshold": 1.0})
+        await client.put("/v1/costs/budget", headers=live.admin_auth(tenant), json={"monthly_budget": 1000.0, "alert_threshold": 1.0})
 
         async def writer(w: int) -> None:
             nonlocal refused

@@ -167,7 +167,7 @@ async def test_budget_exhausted_mid_flow_fails_it_with_budget_exceeded(flows, te
     async with httpx.AsyncClient(base_url=flows.url, timeout=30) as client:
         # A call reserves ~$0.0014 (its prompt + 2,048 output tokens) and settles ~$0.0002: a few
         # calls fit, the whole flow (10 calls) does not.
-        put = await client.put("/v1/costs/budget", headers=auth, json={"monthly_budget": 0.002, "alert_threshold": 1})
+        put = await client.put("/v1/costs/budget", headers=flows.admin_auth(tenant), json={"monthly_budget": 0.002, "alert_threshold": 1})
         assert put.status_code == 200
         flow_id = (await client.post("/v1/flows", headers=auth, json=flow_body())).json()["flow_id"]
         flow = await wait_flow(client, auth, flow_id)

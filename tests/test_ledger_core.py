@@ -127,8 +127,15 @@ async def test_idempotent_retries_count_once(ledger, tenant):
     assert mixed[0] == {**first[0], "duplicate": True} and mixed[1]["duplicate"] is False
     # After a restart (memory gone) the first results come from the database.
     restarted = ledger.restart()
-    late = await restarted.record_usage(tenant, [record(inp=999_999, idempotency_key="k2")])
+    late = await restarted.record_usage(tenant, [record(idempotency_key="k2")])
     assert late[0]["cost"] == first[1]["cost"] and late[0]["duplicate"] is True
+    # The same key with a different record is refused, from memory and from the database alike.
+    for core_now, key in ((restarted, "k2"), (ledger.restart(), "k1")):
+        with pytest.raises(LedgerError) as mismatch:
+            await core_now.record_usage(tenant, [record(inp=999_999, idempotency_key=key)])
+        assert (mismatch.value.status, mismatch.value.code) == (409, "idempotency_mismatch")
+        with pytest.raises(LedgerError):
+            await core_now.record_usage(tenant, [record(agent="other", idempotency_key=key)])
     rows = await ledger.rows(tenant)
     assert sorted(r["idempotency_key"] for r in rows) == ["k1", "k2", "k3", "k4"]
 
@@ -234,13 +241,19 @@ async def test_reservations_settle_release_expire(ledger, tenant):
     clock.now += 6
     assert await core.expire() == 1
     assert (await core.get_budget(tenant))["reserved"] == 0
-    with pytest.raises(LedgerError) as expired:
+    # A settle after expiry records the call's real cost, flagged late; expiry only freed the hold.
+    late = await core.settle(tenant, b["reservation_id"], {"input_tokens": 1000, "output_tokens": 0})
+    assert late["late"] is True and late["cost"] == pytest.approx(0.01) and late["released"] == 0
+    assert (await core.get_budget(tenant))["used"] == pytest.approx(0.01)
+    with pytest.raises(LedgerError) as again:
         await core.settle(tenant, b["reservation_id"], {"input_tokens": 1, "output_tokens": 1})
-    assert expired.value.details == {"state": "expired"}
+    assert (again.value.status, again.value.details) == (409, {"state": "settled"})
     # Overrun: real usage above the estimate is recorded (the provider charged it) and reported.
     c = await core.reserve(tenant, "big-model", 100, 100)
     settled = await core.settle(tenant, c["reservation_id"], {"input_tokens": 1000, "output_tokens": 0})
     assert settled["cost"] == pytest.approx(0.01) and settled["overrun"] == pytest.approx(0.006)
+    budget = await core.get_budget(tenant)
+    assert budget["used"] == pytest.approx(0.02) and budget["overrun"] == pytest.approx(0.006)
     # A restart rebuilds open reservations from the database.
     d = await core.reserve(tenant, "small-model", 1000, 1000)
     restarted = ledger.restart()
@@ -377,3 +390,84 @@ def test_model_quality_extension(monkeypatch):
     monkeypatch.setenv("RAYTENANT_MODEL_QUALITY", json.dumps({"in-house": 0.5}))
     table = model_quality()
     assert table["in-house"] == 0.5 and table["gpt-4o"] == 0.9
+
+
+async def test_settle_beyond_the_output_bound_is_refused_and_writes_nothing(ledger, tenant):
+    core = ledger.core
+    await core.set_budget(tenant, 1.0, 1.0)
+    held = await core.reserve(tenant, "big-model", 1, 1)
+    assert (held["input_tokens"], held["max_output_tokens"]) == (1, 1)
+    with pytest.raises(LedgerError) as refused:
+        await core.settle(tenant, held["reservation_id"], {"input_tokens": 10**9, "output_tokens": 10**9})
+    assert (refused.value.status, refused.value.code) == (422, "usage_exceeds_reservation")
+    assert await ledger.rows(tenant) == []
+    budget = await core.get_budget(tenant)
+    assert budget["used"] == 0 and budget["reserved"] == held["amount"]
+    # Still open: the real usage can be settled.
+    assert (await core.settle(tenant, held["reservation_id"], {"input_tokens": 1, "output_tokens": 1}))["late"] is False
+
+
+async def test_input_overrun_is_flagged_and_stops_new_reservations(ledger, tenant):
+    core = ledger.core
+    one = CATALOG.lookup("big-model").cost_nanos(1000, 0)  # 0.01 USD
+    await core.set_budget(tenant, 2 * one / NANOS, 1.0)
+    held = await core.reserve(tenant, "big-model", 1000, 0)
+    settled = await core.settle(tenant, held["reservation_id"], {"input_tokens": 3000, "output_tokens": 0})
+    assert settled["overrun"] == pytest.approx(2 * one / NANOS)
+    [row] = await ledger.rows(tenant)
+    assert row["overrun_nanos"] == 2 * one and row["cost_nanos"] == 3 * one
+    budget = await core.get_budget(tenant)
+    assert budget["over_limit"] is True and budget["overrun"] == pytest.approx(0.02) and budget["remaining"] < 0
+    with pytest.raises(LedgerError) as refused:
+        await core.reserve(tenant, "big-model", 0, 0)  # nothing is admitted at or over the limit
+    assert refused.value.code == "budget_exceeded"
+    summary = await core.summary(tenant, datetime(2026, 3, 1, tzinfo=timezone.utc), datetime(2026, 4, 1, tzinfo=timezone.utc))
+    assert summary["overrun_records"] == 1 and summary["overrun_cost"] == pytest.approx(0.02)
+
+
+async def test_month_to_date_spend_counts_whenever_the_budget_was_set(ledger, tenant):
+    core = ledger.core
+    cost = CATALOG.lookup("big-model").cost_nanos(350_000, 0)  # 3.50 USD
+    await core.record_usage(tenant, [record("big-model", 350_000, 0)])
+    budget = await core.set_budget(tenant, 5.0, 1.0)
+    assert budget["used"] == pytest.approx(3.5)
+    with pytest.raises(LedgerError):
+        await core.record_usage(tenant, [record("big-model", 350_000, 0)])
+    # Spend of a month with no budget row yet is read from the usage table on activation.
+    other = tenant + "-r"
+    await core.record_usage(other, [record("big-model", 350_000, 0)])
+    async with ledger.engine.begin() as conn:  # as an earlier version left it: usage, no month row
+        await conn.execute(BudgetRow.__table__.delete().where(BudgetRow.tenant == other))
+    restarted = ledger.restart()
+    assert (await restarted.set_budget(other, 5.0, 1.0))["used"] == cost / NANOS
+    with pytest.raises(LedgerError):
+        await restarted.reserve(other, "big-model", 350_000, 0)
+
+
+async def test_late_settle_after_a_restart_records_the_real_usage(ledger, tenant):
+    core, clock = ledger.core, ledger.clock
+    held = await core.reserve(tenant, "big-model", 1000, 100, 5.0)
+    clock.now += 6
+    assert await core.expire() == 1
+    restarted = ledger.restart()
+    late = await restarted.settle(tenant, held["reservation_id"], {"input_tokens": 500, "output_tokens": 100})
+    assert late["late"] is True and late["cost"] == pytest.approx(0.008)
+    [row] = await ledger.rows(tenant)
+    assert row["late"] is True and row["reservation_id"] == held["reservation_id"]
+    with pytest.raises(LedgerError) as bound:
+        await ledger.restart().settle(tenant, held["reservation_id"], {"input_tokens": 1, "output_tokens": 1})
+    assert bound.value.details == {"state": "settled"}
+
+
+async def test_operator_cap_bounds_the_tenant_budget(ledger, tenant):
+    core = ledger.core
+    capped = await core.set_cap(tenant, 5.0)
+    assert (capped["operator_cap"], capped["monthly_budget"], capped["limit"]) == (5.0, None, 5.0)
+    with pytest.raises(LedgerError) as above:
+        await core.set_budget(tenant, 10.0, 0.8)
+    assert (above.value.status, above.value.code) == (422, "budget_above_cap")
+    assert (await core.set_budget(tenant, 3.0, 0.8))["limit"] == 3.0
+    assert (await core.set_cap(tenant, 2.0))["limit"] == 2.0  # the lower of the two holds
+    with pytest.raises(LedgerError):
+        await core.reserve(tenant, "big-model", 100_000, 40_000)  # 2.20 USD
+    assert (await ledger.restart().get_budget(tenant))["operator_cap"] == 2.0

@@ -65,7 +65,7 @@ async def test_budget_exhausted_mid_crew_ends_flow_as_failed(live, tenant, db_ur
     async with httpx.AsyncClient(base_url=live.url) as client:
         # Room for two calls: after two settles what remains is below any third reservation.
         budget = (reserved + 1.5 * settled) / NANOS
-        put = await client.put("/v1/costs/budget", headers=auth, json={"monthly_budget": budget, "alert_threshold": 1})
+        put = await client.put("/v1/costs/budget", headers=live.admin_auth(tenant), json={"monthly_budget": budget, "alert_threshold": 1})
         assert put.status_code == 200
     meter = Meter(live.runtime.ledger.call_sync, tenant, flow_id="flow-1")
     inner = ScriptedLLM(model=MODEL, max_tokens=cap)
@@ -123,7 +123,7 @@ async def test_unknown_model_and_failed_calls(live, tenant, db_url):
     with pytest.raises(RuntimeError):
         await asyncio.to_thread(broken.call, "hello")
     async with httpx.AsyncClient(base_url=live.url) as client:
-        put = await client.put("/v1/costs/budget", headers=live.auth(tenant), json={"monthly_budget": 1})
+        put = await client.put("/v1/costs/budget", headers=live.admin_auth(tenant), json={"monthly_budget": 1})
         assert put.json()["reserved"] == 0  # the failed call's reservation was released
     assert await stored(db_url, UsageRow, tenant) == []
 

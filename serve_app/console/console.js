@@ -293,8 +293,8 @@ async function refreshCosts() {
   try { budget = await api("GET", "/v1/costs/budget"); } catch (error) { if (error.status !== 404) throw error; }
   const meter = $("budget-meter");
   if (budget) {
-    meter.hidden = false; meter.max = budget.monthly_budget; meter.value = Math.min(budget.used, budget.monthly_budget);
-    $("budget-text").textContent = `of ${money(budget.monthly_budget)} budget (${Math.round(100 * (budget.utilization || 0))} %)`;
+    meter.hidden = false; meter.max = budget.limit; meter.value = Math.min(budget.used, budget.limit);
+    $("budget-text").textContent = `of ${money(budget.limit)} budget (${Math.round(100 * (budget.utilization || 0))} %)`;
   } else {
     meter.hidden = true; $("budget-text").textContent = "(no monthly budget set)";
   }
