@@ -173,6 +173,7 @@ class TenantCosts:
     closed: OrderedDict[str, str] = field(default_factory=OrderedDict)  # reservation id -> final state
     # idempotency key -> (first result, its commit, what the record said: a retry must say the same)
     keys: OrderedDict[str, tuple[dict[str, Any], asyncio.Future, tuple]] = field(default_factory=OrderedDict)
+    pending_keys: dict[str, str] = field(default_factory=dict)  # gateway keys whose call is in flight
 
 
 @dataclass
@@ -556,7 +557,9 @@ class LedgerCore:
             raise LedgerError(409, "reservation_closed", f"the reservation is already {closed}", state=closed)
         return Reservation.from_row({**row, "state": "expired"})
 
-    async def settle(self, tenant: str, reservation_id: str, usage: dict[str, Any]) -> dict[str, Any]:
+    async def settle(self, tenant: str, reservation_id: str, usage: dict[str, Any], *, enforce_bound: bool = True,
+                     idempotency_key: str | None = None, request_hash: str | None = None,
+                     reply: dict[str, Any] | None = None) -> dict[str, Any]:
         """Record what the call really used. Output beyond the reservation's bound is refused (the
         provider was told max_tokens, so only a false report exceeds it); input beyond the estimate
         is recorded as an overrun. A settle after expiry records the real usage, flagged late."""
@@ -567,7 +570,7 @@ class LedgerCore:
             state = await self._state(tenant)
         late = reservation.state == "expired"
         bound = reservation.max_output_tokens
-        if bound is not None and usage["output_tokens"] > bound:
+        if enforce_bound and bound is not None and usage["output_tokens"] > bound:
             raise LedgerError(422, "usage_exceeds_reservation", "output_tokens exceed the reservation's max_output_tokens; "
                               "nothing was recorded", max_output_tokens=bound, output_tokens=usage["output_tokens"])
         price = self.price(state, reservation.model)
@@ -582,8 +585,13 @@ class LedgerCore:
         budget.used += cost
         budget.overrun += overrun
         alert = self._check_alert(state)
-        row = _usage_row(tenant, {**usage, "model": reservation.model}, cost, self.clock(), reservation_id,
-                         overrun=overrun, late=late)
+        row = _usage_row(tenant, {**usage, "model": reservation.model, "idempotency_key": idempotency_key},
+                         cost, self.clock(), reservation_id, overrun=overrun, late=late)
+        row.update(request_hash=request_hash, reply=reply)
+        commit_done = asyncio.get_running_loop().create_future()
+        if idempotency_key:
+            state.keys[idempotency_key] = ({**_usage_result(row, duplicate=False), "reply": reply}, commit_done,
+                                           ("gateway", request_hash))
 
         def undo() -> None:
             budget.used -= cost
@@ -592,9 +600,17 @@ class LedgerCore:
                 budget.alert_sent = False
             if late:
                 reservation.state = "expired"
+            if idempotency_key:
+                state.keys.pop(idempotency_key, None)
             undo_close()
 
-        await self._commit(tenant, LedgerWrites(usage=[row], reservations={reservation.id: reservation.row(tenant)}), undo)
+        try:
+            await self._commit(tenant, LedgerWrites(usage=[row], reservations={reservation.id: reservation.row(tenant)}), undo)
+            commit_done.set_result(None)
+        except BaseException as error:
+            commit_done.set_exception(error)
+            commit_done.exception()  # retrieved: a retry waiting on it gets the error
+            raise
         self._measure([row], budget)
         if overrun:
             self.metrics.inc("raytenant_ledger_overruns", model=reservation.model)
@@ -607,6 +623,55 @@ class LedgerCore:
             "overrun": usd(overrun),
             "late": late,
         }
+
+    # -- gateway ----------------------------------------------------------------------------------
+    async def gateway_begin(self, tenant: str, model: str, input_tokens: int, max_output_tokens: int,
+                            key: str | None, request_hash: str) -> dict[str, Any]:
+        """Reserve one gateway call. With an idempotency key: a finished call's stored answer
+        (`{"reply": ...}`), 409 while the same key is in flight or was used for another request."""
+        state = await self._state(tenant)
+        said = ("gateway", request_hash)
+        if key:
+            if key not in state.keys and key not in state.pending_keys:
+                for found, row in (await self._key_lookups.submit((tenant, [key]))).items():
+                    if found not in state.keys:
+                        done = asyncio.get_running_loop().create_future()
+                        done.set_result(None)
+                        state.keys[found] = (_usage_result(row, duplicate=True), done, _fingerprint(row))
+            if key in state.pending_keys:
+                raise LedgerError(409, "idempotency_in_progress", "a call with this Idempotency-Key is in flight")
+            if key in state.keys:
+                first, done, fingerprint = state.keys[key]
+                if fingerprint != said:
+                    raise LedgerError(409, "idempotency_mismatch", "this Idempotency-Key was used for another request")
+                await done
+                return {"reply": first.get("reply"), "duplicate": True}
+            state.pending_keys[key] = request_hash
+        try:
+            return await self.reserve(tenant, model, input_tokens, max_output_tokens)
+        except BaseException:
+            if key:
+                state.pending_keys.pop(key, None)
+            raise
+
+    async def gateway_finish(self, tenant: str, reservation_id: str, usage: dict[str, Any], key: str | None,
+                             request_hash: str, reply: dict[str, Any] | None) -> dict[str, Any]:
+        """Settle a gateway call with the provider's usage and keep its answer for retries. The
+        provider enforced max_tokens; if it still reports more, that is recorded as an overrun."""
+        try:
+            return await self.settle(tenant, reservation_id, usage, enforce_bound=False, idempotency_key=key,
+                                     request_hash=request_hash, reply=reply)
+        finally:
+            if key:
+                (await self._state(tenant)).pending_keys.pop(key, None)
+
+    async def gateway_abort(self, tenant: str, reservation_id: str, key: str | None) -> dict[str, Any]:
+        """A provider call that failed costs nothing: its hold is released."""
+        try:
+            return await self.release(tenant, reservation_id)
+        finally:
+            if key:
+                (await self._state(tenant)).pending_keys.pop(key, None)
 
     async def release(self, tenant: str, reservation_id: str) -> dict[str, Any]:
         state = await self._state(tenant)
@@ -791,7 +856,10 @@ class LedgerCore:
 
 
 def _fingerprint(record: dict[str, Any]) -> tuple:
-    """What an idempotent retry must repeat: the same call, counted the same way."""
+    """What an idempotent retry must repeat: the same call, counted the same way (for a gateway
+    call, the same request)."""
+    if record.get("request_hash"):
+        return ("gateway", record["request_hash"])
     return tuple(record.get(name) or 0 if name.endswith("tokens") else record.get(name)
                  for name in ("model", "input_tokens", "output_tokens", "cached_tokens", "agent", "task", "flow_id"))
 
@@ -799,6 +867,7 @@ def _fingerprint(record: dict[str, Any]) -> tuple:
 def _usage_row(tenant: str, record: dict[str, Any], cost: int, now: float, reservation_id: str | None = None, *,
                overrun: int = 0, late: bool = False):
     return {
+        "request_hash": None, "reply": None,
         "overrun_nanos": overrun, "late": late, "user_id": record.get("user"), "engagement": record.get("engagement"),
         "tenant": tenant, "model": record["model"], "input_tokens": record["input_tokens"],
         "output_tokens": record["output_tokens"], "cached_tokens": record.get("cached_tokens", 0), "cost_nanos": cost,
@@ -814,12 +883,14 @@ def _usage_result(row: dict[str, Any], *, duplicate: bool) -> dict[str, Any]:
         "output_tokens": row["output_tokens"], "cached_tokens": row["cached_tokens"],
         "idempotency_key": row["idempotency_key"], "duplicate": duplicate,
         "overrun": bool(row.get("overrun_nanos")), "late": bool(row.get("late")),
+        **({"reply": row["reply"]} if row.get("reply") is not None else {}),
     }
 
 
 PUBLIC_METHODS = frozenset(
     {"record_usage", "reserve", "settle", "release", "set_budget", "get_budget", "summary", "recommendations",
-     "estimate", "select_model", "prices", "set_override", "delete_override", "set_cap", "month"}
+     "estimate", "select_model", "prices", "set_override", "delete_override", "set_cap", "month",
+     "gateway_begin", "gateway_finish", "gateway_abort"}
 )
 
 

@@ -27,6 +27,7 @@ class FlowOptions:
     threads: int = 32  # crews running at once in one runner
     llm: str = ""  # RAYTENANT_LLM: empty or "offline" for the OfflineLLM, else a provider model string
     llm_latency: float = 0.0  # the OfflineLLM's simulated provider latency per call, in seconds
+    llm_providers: str = ""  # RAYTENANT_LLM_PROVIDERS: where a provider model string is called
     sweep_interval: float = 5.0  # how often a runner looks for unfinished flows it owns and no one runs
     max_attempts: int = 5  # starts of one flow (first run and resumes) before it fails as too_many_attempts
     shards: int = 1

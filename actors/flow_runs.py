@@ -256,7 +256,7 @@ class FlowRunnerCore:
         meter = Meter(self.services.ledger.call_sync, run.row["tenant"], flow_id=run.row["id"], stop=run.stop)
 
         def factory(agent: str) -> MeteredLLM:
-            inner = llm_for(self.options.llm)
+            inner = llm_for(self.options.llm, self.options.llm_providers)
             if self.options.llm_latency and hasattr(inner, "latency"):
                 inner.latency = self.options.llm_latency
             return MeteredLLM.wrap(inner, meter, agent=agent)

@@ -26,6 +26,7 @@ from crewai.events.types.llm_events import LLMCallType
 from crewai.llms.base_llm import BaseLLM, llm_call_context
 
 from crews.metering import estimate_input_tokens
+from crews.text_llm import TextProtocolLLM
 
 DEFAULT_MODEL = "gpt-4o-mini"
 DELEGATE = "delegate_work_to_coworker"
@@ -46,7 +47,7 @@ def _role(message: Any) -> str:
     return message.get("role", "user") if isinstance(message, dict) else "user"
 
 
-class OfflineLLM(BaseLLM):
+class OfflineLLM(TextProtocolLLM):
     llm_type: str = "offline"
     calls: int = 0
     latency: float = 0.0  # seconds each call takes, as a provider's would (benches and demos set it)
@@ -100,15 +101,6 @@ class OfflineLLM(BaseLLM):
         return (f"Thought: {payload['coworker'] or 'A coworker'} owns this task; I will delegate it.\n"
                 f"Action: {DELEGATE}\nAction Input: {json.dumps(payload)}")
 
-    def supports_function_calling(self) -> bool:
-        return False
-
-    def supports_stop_words(self) -> bool:
-        return True
-
-    def get_context_window_size(self) -> int:
-        return 128_000
-
 
 def _tool_key(name: str) -> str:
     """crewai names a tool by its sanitised name (`delegate_work_to_coworker`) in prompts."""
@@ -126,14 +118,21 @@ def _report(observations: list[str], user: str) -> str:
     return "\n".join(f"- {line}" for line in lines if line)
 
 
-def llm_for(model: str | None = None) -> BaseLLM:
+def llm_for(model: str | None = None, providers: str = "") -> BaseLLM:
     """The LLM a flow's agents use: RAYTENANT_LLM (or `model`) names a provider model; unset or
-    "offline" means the OfflineLLM."""
+    "offline" means the OfflineLLM. A model the operator configured a provider for
+    (RAYTENANT_LLM_PROVIDERS, crews/providers.py) is called through that provider, as the gateway
+    calls it; any other model string goes to crewai's LLM."""
     name = (model if model is not None else os.environ.get("RAYTENANT_LLM", "")).strip()
     if not name or name == "offline":
         return OfflineLLM()
     if name.startswith("offline:"):
         return OfflineLLM(model=name.split(":", 1)[1])
+    from crews.providers import ProviderLLM, Providers
+
+    provider = Providers.from_json(providers or os.environ.get("RAYTENANT_LLM_PROVIDERS", "")).for_model(name)
+    if provider is not None:
+        return ProviderLLM(model=name, provider=provider)
     from crewai import LLM
 
     return LLM(model=name)

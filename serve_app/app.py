@@ -4,7 +4,8 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 
-from serve_app import console_routes, routes, routes_admin, routes_agents, routes_costs, routes_flows, routes_learning
+from serve_app import (console_routes, routes, routes_admin, routes_agents, routes_costs, routes_flows, routes_learning,
+                       routes_llm)
 from serve_app.errors import EXCEPTION_HANDLERS
 from serve_app.runtime import Runtime
 from serve_app.websocket import websocket_endpoint
@@ -22,6 +23,7 @@ def create_app(runtime: Runtime) -> Starlette:
             WebSocketRoute("/v1/ws", websocket_endpoint),
             *routes_costs.ROUTES,
             *routes_admin.ROUTES,
+            *routes_llm.ROUTES,
             *routes_learning.ROUTES,
             *routes_agents.ROUTES,
             *routes_flows.ROUTES,

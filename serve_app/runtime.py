@@ -17,6 +17,7 @@ from actors.flow_runner_client import FlowClient
 from actors.mailbox import KIND as MAILBOX_KIND
 from actors.mailbox_client import MailboxClient
 from actors.metrics import RayMetrics
+from crews.providers import Provider, Providers
 from serve_app.auth import Tokens
 from serve_app.settings import Settings
 from serve_app.streams import StreamRouter
@@ -67,11 +68,27 @@ class Runtime:
         self.mailbox = mailbox or MailboxClient(**self.addresses["mailbox"])
         self.flows = flows or FlowClient(
             settings.database_url, settings.flow_shards,
-            FlowOptions(running_limit=settings.flow_limit, llm=settings.llm, llm_latency=settings.llm_latency),
+            FlowOptions(running_limit=settings.flow_limit, llm=settings.llm, llm_latency=settings.llm_latency,
+                        llm_providers=settings.llm_providers),
             self.addresses, kind=settings.actor_prefix + FLOW_KIND,
         )
+        self.providers = Providers.from_json(settings.llm_providers, settings.llm_tenant_models)
+        self._llm_clients: dict[str, object] = {}
         self.router = StreamRouter(self.hub, self.replica_id, poll_timeout=settings.poll_timeout,
                                    metrics=RayMetrics(replica=self.replica_id))
+
+    def llm_client(self, provider: Provider):
+        """One async openai client per provider and replica: its connection pool is reused."""
+        client = self._llm_clients.get(provider.name)
+        if client is None:
+            import httpx
+            import openai
+
+            client = self._llm_clients[provider.name] = openai.AsyncOpenAI(
+                base_url=provider.base_url, api_key=provider.api_key or "unset", timeout=provider.timeout,
+                max_retries=0, http_client=httpx.AsyncClient(limits=httpx.Limits(max_connections=1000,
+                                                                                 max_keepalive_connections=200)))
+        return client
 
     async def start(self) -> None:
         await self.hub.start()

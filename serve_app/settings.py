@@ -37,6 +37,10 @@ class Settings:
     send_queue_size: int = 1_000
     poll_timeout: float = 10.0
     token_ttl_seconds: int = 24 * 3600
+    llm_providers: str = ""  # RAYTENANT_LLM_PROVIDERS (crews/providers.py): JSON, keys by env var name only
+    llm_tenant_models: str = ""  # RAYTENANT_LLM_TENANT_MODELS: which models each tenant may use
+    gateway_max_tokens: int = 32_768  # the highest max_tokens a gateway call may ask for
+    gateway_default_max_tokens: int = 1_024  # reserved and enforced when a call names none
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "Settings":
@@ -57,6 +61,10 @@ class Settings:
             "flow_limit": _env_int("RAYTENANT_FLOW_LIMIT", 4),
             "llm": os.environ.get("RAYTENANT_LLM", ""),
             "llm_latency": float(os.environ.get("RAYTENANT_LLM_LATENCY", 0)),
+            "llm_providers": os.environ.get("RAYTENANT_LLM_PROVIDERS", ""),
+            "llm_tenant_models": os.environ.get("RAYTENANT_LLM_TENANT_MODELS", ""),
+            "gateway_max_tokens": _env_int("RAYTENANT_GATEWAY_MAX_TOKENS", 32_768),
+            "gateway_default_max_tokens": _env_int("RAYTENANT_GATEWAY_DEFAULT_MAX_TOKENS", 1_024),
         }
         known = {f.name for f in fields(cls)}
         values.update({k: v for k, v in overrides.items() if k in known and v is not None})

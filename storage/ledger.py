@@ -10,6 +10,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.models import BudgetRow, PriceOverrideRow, ReservationRow, UsageRow
+from storage.strict_json import dumps_stored
 
 
 def utc(ts: datetime) -> datetime:
@@ -36,7 +37,7 @@ USAGE_COLUMNS = {
     "tenant": "VARCHAR", "model": "VARCHAR", "input_tokens": "BIGINT", "output_tokens": "BIGINT",
     "cached_tokens": "BIGINT", "cost_nanos": "BIGINT", "agent": "VARCHAR", "task": "VARCHAR", "flow_id": "VARCHAR",
     "idempotency_key": "VARCHAR", "reservation_id": "VARCHAR", "ts": "TIMESTAMPTZ", "overrun_nanos": "BIGINT",
-    "late": "BOOLEAN", "user_id": "VARCHAR", "engagement": "VARCHAR",
+    "late": "BOOLEAN", "user_id": "VARCHAR", "engagement": "VARCHAR", "request_hash": "VARCHAR", "reply": "JSONB",
 }
 BUDGET_COLUMNS = {
     "tenant": "VARCHAR", "month": "VARCHAR", "amount_nanos": "BIGINT", "alert_threshold": "FLOAT8",
@@ -52,8 +53,10 @@ RESERVATION_COLUMNS = {
 
 def _unnest_insert(table: str, prefix: str, columns: dict[str, str], conflict: tuple[str, ...] = ()) -> str:
     names = ", ".join(columns)
-    arrays = ", ".join(f"CAST(:{prefix}_{c} AS {t}[])" for c, t in columns.items())
-    sql = f"INSERT INTO {table} ({names}) SELECT {names} FROM unnest({arrays}) AS batch({names})"
+    # JSONB travels as text (asyncpg has no jsonb[] codec) and is cast per row.
+    arrays = ", ".join(f"CAST(:{prefix}_{c} AS {'TEXT' if t == 'JSONB' else t}[])" for c, t in columns.items())
+    values = ", ".join(f"CAST({c} AS JSONB)" if t == "JSONB" else c for c, t in columns.items())
+    sql = f"INSERT INTO {table} ({names}) SELECT {values} FROM unnest({arrays}) AS batch({names})"
     if conflict:
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in conflict)
         sql += f" ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET {updates}"
@@ -77,7 +80,11 @@ _PG_KEYS = text(
 
 
 def _arrays(prefix: str, columns: dict[str, str], rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    return {f"{prefix}_{c}": [row[c] for row in rows] for c in columns}
+    return {f"{prefix}_{c}": [_pg_value(row[c], t) for row in rows] for c, t in columns.items()}
+
+
+def _pg_value(value: Any, kind: str) -> Any:
+    return dumps_stored(value) if kind == "JSONB" and value is not None else value
 
 
 class LedgerStore:

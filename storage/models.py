@@ -55,6 +55,9 @@ class UsageRow(Base):
     late: Mapped[bool] = mapped_column(Boolean, default=False)  # settled after its reservation expired
     user_id: Mapped[str | None] = mapped_column(String(200), nullable=True)  # from the token's claims
     engagement: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # A gateway call with an Idempotency-Key: what was asked (a retry must ask the same) and the answer.
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reply: Mapped[dict | None] = mapped_column(JSONType, nullable=True)
 
 
 class BudgetRow(Base):

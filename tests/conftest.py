@@ -14,6 +14,9 @@ os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("OTEL_SDK_DISABLED", "true")
 os.environ.setdefault("CREWAI_TRACING_ENABLED", "false")
 os.environ.setdefault("CREWAI_DISABLE_VERSION_CHECK", "true")
+# The loopback provider's key (tests/loopback_provider.py), in the environment before Ray starts so
+# every actor process has it, as a deployment puts provider keys in every node's environment.
+os.environ.setdefault("RAYTENANT_TEST_PROVIDER_KEY", "sk-loopback-test-key")
 
 from serve_app.launcher import configure_environment, metrics_enabled  # noqa: E402
 

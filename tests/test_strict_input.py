@@ -30,7 +30,8 @@ TEMPLATES: dict[tuple[str, str], dict] = {
     ("PUT", "/v1/costs/budget"): {"monthly_budget": 10, "alert_threshold": 0.8},
     ("POST", "/v1/costs/select-model"): {"task": "summarise", "min_quality": 0.5},
     ("POST", "/v1/costs/estimate"): {"model": "gpt-4o-mini", "tokens": 100},
-    ("PUT", "/v1/costs/prices/my-model"): {"input_per_token": 1e-6, "output_per_token": 2e-6},
+    ("PUT", "/v1/admin/tenants/{tenant}/prices/my-model"): {"input_per_token": 1e-6, "output_per_token": 2e-6},
+    ("PUT", "/v1/admin/tenants/{tenant}/budget"): {"monthly_cap": 10},
     ("POST", "/v1/learning/corrections"): {"original": {"f": "a"}, "corrected": {"f": "b"}, "context": {"k": "v"}},
     ("POST", "/v1/learning/successes"): {"result": {"f": "a"}, "context": {"k": "v"}},
     ("POST", "/v1/learning/recommendations"): {"context": {"k": "v"}},
@@ -44,6 +45,7 @@ TEMPLATES: dict[tuple[str, str], dict] = {
     ("POST", "/v1/flows"): {"name": "x", "kind": "discovery", "data": [{"hostname": "a"}]},
     ("POST", f"/v1/flows/{'0' * 32}/corrections"): {"corrections": [{"source_field": "a", "target_field": "b"}]},
     ("POST", "/v1/agents/mapper/requests"): {"sender": "validator", "content": {"x": 1}, "timeout": 0.01},
+    ("POST", "/v1/llm/chat/completions"): {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
 }
 QUERIES = [("/v1/events", "after"), ("/v1/events", "flow_id"), ("/v1/costs/summary", "end"),
            ("/v1/costs/summary", "start"), ("/v1/costs/prices", "model"), ("/v1/agents/mapper/messages", "wait"),
@@ -78,13 +80,15 @@ def snapshot(client: httpx.Client, auth: dict) -> dict:
     return views
 
 
-def property_run(url: str, auth: dict) -> None:
+def property_run(url: str, auth: dict, tenant: str, operator: dict) -> None:
     routes = sorted(TEMPLATES)
     with httpx.Client(base_url=url, timeout=30) as client:
         state = {"before": snapshot(client, auth)}
 
         def check(method: str, path: str, content: bytes, hostile: bool) -> None:
-            response = client.request(method, path, content=content, headers={**auth, "content-type": "application/json"})
+            who = operator if path.startswith("/v1/admin/") else auth
+            response = client.request(method, path.format(tenant=tenant), content=content,
+                                      headers={**who, "content-type": "application/json"})
             assert response.status_code != 500, (method, path, content[:200], response.text[:300])
             body = strict_json.loads(response.content)  # every answer is strict JSON
             if hostile:
@@ -133,8 +137,8 @@ def property_run(url: str, auth: dict) -> None:
 
 @pytest.mark.timeout(600)
 async def test_no_route_answers_500_and_refusals_change_nothing(live, tenant):
-    auth = live.auth(tenant)
-    await asyncio.to_thread(property_run, live.url, auth)
+    auth = live.admin_auth(tenant)  # every scope, so refusals are about the input
+    await asyncio.to_thread(property_run, live.url, auth, tenant, live.operator_auth())
 
 
 async def test_nasty_frames_get_an_error_and_the_socket_stays(live, tenant):

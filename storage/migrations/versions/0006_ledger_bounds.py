@@ -1,5 +1,6 @@
 """Ledger bounds: reservations declare their token bounds, usage records carry overrun and late
-flags and the token's user and engagement, budgets hold the operator's cap and the month's overrun.
+flags, the token's user and engagement, and a gateway call's request hash and answer (for
+idempotent retries), budgets hold the operator's cap and the month's overrun.
 
 Revision ID: 0006_ledger_bounds
 """
@@ -7,11 +8,14 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision = "0006_ledger_bounds"
 down_revision = "0005_flows"
 branch_labels = None
 depends_on = None
+
+JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 
 def upgrade() -> None:
@@ -20,6 +24,8 @@ def upgrade() -> None:
         batch.add_column(sa.Column("late", sa.Boolean, nullable=False, server_default=sa.false()))
         batch.add_column(sa.Column("user_id", sa.String(200)))
         batch.add_column(sa.Column("engagement", sa.String(200)))
+        batch.add_column(sa.Column("request_hash", sa.String(64)))
+        batch.add_column(sa.Column("reply", JSON))
     with op.batch_alter_table("llm_budgets") as batch:
         batch.alter_column("amount_nanos", existing_type=sa.BigInteger, nullable=True)
         batch.add_column(sa.Column("cap_nanos", sa.BigInteger))
@@ -37,6 +43,8 @@ def downgrade() -> None:
         batch.drop_column("overrun_nanos")
         batch.drop_column("cap_nanos")
     with op.batch_alter_table("llm_usage") as batch:
+        batch.drop_column("reply")
+        batch.drop_column("request_hash")
         batch.drop_column("engagement")
         batch.drop_column("user_id")
         batch.drop_column("late")

@@ -1,0 +1,155 @@
+"""The LLM gateway: what it adds to a provider call, and whether a budget holds under a burst.
+
+Ray + Serve with raytenant deployed (direct ingress, PostgreSQL when it runs here), and the
+loopback OpenAI-compatible provider (tests/loopback_provider.py) in processes of its own. Every call
+goes through the openai client library.
+
+- Latency: `--callers` concurrent callers make `--calls` calls, alternating rounds straight to the
+  provider and through the gateway; `added_p50_ms` / `added_p99_ms` are the gateway's percentiles
+  minus the direct ones, measured in the same run.
+- Budget: `--burst` concurrent calls against an operator cap that fits `--fit` calls' worst case
+  (prompt bound + max_tokens); the provider holds each answer `--hold` seconds so every reservation
+  is decided before any settles. `admitted` must equal `budget_fits`, `overspend_usd` and `lost`
+  (admitted calls without exactly one usage record) must be 0.
+
+    python -m bench.gateway [--callers 50] [--calls 1000] [--burst 500] [--fit 100]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+import uuid
+
+from bench.common import OPERATOR, bench_database, emit, free_port, percentile, raytenant_service, server_process
+
+MODEL = "gpt-4o-mini"
+KEY_ENV = "RAYTENANT_BENCH_PROVIDER_KEY"
+MESSAGES = [{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": "Say something short."}]
+MAX_TOKENS = 64
+PROVIDER_KEY = "sk-loopback-test-key"  # what tests/loopback_provider.py accepts
+
+
+def token_for(tenant: str) -> str:
+    from serve_app.auth import Tokens
+
+    return Tokens(OPERATOR).mint(tenant, user="bench")[0]
+
+
+async def timed_calls(base_url: str, api_key: str, callers: int, calls: int) -> list[float]:
+    import httpx
+    import openai
+
+    http = httpx.AsyncClient(limits=httpx.Limits(max_connections=callers * 2, max_keepalive_connections=callers * 2))
+    client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, http_client=http)
+    latencies: list[float] = []
+    remaining = [calls]
+
+    async def caller() -> None:
+        while remaining[0] > 0:
+            remaining[0] -= 1
+            started = time.perf_counter()
+            await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=MAX_TOKENS)
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    await http.aclose()
+    return latencies
+
+
+async def latency(gateway: str, provider: str, args: argparse.Namespace) -> dict:
+    token = token_for(f"bench-gw-{uuid.uuid4().hex[:6]}")
+    await timed_calls(provider, PROVIDER_KEY, args.callers, args.callers * 2)  # warm both paths
+    await timed_calls(gateway, token, args.callers, args.callers * 2)
+    direct, through = [], []
+    rounds = 4
+    for _ in range(rounds):
+        direct += await timed_calls(provider, PROVIDER_KEY, args.callers, args.calls // rounds)
+        through += await timed_calls(gateway, token, args.callers, args.calls // rounds)
+    p50 = (percentile(through, 0.5) or 0) - (percentile(direct, 0.5) or 0)
+    p99 = (percentile(through, 0.99) or 0) - (percentile(direct, 0.99) or 0)
+    return {"concurrency": args.callers, "calls": len(through), "direct_p50_ms": round(percentile(direct, 0.5), 2),
+            "direct_p99_ms": round(percentile(direct, 0.99), 2), "gateway_p50_ms": round(percentile(through, 0.5), 2),
+            "gateway_p99_ms": round(percentile(through, 0.99), 2), "added_p50_ms": round(p50, 2),
+            "added_p99_ms": round(p99, 2), "target_added_p99_ms": 15.0}
+
+
+async def burst(gateway_root: str, database: str, args: argparse.Namespace) -> dict:
+    import httpx
+
+    from actors.prices import NANOS, default_catalog
+    from crews.providers import prompt_bound
+
+    tenant = f"bench-burst-{uuid.uuid4().hex[:6]}"
+    worst = default_catalog().lookup(MODEL).cost_nanos(prompt_bound(MESSAGES), MAX_TOKENS)
+    cap_nanos = args.fit * worst + worst // 2  # fits `fit` worst cases, not one more
+    body = {"model": f"{MODEL}-held", "messages": MESSAGES, "max_tokens": MAX_TOKENS}
+    async with httpx.AsyncClient(base_url=gateway_root, timeout=120,
+                                 limits=httpx.Limits(max_connections=args.burst + 10)) as http:
+        operator = {"Authorization": f"Bearer {OPERATOR}"}
+        capped = await http.put(f"/v1/admin/tenants/{tenant}/budget", headers=operator,
+                                json={"monthly_cap": cap_nanos / NANOS})
+        assert capped.status_code == 200, capped.text
+        price = {"input_per_token": default_catalog().lookup(MODEL).input,
+                 "output_per_token": default_catalog().lookup(MODEL).output}
+        await http.put(f"/v1/admin/tenants/{tenant}/prices/{MODEL}-held", headers=operator, json=price)
+        auth = {"Authorization": f"Bearer {token_for(tenant)}"}
+        answers = await asyncio.gather(*(http.post("/v1/llm/chat/completions", headers=auth, json=body)
+                                         for _ in range(args.burst)))
+        view = (await http.get(f"/v1/admin/tenants/{tenant}/budget", headers=operator)).json()
+    admitted = sum(a.status_code == 200 for a in answers)
+    refused = sum(a.status_code == 402 for a in answers)
+    rows = await stored_records(database, tenant)
+    cap_usd = cap_nanos / NANOS
+    return {"concurrency": args.burst, "calls": args.burst, "admitted": admitted, "refused": refused,
+            "other_status": sorted({a.status_code for a in answers} - {200, 402}), "budget_fits": args.fit,
+            "overspend_usd": round(max(0.0, view["used"] + view["reserved"] - cap_usd), 9),
+            "lost": abs(admitted - rows), "recorded": rows}
+
+
+async def stored_records(database: str, tenant: str) -> int:
+    from sqlalchemy import func, select
+
+    from storage.engine import create_engine
+    from storage.models import UsageRow
+
+    engine = create_engine(database)
+    try:
+        async with engine.connect() as conn:
+            return (await conn.execute(select(func.count()).where(UsageRow.tenant == tenant))).scalar_one()
+    finally:
+        await engine.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--callers", type=int, default=50)
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--burst", type=int, default=500)
+    parser.add_argument("--fit", type=int, default=100)
+    parser.add_argument("--hold", type=float, default=10.0)
+    parser.add_argument("--provider-latency", type=float, default=0.0,
+                        help="seconds the latency phase's provider takes per answer")
+    parser.add_argument("--database-url")
+    args = parser.parse_args()
+    os.environ[KEY_ENV] = PROVIDER_KEY  # before Ray starts: every replica reads the key from its environment
+    fast_port, held_port = free_port(), free_port()
+    providers = {"fast": {"base_url": f"http://127.0.0.1:{fast_port}/v1", "api_key_env": KEY_ENV, "models": [MODEL]},
+                 "held": {"base_url": f"http://127.0.0.1:{held_port}/v1", "api_key_env": KEY_ENV,
+                          "models": [f"{MODEL}-held"], "timeout": 60}}
+    database = bench_database(args.database_url)
+    with server_process(["-m", "tests.loopback_provider", str(fast_port), str(args.provider_latency)], fast_port) as fast, \
+            server_process(["-m", "tests.loopback_provider", str(held_port), str(args.hold)], held_port), \
+            raytenant_service(database, settings={"llm_providers": json.dumps(providers)}) as urls:
+        gateway_root = urls[0]
+        measured = asyncio.run(latency(f"{gateway_root}/v1/llm", f"{fast}/v1", args))
+        emit({"bench": "gateway", "phase": "latency", **measured, "admitted": measured["calls"],
+              "budget_fits": None, "overspend_usd": 0.0, "lost": 0})
+        held = asyncio.run(burst(gateway_root, database, args))
+        emit({"bench": "gateway", "phase": "budget", **held, "added_p50_ms": None, "added_p99_ms": None})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""The OpenAI-compatible gateway and MeteredLLM on a real provider protocol: the loopback provider
+(tests/loopback_provider.py) over real HTTP, reached through the openai client library, with the
+real ingress, ledger shards and databases."""
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any, AsyncIterator
+
+import httpx
+import openai
+import pytest
+from sqlalchemy import select
+
+from actors.prices import default_catalog
+from serve_app.runtime import Runtime
+from storage.engine import create_engine
+from storage.models import UsageRow
+from tests.conftest import LiveServer, settings_for
+from tests.loopback_provider import LoopbackProvider, ServedProvider
+from tests.test_flows_http import flow_body, wait_flow
+from tests.test_http_api import assert_error
+
+pytestmark = pytest.mark.integration
+MODEL = "gpt-4o-mini"
+KEY_ENV = "RAYTENANT_TEST_PROVIDER_KEY"
+
+
+def providers_json(base_url: str, timeout: float = 5.0) -> str:
+    return json.dumps({"loopback": {"base_url": base_url, "api_key_env": KEY_ENV, "models": [MODEL, "gpt-4o"],
+                                    "timeout": timeout}})
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[ServedProvider]:
+    async with ServedProvider(LoopbackProvider(reply="The answer is forty two and nothing more")) as served:
+        yield served
+
+
+@pytest.fixture
+async def gateway(ray_session, db_url, backend, provider) -> AsyncIterator[LiveServer]:
+    settings = settings_for(db_url, backend, llm_providers=providers_json(provider.base_url, timeout=1.0),
+                            llm_tenant_models=json.dumps({"*": [MODEL], "premium-" + backend: [MODEL, "gpt-4o"]}))
+    async with LiveServer(Runtime(settings)) as server:
+        yield server
+
+
+def client_for(server: LiveServer, tenant: str, **headers: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{server.url}/v1/llm", api_key=server.token(tenant), max_retries=0,
+                              default_headers=headers or None)
+
+
+async def usage_rows(db_url: str, tenant: str) -> list[dict[str, Any]]:
+    engine = create_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            query = select(UsageRow).where(UsageRow.tenant == tenant).order_by(UsageRow.id)
+            return [dict(r) for r in (await conn.execute(query)).mappings()]
+    finally:
+        await engine.dispose()
+
+
+def priced(usage: dict[str, Any], model: str = MODEL) -> int:
+    cached = usage.get("prompt_tokens_details", {}).get("cached_tokens", 0)
+    return default_catalog().lookup(model).cost_nanos(usage["prompt_tokens"], usage["completion_tokens"], cached)
+
+
+async def test_plain_and_streaming_calls_are_charged_what_the_provider_reported(gateway, provider, tenant, db_url):
+    client = client_for(gateway, tenant, **{"X-Raytenant-Agent": "support-bot", "X-Raytenant-Flow": "f-7"})
+    plain = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hello there"}],
+                                                 max_tokens=5)
+    assert plain.choices[0].message.content == "The answer is forty two"  # the provider honoured max_tokens
+    assert provider.provider.requests[-1]["max_tokens"] == 5
+    stream = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "and now?"}],
+                                                  stream=True, stream_options={"include_usage": True})
+    pieces, final_usage = [], None
+    async for chunk in stream:
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+        if chunk.usage:
+            final_usage = chunk.usage
+    assert "".join(pieces) == "The answer is forty two and nothing more" and final_usage is not None
+    assert provider.provider.requests[-1]["max_tokens"] == gateway.runtime.settings.gateway_default_max_tokens
+    assert provider.provider.requests[-1]["stream_options"] == {"include_usage": True}
+    quiet = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], stream=True)
+    assert [chunk.usage async for chunk in quiet if chunk.usage] == []  # usage only when the client asked
+    rows = await usage_rows(db_url, tenant)
+    assert [r["cost_nanos"] for r in rows] == [priced(u) for u in provider.provider.usage_reported]
+    assert {(r["agent"], r["flow_id"]) for r in rows} == {("support-bot", "f-7")}
+    assert all(r["overrun_nanos"] == 0 for r in rows)  # the byte bound is never below the provider's count
+    async with httpx.AsyncClient(base_url=gateway.url) as http:
+        view = (await http.get(f"/v1/admin/tenants/{tenant}/budget", headers=gateway.operator_auth())).json()
+    assert view["reserved"] == 0 and view["used"] == sum(r["cost_nanos"] for r in rows) / 1e9
+
+
+async def test_failed_provider_calls_cost_nothing_and_pass_their_status(gateway, provider, tenant, db_url):
+    client = client_for(gateway, tenant)
+    provider.provider.failures = [429, 500]
+    with pytest.raises(openai.RateLimitError) as limited:
+        await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert limited.value.response.headers.get("retry-after") == "1"
+    assert limited.value.response.json()["error"]["code"] == "provider_error"
+    with pytest.raises(openai.InternalServerError):
+        await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True)
+    provider.provider.delay = 2.0  # beyond the provider's 1 s timeout
+    with pytest.raises(openai.APIStatusError) as slow:
+        await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert slow.value.status_code == 504
+    provider.provider.delay = 0.0
+    assert await usage_rows(db_url, tenant) == []
+    async with httpx.AsyncClient(base_url=gateway.url) as http:
+        view = (await http.get(f"/v1/admin/tenants/{tenant}/budget", headers=gateway.operator_auth())).json()
+    assert view["reserved"] == 0 and view["used"] == 0
+
+
+async def test_idempotency_key_makes_retries_safe(gateway, provider, tenant, db_url):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "charge me once"}]}
+    async with httpx.AsyncClient(base_url=gateway.url) as http:
+        auth = {**gateway.auth(tenant), "Idempotency-Key": "req-1"}
+        first = await http.post("/v1/llm/chat/completions", headers=auth, json=body)
+        again = await http.post("/v1/llm/chat/completions", headers=auth, json=body)
+        assert first.status_code == again.status_code == 200 and first.json() == again.json()
+        assert again.headers["idempotent-replay"] == "true"
+        assert len(provider.provider.requests) == 1
+        other = await http.post("/v1/llm/chat/completions", headers=auth, json={**body, "temperature": 0.5})
+        assert_error(other, 409, "idempotency_mismatch")
+        streamed = {**gateway.auth(tenant), "Idempotency-Key": "req-2"}
+        text = [(await http.post("/v1/llm/chat/completions", headers=streamed, json={**body, "stream": True})).text
+                for _ in range(2)]
+        assert text[0] == text[1] and text[0].endswith("data: [DONE]\n\n")
+        assert len(provider.provider.requests) == 2
+    assert len(await usage_rows(db_url, tenant)) == 2
+
+
+async def test_bad_gateway_requests_are_refused_and_write_nothing(gateway, provider, tenant, db_url, backend):
+    async with httpx.AsyncClient(base_url=gateway.url) as http:
+        auth = gateway.auth(tenant)
+        message = [{"role": "user", "content": "hi"}]
+        for body, status, code in (
+            ({"model": "nope-1", "messages": message}, 422, "unknown_model"),
+            ({"model": "gpt-4o", "messages": message}, 403, "model_not_allowed"),
+            ({"model": MODEL, "messages": message, "max_tokens": 10**6}, 422, "invalid_max_tokens"),
+            ({"model": MODEL, "messages": message, "max_tokens": -1}, 422, "invalid_max_tokens"),
+            ({"model": MODEL, "messages": message, "max_tokens": 1.5}, 422, "invalid_max_tokens"),
+            ({"model": MODEL, "messages": message, "n": 3}, 422, "unsupported_n"),
+            ({"model": MODEL, "messages": message, "api_base": "http://elsewhere"}, 422, "unsupported_field"),
+            ({"model": MODEL, "messages": []}, 422, "invalid_messages"),
+            ({"model": MODEL, "messages": [{"content": "no role"}]}, 422, "invalid_messages"),
+        ):
+            assert_error(await http.post("/v1/llm/chat/completions", headers=auth, json=body), status, code)
+        reader = gateway.auth(tenant, scopes=["costs:read"])
+        assert_error(await http.post("/v1/llm/chat/completions", headers=reader, json={"model": MODEL, "messages": message}),
+                     403, "forbidden")
+        await http.put(f"/v1/admin/tenants/{tenant}/budget", headers=gateway.operator_auth(), json={"monthly_cap": 1e-6})
+        assert_error(await http.post("/v1/llm/chat/completions", headers=auth, json={"model": MODEL, "messages": message}),
+                     402, "budget_exceeded")
+        premium = gateway.auth(f"premium-{backend}")
+        allowed = await http.post("/v1/llm/chat/completions", headers=premium, json={"model": "gpt-4o", "messages": message})
+        assert allowed.status_code == 200
+    assert provider.provider.requests and all(r["model"] == "gpt-4o" for r in provider.provider.requests)
+    assert await usage_rows(db_url, tenant) == []
+
+
+async def test_a_discovery_flow_on_the_provider_is_charged_exactly(ray_session, db_url, backend, tenant):
+    """RAYTENANT_LLM names a configured provider model: every agent's call goes through the
+    provider, and the flow's recorded cost is the provider's reported usage at catalog price."""
+    async with ServedProvider() as served:
+        settings = settings_for(db_url, backend, actor_prefix=f"test-{backend}-gw-{uuid.uuid4().hex[:6]}-",
+                                llm=MODEL, llm_providers=providers_json(served.base_url))
+        async with LiveServer(Runtime(settings)) as server:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+                auth = server.auth(tenant)
+                created = await http.post("/v1/flows", headers=auth, json=flow_body())
+                assert created.status_code == 202, created.text
+                flow = await wait_flow(http, auth, created.json()["flow_id"], timeout=120)
+            assert flow["status"] == "completed", flow
+            await asyncio.sleep(0.2)
+            rows = await usage_rows(db_url, tenant)
+    reported = served.provider.usage_reported
+    assert len(rows) == len(reported) > 4
+    assert all(r["max_tokens"] for r in served.provider.requests)  # every call carried its reserved bound
+    assert sum(r["cost_nanos"] for r in rows) == sum(priced(u) for u in reported)
+    assert sorted((r["input_tokens"], r["output_tokens"]) for r in rows) == \
+        sorted((u["prompt_tokens"], u["completion_tokens"]) for u in reported)
