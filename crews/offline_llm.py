@@ -128,7 +128,8 @@ def llm_for(model: str | None = None, providers: str = "") -> BaseLLM:
         return OfflineLLM()
     if name.startswith("offline:"):
         return OfflineLLM(model=name.split(":", 1)[1])
-    from crews.providers import ProviderLLM, Providers
+    from crews.provider_llm import ProviderLLM
+    from crews.providers import Providers
 
     provider = Providers.from_json(providers or os.environ.get("RAYTENANT_LLM_PROVIDERS", "")).for_model(name)
     if provider is not None:
