@@ -17,6 +17,7 @@ import hmac
 import itertools
 import json
 import logging
+import os
 import struct
 from typing import Any, Awaitable, Callable
 
@@ -33,6 +34,17 @@ class ChannelError(ConnectionError):
 
 class RemoteError(ChannelError):
     """The call reached the actor and failed there; the channel itself is fine."""
+
+
+def channel_host() -> str:
+    """Where shard channels listen: 127.0.0.1 by default; "node" means this Ray node's address
+    (what a multi-node cluster needs; set RAYTENANT_CHANNEL_HOST=node in cluster.yaml)."""
+    host = os.environ.get("RAYTENANT_CHANNEL_HOST", "127.0.0.1")
+    if host != "node":
+        return host
+    import ray
+
+    return ray.util.get_node_ip_address()
 
 
 def _dumps(value: Any) -> bytes:

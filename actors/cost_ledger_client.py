@@ -10,6 +10,10 @@ from actors.shard_client import ShardClient
 class CostLedgerClient(ShardClient):
     error_class = LedgerError
     unavailable_code = "ledger_unavailable"
+    channel_methods = frozenset({
+        "record_usage", "reserve", "settle", "release", "gateway_begin", "gateway_finish", "gateway_abort",
+        "estimate", "get_budget", "set_budget", "month", "set_cap", "recommendations", "select_model", "prices",
+    })
 
     def __init__(
         self,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
 import time
 from collections import deque
@@ -25,7 +24,7 @@ import ray
 from actors.metrics import NO_METRICS, MetricSink, RayMetrics
 from actors.activation import ActivationTable
 from actors.batching import Batcher
-from actors.channel import ChannelServer
+from actors.channel import ChannelServer, channel_host
 from actors.gc_policy import quiet_gc
 from storage.engine import create_engine
 from storage.events import Event, EventStore
@@ -254,13 +253,6 @@ def wire_events(events: list[Event]) -> list[list[Any]]:
 
 def unwire_events(wire: list[list[Any]]) -> list[Event]:
     return [Event.from_wire(item) for item in wire]
-
-
-def channel_host() -> str:
-    """Where the hub's channel listens: 127.0.0.1 by default; "node" means this Ray node's address
-    (what a multi-node cluster needs; set RAYTENANT_CHANNEL_HOST=node in cluster.yaml)."""
-    host = os.environ.get("RAYTENANT_CHANNEL_HOST", "127.0.0.1")
-    return ray.util.get_node_ip_address() if host == "node" else host
 
 
 @ray.remote(num_cpus=0, max_concurrency=10_000)

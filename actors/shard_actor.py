@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from typing import Any, Awaitable, Callable, Iterable
 
+from actors.channel import ChannelServer, channel_host
 from actors.operations import run_many
 
 log = logging.getLogger("raytenant.shards")
@@ -78,6 +80,16 @@ class ShardActor:
         """Many tenant operations in one actor call, run concurrently (their writes share commits)."""
         self._ensure_sweeper()
         return await run_many(self.core, self.public, calls)
+
+    async def channel_address(self) -> tuple[str, int, str]:
+        """This shard's direct channel (actors/channel.py): `call_many` over a loopback socket,
+        ~0.02 ms a call instead of a Ray actor call's ~3 ms, for operations whose arguments and
+        answers are plain JSON (the client decides which)."""
+        channel = getattr(self, "_channel", None)
+        if channel is None:
+            channel = self._channel = ChannelServer({"call_many": self.call_many}, secrets.token_hex(16))
+        host, port = await channel.start(channel_host())
+        return host, port, channel.secret.decode()
 
     async def stats(self) -> dict[str, Any]:
         return self.core.stats()

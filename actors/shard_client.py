@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from functools import partial
 from typing import Any
 
@@ -9,6 +10,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from actors.batching import ShardedBatcher
+from actors.channel import ChannelClient, ChannelError
 from actors.operations import ActorError, Call
 from actors.shards import get_or_create, shard_for, wait_ready
 
@@ -19,11 +21,19 @@ class ShardClient:
 
     error_class: type[ActorError] = ActorError
     unavailable_code = "shard_unavailable"
+    # Operations whose arguments and answers are plain JSON go over the shard's direct channel
+    # (ShardActor.channel_address); the rest, and every call when RAYTENANT_SHARD_CHANNEL=0, as
+    # Ray actor calls. Either way they reach the same call_many in the same event loop.
+    channel_methods: frozenset[str] = frozenset()
+    channel_timeout = 60.0
 
     def __init__(self, actor_class: Any, kind: str, shards: int, *init_args: Any) -> None:
         self.actor_class, self.kind, self.shards, self.init_args = actor_class, kind, shards, init_args
         self._handles: dict[int, Any] = {}
         self._calls = ShardedBatcher(lambda shard: partial(self._flush, shard))
+        self.use_channel = bool(self.channel_methods) and os.environ.get("RAYTENANT_SHARD_CHANNEL", "1") != "0"
+        self._channels: dict[int, ChannelClient] = {}
+        self._channel_locks: dict[int, asyncio.Lock] = {}
 
     def shard_of(self, tenant: str) -> int:
         return shard_for(tenant, self.shards)
@@ -42,9 +52,44 @@ class ShardClient:
         return {"error": error.to_dict()}
 
     async def _flush(self, shard: int, calls: list[Call]) -> list[dict[str, Any]]:
+        if not self.use_channel:
+            return await self._over_ray(shard, calls)
+        direct = [i for i, call in enumerate(calls) if call[0] in self.channel_methods]
+        if not direct:
+            return await self._over_ray(shard, calls)
+        rest = [i for i in range(len(calls)) if i not in set(direct)]
+        answers: list[dict[str, Any] | None] = [None] * len(calls)
+        parts = await asyncio.gather(self._over_channel(shard, [calls[i] for i in direct]),
+                                     self._over_ray(shard, [calls[i] for i in rest]) if rest else asyncio.sleep(0, []))
+        for indexes, found in zip((direct, rest), parts):
+            for i, answer in zip(indexes, found):
+                answers[i] = answer
+        return answers  # type: ignore[return-value]
+
+    async def _over_ray(self, shard: int, calls: list[Call]) -> list[dict[str, Any]]:
         try:
             return await self.handle(shard).call_many.remote(calls)
         except RayActorError:
+            return [self._unavailable() for _ in calls]
+
+    async def _channel(self, shard: int) -> ChannelClient:
+        channel = self._channels.get(shard)
+        if channel is not None and not channel.closed:
+            return channel
+        async with self._channel_locks.setdefault(shard, asyncio.Lock()):
+            channel = self._channels.get(shard)
+            if channel is None or channel.closed:
+                host, port, secret = await self.handle(shard).channel_address.remote()
+                channel = self._channels[shard] = await ChannelClient(host, port, secret).connect()
+        return channel
+
+    async def _over_channel(self, shard: int, calls: list[Call]) -> list[dict[str, Any]]:
+        """A broken channel (the shard restarted) answers 503 like a dead actor; the next call
+        connects again. A lost reply may hide a commit: retry with the same idempotency key."""
+        try:
+            channel = await self._channel(shard)
+            return await asyncio.wait_for(channel.call("call_many", calls), self.channel_timeout)
+        except (ChannelError, OSError, asyncio.TimeoutError, RayActorError):
             return [self._unavailable() for _ in calls]
 
     def _unwrap(self, answer: dict[str, Any]) -> Any:

@@ -129,7 +129,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--burst", type=int, default=500)
     parser.add_argument("--fit", type=int, default=100)
-    parser.add_argument("--hold", type=float, default=10.0)
+    parser.add_argument("--hold", type=float, default=30.0,
+                        help="longer than the gateway takes to decide every call of the burst")
     parser.add_argument("--provider-latency", type=float, default=0.0,
                         help="seconds the latency phase's provider takes per answer")
     parser.add_argument("--database-url")
@@ -138,7 +139,7 @@ def main() -> None:
     fast_port, held_port = free_port(), free_port()
     providers = {"fast": {"base_url": f"http://127.0.0.1:{fast_port}/v1", "api_key_env": KEY_ENV, "models": [MODEL]},
                  "held": {"base_url": f"http://127.0.0.1:{held_port}/v1", "api_key_env": KEY_ENV,
-                          "models": [f"{MODEL}-held"], "timeout": 60}}
+                          "models": [f"{MODEL}-held"], "timeout": 120}}
     database = bench_database(args.database_url)
     with server_process(["-m", "tests.loopback_provider", str(fast_port), str(args.provider_latency)], fast_port) as fast, \
             server_process(["-m", "tests.loopback_provider", str(held_port), str(args.hold)], held_port), \
