@@ -644,7 +644,11 @@ class LedgerCore:
                 first, done, fingerprint = state.keys[key]
                 if fingerprint != said:
                     raise LedgerError(409, "idempotency_mismatch", "this Idempotency-Key was used for another request")
-                await done
+                try:
+                    await done
+                except Exception as error:  # the first call's record did not commit: nothing to replay
+                    raise LedgerError(503, "ledger_unavailable", "the first call with this key was not recorded; "
+                                      "retry") from error
                 return {"reply": first.get("reply"), "duplicate": True}
             state.pending_keys[key] = request_hash
         try:

@@ -125,7 +125,8 @@ class _Call:
         self.key, self.digest, self.tags = key, digest, tags
 
     async def settle(self, usage: dict[str, int], reply: dict[str, Any] | None) -> None:
-        if reply is not None and len(json.dumps(reply)) > MAX_REPLY_BYTES:
+        """The answer is kept only for a call with an Idempotency-Key (its retries replay it)."""
+        if self.key is None or (reply is not None and len(json.dumps(reply)) > MAX_REPLY_BYTES):
             reply = None
         await ledger(self.request, "gateway_finish", self.claims.tenant, self.reservation_id,
                      {**usage, **self.tags}, self.key, self.digest, reply)

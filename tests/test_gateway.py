@@ -183,3 +183,10 @@ async def test_a_discovery_flow_on_the_provider_is_charged_exactly(ray_session, 
     assert sum(r["cost_nanos"] for r in rows) == sum(priced(u) for u in reported)
     assert sorted((r["input_tokens"], r["output_tokens"]) for r in rows) == \
         sorted((u["prompt_tokens"], u["completion_tokens"]) for u in reported)
+
+
+async def test_answers_are_kept_only_for_calls_with_a_key(gateway, provider, tenant, db_url):
+    client = client_for(gateway, tenant)
+    await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "private"}])
+    [row] = await usage_rows(db_url, tenant)
+    assert row["reply"] is None and row["idempotency_key"] is None
