@@ -118,7 +118,10 @@ class LiveServer:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.server = uvicorn.Server(
-            uvicorn.Config(create_app(runtime), host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+            # keep-alive longer than any test phase: a pooled connection the server closes while
+            # the client reuses it is a ReadError (the race between httpx and uvicorn at 5 s idle)
+            uvicorn.Config(create_app(runtime), host="127.0.0.1", port=0, log_level="warning", lifespan="off",
+                           timeout_keep_alive=120)
         )
         self.task: asyncio.Task | None = None
 
