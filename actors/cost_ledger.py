@@ -387,13 +387,7 @@ class LedgerCore:
         """Record a batch (all or nothing). A retried idempotency key returns its first result."""
         state = await self._state(tenant)
         keys = [r["idempotency_key"] for r in records if r.get("idempotency_key")]
-        missing = [k for k in keys if k not in state.keys]
-        if missing:
-            for key, row in (await self._key_lookups.submit((tenant, missing))).items():
-                if key not in state.keys:
-                    done = asyncio.get_running_loop().create_future()
-                    done.set_result(None)
-                    state.keys[key] = (_usage_result(row, duplicate=True), done, _fingerprint(row))
+        await self._recall_keys(tenant, state, [k for k in keys if k not in state.keys])
         # From here to the commit nothing awaits: the check and the change are one step.
         priced = [(r, self.price(state, r["model"])) for r in records]
         now = self.clock()
@@ -450,6 +444,17 @@ class LedgerCore:
             await wait  # a duplicate is answered only once its first record is committed
         self._publish_alert(tenant, alert)
         return results
+
+    async def _recall_keys(self, tenant: str, state: TenantCosts, keys: list[str]) -> None:
+        """Keys recorded before this activation (or forgotten), from SQL into memory, each with
+        its first result and what its record said."""
+        if not keys:
+            return
+        for key, row in (await self._key_lookups.submit((tenant, keys))).items():
+            if key not in state.keys:
+                done = asyncio.get_running_loop().create_future()
+                done.set_result(None)
+                state.keys[key] = (_usage_result(row, duplicate=True), done, _fingerprint(row))
 
     def _measure(self, rows: list[dict[str, Any]], budget: Budget | None) -> None:
         """Metrics of stored usage: records and cost by model, and where the budget stands."""
@@ -633,11 +638,7 @@ class LedgerCore:
         said = ("gateway", request_hash)
         if key:
             if key not in state.keys and key not in state.pending_keys:
-                for found, row in (await self._key_lookups.submit((tenant, [key]))).items():
-                    if found not in state.keys:
-                        done = asyncio.get_running_loop().create_future()
-                        done.set_result(None)
-                        state.keys[found] = (_usage_result(row, duplicate=True), done, _fingerprint(row))
+                await self._recall_keys(tenant, state, [key])
             if key in state.pending_keys:
                 raise LedgerError(409, "idempotency_in_progress", "a call with this Idempotency-Key is in flight")
             if key in state.keys:
