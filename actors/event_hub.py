@@ -26,6 +26,7 @@ from actors.activation import ActivationTable
 from actors.batching import Batcher
 from actors.channel import ChannelServer, channel_host
 from actors.gc_policy import quiet_gc
+from actors.limits import Limits, LimitsCache
 from storage.engine import create_engine
 from storage.events import Event, EventStore
 
@@ -39,7 +40,8 @@ AppendRequest = tuple[str, list[EventIn]]
 @dataclass(frozen=True)
 class HubOptions:
     window: int = 1_000  # recent events kept in memory per active tenant
-    retention: int = 100_000  # events kept in storage per tenant; older ones are trimmed
+    limits: Limits = Limits()  # the deployment's defaults: event retention by count, bytes and age
+    retention_interval: float = 30.0  # how often retention by bytes and age is enforced
     idle_seconds: float = 600.0  # an idle tenant's state leaves memory after this
     max_tenants: int = 100_000  # active tenants per shard before LRU eviction
     read_limit: int = 1_000  # most events one poll or read returns per tenant
@@ -64,8 +66,9 @@ class TenantLog:
 
 class EventHubCore:
     def __init__(self, store: EventStore, options: HubOptions = HubOptions(), clock=time.time, *,
-                 metrics: MetricSink = NO_METRICS) -> None:
+                 metrics: MetricSink = NO_METRICS, limits: LimitsCache | None = None) -> None:
         self.store = store
+        self.limits = limits or LimitsCache(None, options.limits)
         self.metrics = metrics
         self.options = options
         self.clock = clock
@@ -78,6 +81,7 @@ class EventHubCore:
         self._trims: set[asyncio.Task] = set()
         self._polls: dict[str, dict[str, int]] = {}
         self.appended = 0
+        self.retention_trims = 0
 
     async def _load(self, tenants: list[str]) -> dict[str, TenantLog]:
         bounds = await self.store.bounds(tenants)
@@ -88,6 +92,8 @@ class EventHubCore:
     # -- append -----------------------------------------------------------------------------------
     async def append(self, requests: list[AppendRequest]) -> list[list[Event]]:
         """Append each request's events to its tenant's log; returns them, sequenced, once committed."""
+        for tenant in {tenant for tenant, _ in requests}:
+            await self.limits.of(tenant)  # known before the commit trims by the tenant's retention
         return await self._commits.submit_many(requests)
 
     async def _commit(self, requests: list[AppendRequest]) -> list[list[Event]]:
@@ -114,7 +120,7 @@ class EventHubCore:
         for event in events:
             logs[event.tenant].window.append(event)
         for tenant, log in logs.items():
-            floor = log.head - self.options.retention + 1
+            floor = log.head - self.limits.peek(tenant).event_retention_count + 1
             if floor > log.floor:
                 log.floor = trims[tenant] = floor
         if trims:
@@ -130,6 +136,31 @@ class EventHubCore:
         task = asyncio.create_task(self.store.trim(floors))
         self._trims.add(task)
         task.add_done_callback(self._trims.discard)
+
+    async def enforce_retention(self) -> int:
+        """Trim every active tenant's events beyond its retention by bytes and by age (count is
+        enforced on append). Returns how many tenants were trimmed."""
+        trims: dict[str, int] = {}
+        now = self.clock()
+        for tenant in self.tenants.names():
+            log = self.tenants.peek(tenant)
+            if log is None or log.head < log.floor:
+                continue
+            limits = await self.limits.of(tenant)
+            floor = await self.store.retention_floor(tenant, limits.event_retention_bytes,
+                                                     now - limits.event_retention_seconds, log.head)
+            log = self.tenants.peek(tenant)  # reloaded meanwhile? then its own bounds hold
+            if log is not None and floor > log.floor:
+                log.floor = trims[tenant] = floor
+                while log.window and log.window[0].seq < floor:
+                    log.window.popleft()
+        if trims:
+            self.retention_trims += len(trims)
+            await self.store.trim(trims)
+        return len(trims)
+
+    def set_limits(self, tenant: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
+        return self.limits.put(tenant, overrides).to_dict()
 
     # -- reads ------------------------------------------------------------------------------------
     async def heads(self, tenants: list[str]) -> dict[str, int]:
@@ -243,6 +274,7 @@ class EventHubCore:
             "commits": self._commits.flushes, "isolated_commits": self._commits.isolations,
             "activations": self.tenants.activations,
             "evictions": self.tenants.evictions,
+            "retention_trims": self.retention_trims,
             "replicas_reporting": len(self._presence),
         }
 
@@ -264,8 +296,12 @@ class EventHub:
     """
 
     def __init__(self, database_url: str, options: HubOptions = HubOptions()) -> None:
+        from storage.limits import LimitsStore
+
         self.engine = create_engine(database_url)
-        self.core = EventHubCore(EventStore(self.engine), options, metrics=RayMetrics.for_actor())
+        self.core = EventHubCore(EventStore(self.engine), options, metrics=RayMetrics.for_actor(),
+                                 limits=LimitsCache(LimitsStore(self.engine).get, options.limits))
+        self._retention: asyncio.Task | None = None
         self._secret = secrets.token_hex(16)
         self.channel = ChannelServer(
             {"append": self._wire_append, "poll": self._wire_poll, "read": self._wire_read, "heads": self.core.heads},
@@ -313,5 +349,21 @@ class EventHub:
     async def stats(self) -> dict[str, Any]:
         return self.core.stats()
 
+    async def set_limits(self, tenant: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
+        return self.core.set_limits(tenant, overrides)
+
+    async def enforce_retention(self) -> int:
+        return await self.core.enforce_retention()
+
+    async def _retain_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.core.options.retention_interval)
+            try:
+                await self.core.enforce_retention()
+            except Exception:  # noqa: BLE001 - storage away: the next round trims
+                log.exception("retention sweep failed")
+
     async def ready(self) -> bool:
+        if self._retention is None or self._retention.done():
+            self._retention = asyncio.get_running_loop().create_task(self._retain_forever())
         return True

@@ -169,6 +169,11 @@ class EventHubClient:
             return_exceptions=True,
         )
 
+    async def set_limits(self, tenant: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
+        """The operator's change of the tenant's limits, for its shard's retention."""
+        shard = self.shard_of(tenant)
+        return await self._retrying(lambda: self.handle(shard).set_limits.remote(tenant, overrides))
+
     async def stats(self) -> list[dict[str, Any]]:
         return await asyncio.gather(*(self.handle(s).stats.remote() for s in range(self.shards)))
 

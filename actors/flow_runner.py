@@ -13,18 +13,19 @@ from typing import Any
 import ray
 
 from actors.gc_policy import quiet_gc
+from actors.limits import Limits
 from actors.metrics import RayMetrics
 from actors.operations import run_many
 from actors.shard_actor import ShardActor
 
 KIND = "flows"
-PUBLIC_METHODS = frozenset({"create", "get", "list", "cancel", "correct"})
+PUBLIC_METHODS = frozenset({"create", "get", "list", "cancel", "correct", "set_limits"})
 
 
 @dataclass(frozen=True)
 class FlowOptions:
-    running_limit: int = 4  # running flows per tenant; more answer 429
-    threads: int = 32  # crews running at once in one runner
+    limits: Limits = Limits()  # the deployment's defaults: running and queued flows, flow weight
+    threads: int = 32  # flows running at once in one runner, all tenants together; more are queued
     llm: str = ""  # RAYTENANT_LLM: empty or "offline" for the OfflineLLM, else a provider model string
     llm_latency: float = 0.0  # the OfflineLLM's simulated provider latency per call, in seconds
     llm_providers: str = ""  # RAYTENANT_LLM_PROVIDERS: where a provider model string is called
@@ -45,15 +46,19 @@ class FlowRunner(ShardActor):
         from actors.flow_runs import FlowRunnerCore, Services
         from actors.learning_client import LearningClient
         from actors.mailbox_client import MailboxClient
+        from actors.limits import LimitsCache
         from storage.engine import create_engine
         from storage.flows import FlowStore
+        from storage.limits import LimitsStore
 
         name = ray.get_runtime_context().get_actor_name() or f"{KIND}-0"
+        engine = create_engine(database_url)
         self.core = FlowRunnerCore(
-            FlowStore(create_engine(database_url)),
+            FlowStore(engine),
             Services(hub=EventHubClient(**services["hub"]), ledger=CostLedgerClient(**services["ledger"]),
                      learning=LearningClient(**services["learning"]), mailbox=MailboxClient(**services["mailbox"])),
             options, index=int(name.rsplit("-", 1)[1]), metrics=RayMetrics.for_actor(),
+            limits=LimitsCache(LimitsStore(engine).get, options.limits),
         )
         self.sweep = self.core.resume
         quiet_gc()

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from actors.fair_queue import FairQueue
 from actors.flow_runner import FlowOptions
+from actors.limits import LimitsCache
 from actors.operations import ActorError
 from actors.metrics import NO_METRICS, MetricSink
 from actors.notifications import StreamNotifier
@@ -89,38 +91,70 @@ def view(row: dict[str, Any], *, full: bool = True) -> dict[str, Any]:
 
 class FlowRunnerCore:
     def __init__(self, store: FlowStore, services: Services, options: FlowOptions = FlowOptions(), *,
-                 index: int = 0, metrics: MetricSink = NO_METRICS) -> None:
+                 index: int = 0, metrics: MetricSink = NO_METRICS, limits: LimitsCache | None = None) -> None:
         self.store, self.services, self.options, self.index = store, services, options, index
         self.metrics = metrics
+        self.limits = limits or LimitsCache(None, options.limits)
         self.runs: dict[str, Run] = {}
+        self.queued = FairQueue()  # flows waiting for a runner slot or for their tenant's running limit
         self.executor = ThreadPoolExecutor(max_workers=options.threads, thread_name_prefix="crew")
         self.resumed = asyncio.Event()
         self.creating: Counter[str] = Counter()  # flows of a tenant being stored: they count as running
+        self.queuing: Counter[str] = Counter()  # flows of a tenant being stored as queued: they count as queued
         self.correcting = TenantTurns()  # by flow id
         self.counters = {"started": 0, "resumed": 0, "completed": 0, "failed": 0, "cancelled": 0}
         self.phase_seconds: dict[str, tuple[float, int]] = {}  # phase -> (total seconds, phases run)
 
     # -- operations (tenant first: the shard call convention) ---------------------------------------
-    async def create(self, tenant: str, spec: dict[str, Any]) -> dict[str, Any]:
-        await self.resumed.wait()  # the running count is complete only once resumed flows are back
-        running = sum(1 for r in self.runs.values() if r.row["tenant"] == tenant) + self.creating[tenant]
-        if running >= self.options.running_limit:
-            raise FlowError(429, "too_many_flows", f"this tenant already runs {running} flows; wait for one to end",
-                            limit=self.options.running_limit, running=running)
-        self.creating[tenant] += 1  # held across the awaits below, so concurrent creates see it
-        try:
-            return await self._create(tenant, spec)
-        finally:
-            self.creating[tenant] -= 1
-            if not self.creating[tenant]:
-                del self.creating[tenant]
+    def _running(self, tenant: str) -> int:
+        return sum(1 for r in self.runs.values() if r.row["tenant"] == tenant) + self.creating[tenant]
 
-    async def _create(self, tenant: str, spec: dict[str, Any]) -> dict[str, Any]:
+    def _free_slots(self) -> int:
+        return self.options.threads - len(self.runs) - sum(self.creating.values())
+
+    async def create(self, tenant: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """Start a flow now if the runner has a free slot and the tenant is under its running
+        limit; else queue it (status `queued`) up to the tenant's queue limit, then refuse (429)."""
+        await self.resumed.wait()  # the running count is complete only once resumed flows are back
+        limits = await self.limits.of(tenant)
+        queue_it = self._running(tenant) >= limits.running_flows or self._free_slots() <= 0
+        counter = self.queuing if queue_it else self.creating
+        if queue_it and self.queued.count(tenant) + self.queuing[tenant] >= limits.queued_flows:
+            held = self.queued.count(tenant) + self.queuing[tenant]
+            self.metrics.inc("raytenant_limit_refusals", limit="queued_flows")
+            raise FlowError(429, "quota_exceeded", f"this tenant runs {self._running(tenant)} flows and has {held} "
+                            f"queued of {limits.queued_flows}; wait for one to end", limit="queued_flows",
+                            running=self._running(tenant), queued=held, retry_after=5)
+        counter[tenant] += 1  # held across the awaits below, so concurrent creates see it
+        try:
+            return await self._create(tenant, spec, queued=queue_it)
+        finally:
+            counter[tenant] -= 1
+            if not counter[tenant]:
+                del counter[tenant]
+            self._schedule()
+
+    def _schedule(self) -> None:
+        """Start queued flows while the runner has free slots: fairly across tenants (FairQueue),
+        each tenant within its running limit, weighted by its flow weight."""
+        while self._free_slots() > 0:
+            row = self.queued.pop(lambda t: self._running(t) < self.limits.peek(t).running_flows)
+            if row is None:
+                return
+            self._start(row)
+
+    async def set_limits(self, tenant: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
+        limits = self.limits.put(tenant, overrides)
+        self._schedule()  # a higher running limit starts queued flows at once
+        return limits.to_dict()
+
+    async def _create(self, tenant: str, spec: dict[str, Any], *, queued: bool = False) -> dict[str, Any]:
         now = _now()
         row = {
             "id": uuid.uuid4().hex, "tenant": tenant, "runner": self.options.kind, "name": spec["name"],
             "kind": spec["kind"],
-            "process": spec.get("process", "sequential"), "status": "initialized", "phase": None, "progress": 0,
+            "process": spec.get("process", "sequential"), "status": "queued" if queued else "initialized",
+            "phase": None, "progress": 0,
             "input": {k: spec.get(k) for k in ("data", "source_schema", "target_schema")}, "results": {},
             "error": None, "attempts": 0, "created_at": now, "updated_at": now, "started_at": None, "finished_at": None,
         }
@@ -130,12 +164,16 @@ class FlowRunnerCore:
             log.exception("could not store flow")
             raise FlowError(503, "flows_unavailable", "the flow could not be stored; nothing changed") from error
         try:  # announced before its run starts, so the stream shows initialized first
-            await self._notifier(tenant).send_flow_update(row["id"], {"status": "initialized", "phase": None,
+            await self._notifier(tenant).send_flow_update(row["id"], {"status": row["status"], "phase": None,
                                                                       "progress": 0, "updated_at": now.isoformat()})
         except Exception:  # noqa: BLE001 - the flow is stored: it runs and is acknowledged all the same
             log.warning("the start of flow %s was not streamed", row["id"], exc_info=True)
-        self._start(row)
-        return view(row)
+        answer = view(row)
+        if queued:
+            self.queued.push(row)
+        else:
+            self._start(row)
+        return answer
 
     async def get(self, tenant: str, flow_id: str) -> dict[str, Any]:
         return view(await self._row(tenant, flow_id))
@@ -148,6 +186,7 @@ class FlowRunnerCore:
         run = self.runs.get(flow_id)
         if run is not None:
             run.stop.set()  # its crew stops at its next LLM call or phase boundary
+        self.queued.remove(flow_id)  # a queued flow never starts
         now = _now()
         if row["status"] not in ACTIVE or not await self.store.update(flow_id, status="cancelled", updated_at=now,
                                                                       finished_at=now):
@@ -215,7 +254,12 @@ class FlowRunnerCore:
         started = 0
         try:
             for row in await self.store.active(self.options.kind):
-                if row["id"] in self.runs or shard_for(row["tenant"], self.options.shards) != self.index:
+                if row["id"] in self.runs or row["id"] in self.queued \
+                        or shard_for(row["tenant"], self.options.shards) != self.index:
+                    continue
+                if row["status"] == "queued":  # it waits again, in the order it was created
+                    await self.limits.of(row["tenant"])
+                    self.queued.push(row)
                     continue
                 if row["attempts"] >= self.options.max_attempts:
                     await self._fail(row, {"reason": "too_many_attempts", "phase": row["phase"],
@@ -226,6 +270,7 @@ class FlowRunnerCore:
                 started += 1
         finally:
             self.resumed.set()
+            self._schedule()
         return started
 
     async def _fail(self, row: dict[str, Any], error: dict[str, Any]) -> None:
@@ -245,6 +290,7 @@ class FlowRunnerCore:
                               results=dict(row["results"] or {}))
         run = Run(row, context)
         self.runs[row["id"]] = run
+        self.queued.charge(row["tenant"], self.limits.peek(row["tenant"]).flow_weight)
         self.counters["started"] += 1
         self.metrics.set("raytenant_flows_running", len(self.runs))
         run.task = asyncio.get_running_loop().create_task(self._run(run))
@@ -295,6 +341,7 @@ class FlowRunnerCore:
         finally:
             self.runs.pop(row["id"], None)
             self.metrics.set("raytenant_flows_running", len(self.runs))
+            self._schedule()  # its slot goes to the next queued flow
 
     def _phase_done(self, run: Run, name: str, output: Any, loop: asyncio.AbstractEventLoop) -> None:
         """In the crew's thread, when phase `name`'s task has finished."""

@@ -37,6 +37,7 @@ from actors.batching import Batcher, commit_failure
 from actors.gc_policy import quiet_gc
 from actors.operations import ActorError
 from actors.shard_actor import ShardActor
+from actors.limits import Limits, LimitsCache
 from actors.pattern_index import PatternIndex
 from crews.field_matcher import Learned
 from storage.engine import create_engine
@@ -61,6 +62,7 @@ class LearningOptions:
     refit_growth: float = 1.25
     idle_seconds: float = 900.0
     max_tenants: int = 10_000
+    limits: Limits = Limits()  # the deployment's defaults: stored patterns per tenant
 
 
 def flatten(obj: Any, prefix: str = "", parts: list[str] | None = None) -> list[str]:
@@ -167,8 +169,10 @@ class PendingPatterns:
 
 class LearningCore:
     def __init__(self, store: PatternStore, options: LearningOptions = LearningOptions(), *,
-                 clock: Callable[[], float] = time.time, metrics: MetricSink = NO_METRICS) -> None:
+                 clock: Callable[[], float] = time.time, metrics: MetricSink = NO_METRICS,
+                 limits: LimitsCache | None = None) -> None:
         self.store, self.options, self.clock, self.metrics = store, options, clock, metrics
+        self.limits = limits or LimitsCache(None, options.limits)
         self._in_flight = InFlight()
         self.tenants: ActivationTable[TenantPatterns] = ActivationTable(
             self._load, idle_seconds=options.idle_seconds, max_tenants=options.max_tenants,
@@ -234,6 +238,7 @@ class LearningCore:
         """Learn a batch of corrections and successes (all or nothing). Each item is
         {"type": "correction", "original", "corrected", "context"} or
         {"type": "success", "result", "context"}."""
+        limits = await self.limits.of(tenant)
         state = await self._state(tenant)
         now = self.clock()
         touched: dict[str, Pattern] = {}
@@ -267,6 +272,12 @@ class LearningCore:
                 state.by_fingerprint.pop(pattern.fingerprint, None)
                 state.patterns.pop(pattern.id, None)
 
+        if created and len(state.patterns) > limits.patterns:  # the new ones (and pending ones) included
+            undo()
+            held = len(state.patterns)
+            self.metrics.inc("raytenant_limit_refusals", limit="patterns")
+            raise LearningError(429, "quota_exceeded", f"the tenant stores {held} patterns of {limits.patterns}; "
+                                f"{len(created)} more do not fit", limit="patterns", patterns=held, retry_after=3600)
         await self._commit(tenant, list(touched.values()), undo)
         # Vectors join the index once stored; a pattern merged into a pending one is indexed once.
         self._index(state, [p for p in created if p.row is None])
@@ -366,6 +377,9 @@ class LearningCore:
         return {"patterns": len(kinds), "corrections": kinds.count(CORRECTION), "successes": kinds.count(SUCCESS),
                 "index_refits": state.index.refits}
 
+    async def set_limits(self, tenant: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
+        return self.limits.put(tenant, overrides).to_dict()
+
     def stats(self) -> dict[str, Any]:
         return {"active_tenants": len(self.tenants), "learned": self.learned, "commits": self._commits.flushes, "isolated_commits": self._commits.isolations}
 
@@ -375,7 +389,7 @@ def _ts(value: datetime) -> float:
 
 
 PUBLIC_METHODS = frozenset({"learn", "learn_from_correction", "learn_from_success", "feedback", "recommendations",
-                            "recommendations_many", "corrections", "stats_for"})
+                            "recommendations_many", "corrections", "stats_for", "set_limits"})
 
 
 @ray.remote(num_cpus=0, max_concurrency=10_000)
@@ -385,6 +399,9 @@ class LearningModel(ShardActor):
     public = PUBLIC_METHODS
 
     def __init__(self, database_url: str, options: LearningOptions = LearningOptions()) -> None:
+        from storage.limits import LimitsStore
+
         self.engine = create_engine(database_url)
-        self.core = LearningCore(PatternStore(self.engine), options, metrics=RayMetrics.for_actor())
+        self.core = LearningCore(PatternStore(self.engine), options, metrics=RayMetrics.for_actor(),
+                                 limits=LimitsCache(LimitsStore(self.engine).get, options.limits))
         quiet_gc()

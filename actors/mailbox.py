@@ -17,7 +17,7 @@ import json
 import logging
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
@@ -28,6 +28,7 @@ from actors.metrics import NO_METRICS, MetricSink, RayMetrics
 from actors.activation import ActivationTable, InFlight
 from actors.batching import Batcher, commit_failure
 from actors.gc_policy import quiet_gc
+from actors.limits import Limits, LimitsCache
 from actors.operations import ActorError
 from actors.shard_actor import BackgroundPublisher, ShardActor, stream_publisher
 from storage.engine import create_engine
@@ -53,6 +54,7 @@ class MailboxOptions:
     idle_seconds: float = 900.0
     max_tenants: int = 20_000
     max_wait: float = 30.0
+    limits: Limits = Limits()  # the deployment's defaults: queued messages per agent and per tenant
 
 
 @dataclass
@@ -111,6 +113,7 @@ class TenantMailbox:
     # No in-flight message becomes visible before this (a lower bound: acks never raise it), so a
     # receive checks for expired messages in O(1) and scans only when one may be due.
     next_due: float = float("inf")
+    sending: Counter = field(default_factory=Counter)  # messages of sends not yet committed, by receiver
 
     def queue(self, agent: str) -> deque[Message]:
         return self.queues.setdefault(agent, deque())
@@ -130,8 +133,9 @@ class PendingWrite:
 class MailboxCore:
     def __init__(self, store: MailboxStore, options: MailboxOptions = MailboxOptions(), *,
                  notify: Notify | None = None, clock: Callable[[], float] = time.time,
-                 metrics: MetricSink = NO_METRICS) -> None:
+                 metrics: MetricSink = NO_METRICS, limits: LimitsCache | None = None) -> None:
         self.store, self.options, self.notify, self.clock, self.metrics = store, options, notify, clock, metrics
+        self.limits = limits or LimitsCache(None, options.limits)
         self._in_flight = InFlight()
         self.tenants: ActivationTable[TenantMailbox] = ActivationTable(
             self._load, idle_seconds=options.idle_seconds, max_tenants=options.max_tenants, busy=self._busy
@@ -203,6 +207,7 @@ class MailboxCore:
     async def send(self, tenant: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Store messages and queue them for their receivers. Each item: receiver, sender, type,
         content, correlation_id?, topic?."""
+        limits = await self.limits.of(tenant)
         state = await self._state(tenant)
         now = self.clock()
         messages = [
@@ -211,7 +216,14 @@ class MailboxCore:
                     visible_at=now, updated_at=now)
             for item in items
         ]
-        await self._commit(tenant, self._rows(tenant, messages), lambda: None)
+        wanted = Counter(m.receiver for m in messages)
+        self._admit(state, limits, wanted)
+        state.sending.update(wanted)  # counted until stored, so concurrent sends cannot overfill
+        try:
+            await self._commit(tenant, self._rows(tenant, messages), lambda: None)
+        finally:
+            state.sending.subtract(wanted)
+            state.sending = +state.sending
         for message in messages:  # stored: now visible to receivers
             state.messages[message.id] = message
             waiting = state.requests.get(message.correlation_id or "")
@@ -227,6 +239,26 @@ class MailboxCore:
         self.counters["sent"] += len(messages)
         self._publish(tenant, messages)
         return [m.view() for m in messages]
+
+    def _admit(self, state: TenantMailbox, limits: Limits, wanted: Counter) -> None:
+        """Refuse a send that would hold more than the tenant's queue quotas (ready, in flight
+        and being stored count; dead letters do not)."""
+        queued = Counter(m.receiver for m in state.messages.values()) + state.sending
+        total, adding = sum(queued.values()), sum(wanted.values())
+        if total + adding > limits.queued_messages:
+            self.metrics.inc("raytenant_limit_refusals", limit="queued_messages")
+            raise MailboxError(429, "quota_exceeded", f"the tenant holds {total} queued messages of "
+                               f"{limits.queued_messages}; receive and ack some first", limit="queued_messages",
+                               queued=total, retry_after=1)
+        for agent, n in wanted.items():
+            if queued[agent] + n > limits.queued_messages_per_agent:
+                self.metrics.inc("raytenant_limit_refusals", limit="queued_messages_per_agent")
+                raise MailboxError(429, "quota_exceeded", f"agent {agent!r} holds {queued[agent]} queued messages of "
+                                   f"{limits.queued_messages_per_agent}", limit="queued_messages_per_agent",
+                                   agent=agent, queued=queued[agent], retry_after=1)
+
+    async def set_limits(self, tenant: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
+        return self.limits.put(tenant, overrides).to_dict()
 
     async def broadcast(self, tenant: str, sender: str, topic: str, type_: str, content: Any) -> dict[str, Any]:
         """One message per subscriber of `topic`, except the sender. Returns the recipient count."""
@@ -447,7 +479,7 @@ class MailboxCore:
 
 
 PUBLIC_METHODS = frozenset({"send", "broadcast", "receive", "ack", "ack_many", "set_topics", "get_topics", "request",
-                            "dead_letters", "depth"})
+                            "dead_letters", "depth", "set_limits"})
 
 
 @ray.remote(num_cpus=0, max_concurrency=10_000)
@@ -457,8 +489,11 @@ class Mailbox(ShardActor):
     public = PUBLIC_METHODS
 
     def __init__(self, database_url: str, options: MailboxOptions = MailboxOptions(), hub: dict | None = None) -> None:
+        from storage.limits import LimitsStore
+
         self.engine = create_engine(database_url)
         self.core = MailboxCore(MailboxStore(self.engine), options, notify=stream_publisher(hub, "agent_message"),
-                                metrics=RayMetrics.for_actor())
+                                metrics=RayMetrics.for_actor(),
+                                limits=LimitsCache(LimitsStore(self.engine).get, options.limits))
         self.sweep = self.core.sweep
         quiet_gc()

@@ -27,6 +27,7 @@ CATALOG: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
     "raytenant_events_published": (COUNTER, "Events appended to tenants' streams", ("shard",), None),
     "raytenant_events_delivered": (COUNTER, "Events sent to WebSocket clients", ("replica",), None),
     "raytenant_slow_consumer_disconnects": (COUNTER, "Sockets closed 4008 because their queue was full", ("replica",), None),
+    "raytenant_limit_refusals": (COUNTER, "Requests, sockets and writes refused by a tenant's limits", ("replica", "shard", "limit"), None),
     "raytenant_ledger_records": (COUNTER, "LLM usage records stored", ("shard", "model"), None),
     "raytenant_ledger_cost_usd": (COUNTER, "LLM cost recorded, in USD", ("shard", "model"), None),
     "raytenant_reservations_refused": (COUNTER, "Reservations the ledger refused", ("shard", "reason"), None),

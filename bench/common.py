@@ -87,7 +87,7 @@ def bench_database(explicit: str | None) -> str:
 
 @contextmanager
 def raytenant_service(database_url: str, *, port: int = 8000, shards: int = 1, direct: bool = True,
-                      settings: dict[str, Any] | None = None) -> Iterator[list[str]]:
+                      settings: dict[str, Any] | None = None, replicas: int = 1) -> Iterator[list[str]]:
     """Ray + Serve with raytenant deployed; yields [direct URL, proxy URL] (or [proxy URL])."""
     from serve_app.launcher import configure_environment
 
@@ -103,7 +103,7 @@ def raytenant_service(database_url: str, *, port: int = 8000, shards: int = 1, d
     start_ray(num_cpus=2, dashboard=False)
     try:
         yield deploy({"database_url": database_url, "operator_token": OPERATOR, "hub_shards": shards, **(settings or {})},
-                     port=port)
+                     port=port, num_replicas=replicas)
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 
 from serve_app import (console_routes, routes, routes_admin, routes_agents, routes_costs, routes_flows, routes_learning,
                        routes_llm)
 from serve_app.errors import EXCEPTION_HANDLERS
+from serve_app.rate_limits import RateLimits
 from serve_app.runtime import Runtime
 from serve_app.websocket import websocket_endpoint
 
@@ -30,6 +32,7 @@ def create_app(runtime: Runtime) -> Starlette:
             *console_routes.ROUTES,
         ],
         exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[Middleware(RateLimits)],
     )
     app.state.runtime = runtime
     return app

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -43,7 +44,11 @@ def error_response(status: int, code: str, message: str, **details: Any) -> JSON
 async def api_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     """ApiError from a route, or an ActorError (same fields) refused by a shard."""
     assert isinstance(exc, (ApiError, ActorError))
-    return error_response(exc.status, exc.code, exc.message, **exc.details)
+    response = error_response(exc.status, exc.code, exc.message, **exc.details)
+    wait = exc.details.get("retry_after")
+    if exc.status in (429, 503) and isinstance(wait, (int, float)):
+        response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+    return response
 
 
 async def http_error_handler(_request: Request, exc: Exception) -> JSONResponse:

@@ -92,6 +92,10 @@ async def publish_events(request: Request) -> JSONResponse:
     claims = authenticate(request, "events:write")
     runtime = runtime_of(request)
     events = _validate_events(await read_json(request), runtime.settings.max_events_per_request)
+    wait = await runtime.quotas.admit(claims.tenant, "events", len(events))
+    if wait is not None:
+        raise ApiError(429, "rate_limited", f"over this tenant's rate of events published; retry after {wait:.3f} s",
+                       limit="events_per_second", retry_after=round(wait, 3))
     try:
         stored = await runtime.hub.append_events(claims.tenant, events)
     except HubUnavailable as error:

@@ -1,6 +1,6 @@
-"""The operator's routes for a tenant's money (docs/costs.md): the hard monthly cap and negotiated
-prices. Only the operator token reaches them; no tenant token, whatever its scopes, can change or
-exceed what is set here."""
+"""The operator's routes for a tenant: its hard monthly cap and negotiated prices (docs/costs.md)
+and its quotas and rate limits (docs/limits.md). Only the operator token reaches them; no tenant
+token, whatever its scopes, can change or exceed what is set here."""
 from __future__ import annotations
 
 from typing import Any
@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from actors.limits import LimitsError
 from actors.prices import Price
 from serve_app.auth import bearer, valid_tenant
 from serve_app.errors import ApiError
@@ -66,7 +67,35 @@ async def delete_price(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def put_limits(request: Request) -> JSONResponse:
+    """Replace the tenant's overrides: fields not named take the deployment's defaults."""
+    tenant = operator_tenant(request)
+    payload = _object(await read_json(request))
+    runtime = runtime_of(request)
+    try:
+        limits = runtime.settings.default_limits().with_overrides(payload)
+    except LimitsError as error:
+        raise ApiError(422, "invalid_limits", str(error)) from error
+    try:
+        await runtime.limits_store.put(tenant, payload)
+    except Exception as error:  # noqa: BLE001 - nothing was stored
+        raise ApiError(503, "storage_unavailable", "the limits could not be stored; nothing changed") from error
+    await runtime.set_limits(tenant, payload)
+    return JSONResponse({"tenant": tenant, "limits": limits.to_dict(), "overrides": payload})
+
+
+async def get_limits(request: Request) -> JSONResponse:
+    tenant = operator_tenant(request)
+    runtime = runtime_of(request)
+    overrides = await runtime.limits_store.get(tenant) or {}
+    limits = await runtime.quotas.call("get_limits", tenant)
+    usage = await runtime.quotas.call("usage", tenant)
+    return JSONResponse({"tenant": tenant, "limits": limits, "overrides": overrides, "usage": usage})
+
+
 ROUTES = [
+    Route("/v1/admin/tenants/{tenant}/limits", put_limits, methods=["PUT"]),
+    Route("/v1/admin/tenants/{tenant}/limits", get_limits, methods=["GET"]),
     Route("/v1/admin/tenants/{tenant}/budget", put_budget, methods=["PUT"]),
     Route("/v1/admin/tenants/{tenant}/budget", get_budget, methods=["GET"]),
     Route("/v1/admin/tenants/{tenant}/prices/{model:path}", put_price, methods=["PUT"]),

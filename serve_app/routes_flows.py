@@ -13,7 +13,7 @@ from serve_app.errors import ApiError
 from serve_app.routes import authenticate, int_param, read_json, runtime_of
 
 FLOW_ID = re.compile(r"^[0-9a-f]{32}$")
-STATUSES = ("initialized", "running", "completed", "failed", "cancelled")
+STATUSES = ("queued", "initialized", "running", "completed", "failed", "cancelled")
 
 
 def _flow_id(request: Request) -> str:

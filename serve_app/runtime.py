@@ -15,8 +15,12 @@ from actors.flow_runner import KIND as FLOW_KIND
 from actors.flow_runner import FlowOptions
 from actors.flow_runner_client import FlowClient
 from actors.mailbox import KIND as MAILBOX_KIND
+from actors.mailbox import MailboxOptions
 from actors.mailbox_client import MailboxClient
 from actors.metrics import RayMetrics
+from actors.quota_client import QuotaClient
+from actors.quotas import KIND as QUOTA_KIND
+from actors.quotas import QuotaOptions
 from crews.providers import Provider, Providers
 from serve_app.auth import Tokens
 from serve_app.settings import Settings
@@ -33,15 +37,17 @@ class Runtime:
         learning: object | None = None,
         mailbox: object | None = None,
         flows: object | None = None,
+        quotas: object | None = None,
         replica_id: str | None = None,
     ) -> None:
         self.settings = settings
         self.replica_id = replica_id or uuid.uuid4().hex[:12]
+        limits = settings.default_limits()
         self.tokens = Tokens(settings.operator_token, settings.jwt_secret, default_ttl=settings.token_ttl_seconds)
         self.hub = hub or EventHubClient(
             settings.database_url,
             settings.hub_shards,
-            HubOptions(window=settings.hub_window, retention=settings.hub_retention),
+            HubOptions(window=settings.hub_window, limits=limits),
             kind=settings.actor_prefix + KIND,
             use_channel=settings.hub_channel,
         )
@@ -58,9 +64,10 @@ class Runtime:
                        "options": LedgerOptions(reservation_ttl=settings.reservation_ttl),
                        "kind": settings.actor_prefix + LEDGER_KIND, "hub": hub_address},
             "learning": {"database_url": settings.database_url, "shards": settings.learning_shards,
-                         "options": LearningOptions(threshold=settings.learning_threshold),
+                         "options": LearningOptions(threshold=settings.learning_threshold, limits=limits),
                          "kind": settings.actor_prefix + LEARNING_KIND},
             "mailbox": {"database_url": settings.database_url, "shards": settings.mailbox_shards,
+                        "options": MailboxOptions(limits=limits),
                         "kind": settings.actor_prefix + MAILBOX_KIND, "hub": hub_address},
         }
         self.ledger = ledger or CostLedgerClient(**self.addresses["ledger"])
@@ -68,14 +75,22 @@ class Runtime:
         self.mailbox = mailbox or MailboxClient(**self.addresses["mailbox"])
         self.flows = flows or FlowClient(
             settings.database_url, settings.flow_shards,
-            FlowOptions(running_limit=settings.flow_limit, llm=settings.llm, llm_latency=settings.llm_latency,
-                        llm_providers=settings.llm_providers),
+            FlowOptions(limits=limits, threads=settings.flow_capacity, llm=settings.llm,
+                        llm_latency=settings.llm_latency, llm_providers=settings.llm_providers),
             self.addresses, kind=settings.actor_prefix + FLOW_KIND,
         )
+        self.metrics = RayMetrics(replica=self.replica_id)
+        self.quotas = quotas or QuotaClient(settings.database_url, settings.quota_shards, QuotaOptions(limits=limits),
+                                            kind=settings.actor_prefix + QUOTA_KIND, replica=self.replica_id,
+                                            metrics=self.metrics)
+        from storage.engine import create_engine
+        from storage.limits import LimitsStore
+
+        self.limits_store = LimitsStore(create_engine(settings.database_url))
         self.providers = Providers.from_json(settings.llm_providers, settings.llm_tenant_models)
         self._llm_clients: dict[str, object] = {}
         self.router = StreamRouter(self.hub, self.replica_id, poll_timeout=settings.poll_timeout,
-                                   metrics=RayMetrics(replica=self.replica_id))
+                                   metrics=self.metrics)
 
     def llm_client(self, provider: Provider):
         """One async openai client per provider and replica: its connection pool is reused."""
@@ -92,13 +107,29 @@ class Runtime:
 
     async def start(self) -> None:
         await self.hub.start()
+        await self.quotas.start()
         await self.ledger.start()
         await self.learning.start()
         await self.mailbox.start()
         await self.flows.start(timeout=120.0)  # a runner imports crewai first: seconds
 
+    async def set_limits(self, tenant: str, overrides: dict) -> dict:
+        """Push the operator's change to every shard that enforces a limit of the tenant (each reads
+        the stored value again within its cache's ttl anyway, so a push that fails converges)."""
+        import asyncio
+
+        limits, *_ = await asyncio.gather(
+            self.quotas.call("set_limits", tenant, overrides),
+            self.mailbox.call("set_limits", tenant, overrides),
+            self.learning.call("set_limits", tenant, overrides),
+            self.flows.call("set_limits", tenant, overrides),
+            self.hub.set_limits(tenant, overrides),
+        )
+        return limits
+
     async def stop(self) -> None:
         await self.router.stop()
+        await self.quotas.close()
         close = getattr(self.hub, "close", None)
         if close is not None:
             await close()

@@ -5,6 +5,7 @@ import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from actors.limits import Limits
 from storage.engine import database_url
 
 
@@ -24,13 +25,16 @@ class Settings:
     learning_threshold: float = 0.7
     mailbox_shards: int = 1
     flow_shards: int = 1
-    flow_limit: int = 4  # running flows per tenant
+    flow_limit: int = 4  # running flows per tenant (the default of limits.running_flows)
+    flow_capacity: int = 32  # flows one runner runs at once, all tenants together; more wait, fairly
+    quota_shards: int = 1
+    limits: str = ""  # RAYTENANT_LIMITS: JSON object of default limits (actors/limits.py)
     llm: str = ""  # RAYTENANT_LLM: empty/"offline" for the OfflineLLM, else a crewai/LiteLLM model string
     llm_latency: float = 0.0  # the OfflineLLM's simulated latency per call (demos, benches)
     hub_channel: bool = True  # latency-path hub calls over the direct channel (actors/channel.py)
     actor_prefix: str = ""  # lets several deployments (or test databases) share one Ray cluster
     hub_window: int = 1_000
-    hub_retention: int = 100_000
+    hub_retention: int = 100_000  # the default of limits.event_retention_count
     max_frame_bytes: int = 64 * 1024
     max_body_bytes: int = 1024 * 1024
     max_events_per_request: int = 1_000
@@ -59,6 +63,9 @@ class Settings:
             "mailbox_shards": _env_int("RAYTENANT_MAILBOX_SHARDS", 1),
             "flow_shards": _env_int("RAYTENANT_FLOW_SHARDS", 1),
             "flow_limit": _env_int("RAYTENANT_FLOW_LIMIT", 4),
+            "flow_capacity": _env_int("RAYTENANT_FLOW_CAPACITY", 32),
+            "quota_shards": _env_int("RAYTENANT_QUOTA_SHARDS", 1),
+            "limits": os.environ.get("RAYTENANT_LIMITS", ""),
             "llm": os.environ.get("RAYTENANT_LLM", ""),
             "llm_latency": float(os.environ.get("RAYTENANT_LLM_LATENCY", 0)),
             "llm_providers": os.environ.get("RAYTENANT_LLM_PROVIDERS", ""),
@@ -71,7 +78,16 @@ class Settings:
         settings = cls(**values)
         if not settings.operator_token:
             raise ValueError("an operator token is required (RAYTENANT_OPERATOR_TOKEN)")
+        settings.default_limits()  # refuse bad RAYTENANT_LIMITS at start, not at the first request
         return settings
+
+    def default_limits(self) -> Limits:
+        """Every tenant's limits unless the operator set others: the built-in defaults, the
+        RAYTENANT_FLOW_LIMIT and RAYTENANT_EVENT_RETENTION shortcuts, then RAYTENANT_LIMITS."""
+        import json
+
+        base = Limits(running_flows=self.flow_limit, event_retention_count=self.hub_retention)
+        return base.with_overrides(json.loads(self.limits)) if self.limits.strip() else base
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -45,6 +45,7 @@ class Connection:
     resuming: bool = False
     held: list[Event] = field(default_factory=list)
     closed: bool = False
+    max_subscriptions: int | None = None  # the tenant's subscriptions_per_socket (None: unbounded)
 
     def __post_init__(self) -> None:
         self.queue: asyncio.Queue[str] = asyncio.Queue(self.queue_size)

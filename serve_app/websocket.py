@@ -19,6 +19,7 @@ CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN = 1013
 CLOSE_UNAUTHORIZED = 4001
 CLOSE_BAD_REQUEST = 4000
+CLOSE_OVER_LIMIT = 4029
 
 
 def valid_flow_id(flow_id: Any) -> bool:
@@ -58,20 +59,33 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.close(CLOSE_BAD_REQUEST, "invalid flow_id or last_seq")
         return
 
-    conn = Connection(
-        claims.tenant, claims.user, websocket.send_text, websocket.close, runtime.settings.send_queue_size
-    )
+    slot = await runtime.quotas.open_socket(claims.tenant)
+    if not slot["admitted"]:
+        runtime.metrics.inc("raytenant_limit_refusals", limit="connections")
+        await websocket.close(CLOSE_OVER_LIMIT, f"this tenant already holds {slot['connections']} of its "
+                                                f"{slot['limit']} connections")
+        return
+    try:
+        await _serve(websocket, runtime, claims.tenant, claims.user, flow_id, last_seq, slot["subscriptions_per_socket"])
+    finally:
+        await runtime.quotas.close_socket(claims.tenant)
+
+
+async def _serve(websocket: WebSocket, runtime: Runtime, tenant: str, user: str | None, flow_id: str | None,
+                 last_seq: int | None, max_subscriptions: int | None) -> None:
+    conn = Connection(tenant, user, websocket.send_text, websocket.close, runtime.settings.send_queue_size)
+    conn.max_subscriptions = max_subscriptions
     if flow_id:
         conn.flows.add(flow_id)
     router = runtime.router
     try:
         head = await router.connect(conn)
     except Exception:
-        log.exception("could not attach a socket for tenant %s", claims.tenant)
+        log.exception("could not attach a socket for tenant %s", tenant)
         await websocket.close(CLOSE_TRY_AGAIN, "event stream unavailable, retry")
         return
     conn.start_writer()
-    conn.send_json({"type": "connection_established", "connection_id": conn.id, "tenant": claims.tenant, "last_seq": head})
+    conn.send_json({"type": "connection_established", "connection_id": conn.id, "tenant": tenant, "last_seq": head})
     if flow_id:
         conn.send_json({"type": "subscription_confirmed", "flow_id": flow_id})
     tasks: set[asyncio.Task] = set()
@@ -116,6 +130,12 @@ def _handle(runtime: Runtime, conn: Connection, message: dict[str, Any], tasks: 
         flow_id = message.get("flow_id")
         if not (valid_flow_id(flow_id) or flow_id == ALL_FLOWS):
             conn.send_json({"type": "error", "code": "invalid_flow_id", "message": "flow_id must be a string of 1-128 characters"})
+        elif kind == "subscribe_flow" and flow_id not in conn.flows and conn.max_subscriptions is not None \
+                and len(conn.flows) >= conn.max_subscriptions:
+            runtime.metrics.inc("raytenant_limit_refusals", limit="subscriptions_per_socket")
+            conn.send_json({"type": "error", "code": "quota_exceeded", "limit": "subscriptions_per_socket",
+                            "message": f"this socket already holds {len(conn.flows)} subscriptions of "
+                                       f"{conn.max_subscriptions}; unsubscribe first"})
         elif kind == "subscribe_flow":
             conn.flows.add(flow_id)
             conn.send_json({"type": "subscription_confirmed", "flow_id": flow_id})

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy import LargeBinary, Text, cast, delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.models import EventRow
@@ -136,6 +136,20 @@ class EventStore:
         query = query.order_by(EventRow.seq).limit(limit)
         async with self.engine.connect() as conn:
             return [_from_row(row) for row in await conn.execute(query)]
+
+    async def retention_floor(self, tenant: str, max_bytes: int, oldest_ts: float, head: int) -> int:
+        """The lowest seq to keep so that the tenant's stored events hold at most `max_bytes` of
+        data and none older than `oldest_ts` (epoch seconds): head + 1 when none may stay."""
+        size = (func.octet_length(cast(EventRow.data, Text)) if self._postgres
+                else func.length(cast(EventRow.data, LargeBinary)))
+        running = select(EventRow.seq.label("seq"), EventRow.ts.label("ts"),
+                         func.sum(size).over(order_by=EventRow.seq.desc()).label("total")
+                         ).where(EventRow.tenant == tenant).subquery()
+        oldest = datetime.fromtimestamp(max(0.0, oldest_ts), timezone.utc)
+        query = select(func.min(running.c.seq)).where(running.c.total <= max_bytes, running.c.ts >= oldest)
+        async with self.engine.connect() as conn:
+            floor = (await conn.execute(query)).scalar_one_or_none()
+        return int(floor) if floor is not None else head + 1
 
     async def trim(self, floors: dict[str, int]) -> None:
         """Delete each tenant's events below its new floor (retention), in one transaction."""

@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.models import FlowRow
 
-ACTIVE = ("initialized", "running")
+ACTIVE = ("queued", "initialized", "running")
 SUMMARY_COLUMNS = [c for c in FlowRow.__table__.columns if c.name not in ("input", "results")]
 
 

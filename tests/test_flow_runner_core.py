@@ -8,13 +8,14 @@ from datetime import datetime, timezone
 
 import pytest
 
+from actors.limits import Limits
 from actors.flow_runner import FlowOptions
 from actors.flow_runs import FlowError, FlowRunnerCore, Services
 from actors.metrics import RecordingSink
 from crews.flow_request import parse_flow_request
 from crews.samples import sample_inventory
 from storage.engine import create_engine
-from storage.flows import FlowStore
+from storage.flows import ACTIVE, FlowStore
 
 pytestmark = pytest.mark.integration
 SAMPLE = sample_inventory()
@@ -50,7 +51,7 @@ def spec(**changes):
 async def finished(core: FlowRunnerCore, tenant: str, flow_id: str, timeout: float = 60) -> dict:
     for _ in range(int(timeout / 0.1)):
         flow = await core.get(tenant, flow_id)
-        if flow["status"] not in ("initialized", "running"):
+        if flow["status"] not in ACTIVE:
             return flow
         await asyncio.sleep(0.1)
     raise AssertionError(f"flow did not end: {flow}")
@@ -122,13 +123,16 @@ async def test_a_flow_whose_phases_all_finished_is_only_completed_on_resume(runn
 
 
 async def test_cancel_limit_and_refusals(runner, tenant):
-    core = runner(running_limit=2, llm_latency=0.2)
+    core = runner(limits=Limits(running_flows=2, queued_flows=1), llm_latency=0.2)
     await core.resume()
     a = await core.create(tenant, spec())
     b = await core.create(tenant, spec(kind="optimization"))
-    with pytest.raises(FlowError) as refused:
+    c = await core.create(tenant, spec(kind="optimization"))  # over the running limit: queued
+    assert c["status"] == "queued" and c["flow_id"] in core.queued and c["flow_id"] not in core.runs
+    with pytest.raises(FlowError) as refused:  # over the queue limit: refused
         await core.create(tenant, spec())
-    assert refused.value.status == 429 and refused.value.details == {"limit": 2, "running": 2}
+    assert refused.value.status == 429 and refused.value.code == "quota_exceeded"
+    assert refused.value.details["limit"] == "queued_flows" and refused.value.details["queued"] == 1
     cancelled = await core.cancel(tenant, a["flow_id"])
     assert cancelled["status"] == "cancelled"
     with pytest.raises(FlowError) as again:
@@ -141,26 +145,70 @@ async def test_cancel_limit_and_refusals(runner, tenant):
         await core.correct(tenant, b["flow_id"], [{"source_field": "os", "target_field": "os"}])
     assert early.value.code == "no_mapping"
     await finished(core, tenant, b["flow_id"])
+    assert (await finished(core, tenant, c["flow_id"]))["status"] == "completed"  # a's slot went to c
     for _ in range(100):
         if a["flow_id"] not in core.runs:
             break
         await asyncio.sleep(0.05)
     assert (await core.get(tenant, a["flow_id"]))["status"] == "cancelled" and a["flow_id"] not in core.runs
     assert core.metrics.total("raytenant_flows_finished", status="cancelled") == 1
+    assert core.metrics.total("raytenant_limit_refusals", limit="queued_flows") == 1
 
 
-async def test_concurrent_creates_respect_the_running_limit(runner, tenant):
-    core = runner(running_limit=2, llm_latency=0.05)
+async def test_concurrent_creates_respect_the_running_and_queue_limits(runner, tenant):
+    core = runner(limits=Limits(running_flows=2, queued_flows=2), llm_latency=0.05)
     await core.resume()
     outcomes = await asyncio.gather(*(core.create(tenant, spec(kind="optimization")) for _ in range(6)),
                                     return_exceptions=True)
     made = [o for o in outcomes if isinstance(o, dict)]
     refused = [o for o in outcomes if isinstance(o, FlowError)]
-    assert len(made) == 2 and len(refused) == 4 and {e.status for e in refused} == {429}
-    assert len(await core.list(tenant)) == 2 and not core.creating
+    assert len(made) == 4 and len(refused) == 2 and {e.status for e in refused} == {429}
+    assert sorted(f["status"] for f in made) == ["initialized", "initialized", "queued", "queued"]
+    assert len(await core.list(tenant)) == 4 and not core.creating and not core.queuing
     other = await core.create(tenant + "-other", spec(kind="optimization"))  # another tenant has its own limit
+    assert other["status"] == "initialized"
     for who, flow in [(tenant, f) for f in made] + [(tenant + "-other", other)]:
         assert (await finished(core, who, flow["flow_id"]))["status"] == "completed"
+
+
+async def test_a_queued_flow_of_another_tenant_waits_for_one_flow_at_most(runner, tenant):
+    """Two runner slots; the aggressor queues 12 flows, then a victim queues one. The victim's
+    flow takes the next free slot: it waits for at most one flow's run, not for the backlog."""
+    core = runner(limits=Limits(running_flows=20, queued_flows=50), threads=2, llm_latency=0.1)
+    await core.resume()
+    aggressor, victim = tenant + "-aggr", tenant + "-victim"
+    flows = [await core.create(aggressor, spec(kind="optimization")) for _ in range(12)]
+    assert [f["status"] for f in flows].count("queued") == 10
+    mine = await core.create(victim, spec(kind="optimization"))
+    assert mine["status"] == "queued"
+    done = await finished(core, victim, mine["flow_id"])
+    ends = sorted([(await finished(core, aggressor, f["flow_id"])) for f in flows], key=lambda f: f["started_at"])
+    started = done["started_at"]
+    # Started before every queued flow of the aggressor, right after the first running one ended.
+    assert started <= ends[2]["started_at"], (started, [f["started_at"] for f in ends])
+    first_end = min(f["finished_at"] for f in ends[:2])
+    assert started >= first_end
+
+
+async def test_flow_weight_shares_the_slots(runner, tenant):
+    """One slot; two backlogged tenants, weights 3 and 1: the heavier starts three of every four."""
+    heavy, light = tenant + "-heavy", tenant + "-light"
+    core = runner(limits=Limits(running_flows=10, queued_flows=50), threads=1, llm_latency=0.0)
+    await core.resume()
+    core.limits.put(heavy, {"flow_weight": 3})
+    blocker = await core.create(tenant, spec(kind="optimization"))  # holds the slot while both queue
+    heavy_flows = []
+    for _ in range(6):
+        heavy_flows.append(await core.create(heavy, spec(kind="optimization")))
+        await core.create(light, spec(kind="optimization"))
+    await finished(core, tenant, blocker["flow_id"])
+    runs = []
+    for who in (heavy, light):
+        for flow in await core.list(who):
+            runs.append(await finished(core, who, flow["flow_id"]))
+    order = sorted(runs, key=lambda f: f["started_at"])
+    tenants = [heavy if any(f["flow_id"] == g["flow_id"] for g in heavy_flows) else light for f in order[:8]]
+    assert tenants.count(heavy) == 6 and tenants.count(light) == 2, tenants
 
 
 async def test_concurrent_corrections_of_a_finished_flow_are_all_kept(runner, tenant):

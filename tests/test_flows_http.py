@@ -189,14 +189,22 @@ async def test_validation_failure_cancel_and_running_limit(flows, tenant):
         assert failed["status"] == "failed" and failed["error"]["reason"] == "validation_failed"
         assert failed["error"]["phase"] == "data_validation" and list(failed["results"]) == ["data_validation"]
 
+        limits = await client.put(f"/v1/admin/tenants/{tenant}/limits", headers=flows.operator_auth(),
+                                  json={"queued_flows": 1})
+        assert limits.status_code == 200
         ids = []
         for _ in range(3):
             made = await client.post("/v1/flows", headers=auth, json=flow_body())
-            assert made.status_code == 202
+            assert made.status_code == 202 and made.json()["status"] == "initialized"
             ids.append(made.json()["flow_id"])
-        over = await client.post("/v1/flows", headers=auth, json=flow_body())
-        assert over.status_code == 429 and over.json()["error"]["code"] == "too_many_flows"
-        assert over.json()["error"]["limit"] == 3
+        queued = await client.post("/v1/flows", headers=auth, json=flow_body())  # over the running limit (3)
+        assert queued.status_code == 202 and queued.json()["status"] == "queued"
+        listed = (await client.get("/v1/flows?status=queued", headers=auth)).json()["flows"]
+        assert [f["flow_id"] for f in listed] == [queued.json()["flow_id"]]
+        over = await client.post("/v1/flows", headers=auth, json=flow_body())  # over the queue limit (1)
+        assert over.status_code == 429 and over.json()["error"]["code"] == "quota_exceeded"
+        assert over.json()["error"]["limit"] == "queued_flows" and int(over.headers["Retry-After"]) >= 1
+        ids.append(queued.json()["flow_id"])
         cancelled = await client.post(f"/v1/flows/{ids[0]}/cancel", headers=auth)
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
         for flow_id in ids:

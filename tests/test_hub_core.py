@@ -5,6 +5,7 @@ import asyncio
 
 import pytest
 
+from actors.limits import Limits
 from actors.event_hub import EventHubCore, HubOptions, TenantLog
 from storage.engine import create_engine
 from storage.events import EventStore
@@ -51,14 +52,14 @@ async def test_read_uses_window_then_storage_and_filters_flows(store, tenant):
 
 
 async def test_retention_trims_and_reports_gaps(store, tenant):
-    hub = EventHubCore(store, HubOptions(retention=3, window=2))
+    hub = EventHubCore(store, HubOptions(limits=Limits(event_retention_count=3), window=2))
     await hub.append([(tenant, [ev(i) for i in range(10)])])
     await asyncio.sleep(0.2)  # let the background trim run
     page = await hub.read(tenant, 2)
     assert page["gap"] and page["floor"] == 8 and page["head"] == 10
     ok = await hub.read(tenant, 7)
     assert not ok["gap"] and [e.seq for e in ok["events"]] == [8, 9, 10]
-    restarted = EventHubCore(store, HubOptions(retention=3))
+    restarted = EventHubCore(store, HubOptions(limits=Limits(event_retention_count=3)))
     assert (await restarted.read(tenant, 0))["floor"] == 8
 
 

@@ -99,7 +99,8 @@ async def test_metrics_reach_the_prometheus_endpoint(flows, tenant, backend):
         wanted = {f"ray_{name}" for name in CATALOG} - {
             "ray_raytenant_reservations_refused", "ray_raytenant_budget_utilisation",
             "ray_raytenant_mailbox_redeliveries", "ray_raytenant_mailbox_dead_letters",
-            "ray_raytenant_slow_consumer_disconnects", "ray_raytenant_learning_patterns_learned"}
+            "ray_raytenant_slow_consumer_disconnects", "ray_raytenant_learning_patterns_learned",
+            "ray_raytenant_ledger_overruns", "ray_raytenant_limit_refusals"}  # not provoked here
         found: set[str] = set()
         text = ""
         for _ in range(60):  # Ray exports every few seconds

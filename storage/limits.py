@@ -1,0 +1,37 @@
+"""Repository for the operator's per-tenant limit overrides (actors/limits.py holds their meaning)."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from storage.models import TenantLimitsRow
+
+
+class LimitsStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    async def get(self, tenant: str) -> dict[str, Any] | None:
+        """The tenant's overrides, or None when the operator set none."""
+        query = select(TenantLimitsRow.limits).where(TenantLimitsRow.tenant == tenant)
+        async with self.engine.connect() as conn:
+            return (await conn.execute(query)).scalar_one_or_none()
+
+    async def put(self, tenant: str, overrides: dict[str, Any]) -> None:
+        """Replace the tenant's overrides (an empty object: back to the defaults)."""
+        if not overrides:
+            async with self.engine.begin() as conn:
+                await conn.execute(delete(TenantLimitsRow).where(TenantLimitsRow.tenant == tenant))
+            return
+        module = postgresql if self.dialect == "postgresql" else sqlite
+        now = datetime.now(timezone.utc)
+        statement = module.insert(TenantLimitsRow).values(tenant=tenant, limits=overrides, updated_at=now)
+        statement = statement.on_conflict_do_update(index_elements=["tenant"],
+                                                    set_={"limits": overrides, "updated_at": now})
+        async with self.engine.begin() as conn:
+            await conn.execute(statement)

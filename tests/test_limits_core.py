@@ -1,0 +1,211 @@
+"""Quotas and rate limits as state logic: the limits model, the quota shard's buckets and slots,
+the replicas' leased allotments, and retention by bytes and age in the hub."""
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from actors.event_hub import EventHubCore, HubOptions
+from actors.limits import Limits, LimitsCache, LimitsError
+from actors.metrics import RecordingSink
+from actors.operations import ActorError
+from actors.quota_client import Allotments
+from actors.quotas import QuotaCore, QuotaError, QuotaOptions
+from storage.engine import create_engine
+from storage.events import EventStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("overrides, names", [
+    ({"connections": -1}, "connections"), ({"connections": 1.5}, "connections"), ({"patterns": True}, "patterns"),
+    ({"nope": 1}, "unknown limit"), ({"events_per_second": 0}, "events_per_second"),
+    ({"events_per_second": float("nan")}, "events_per_second"), ({"requests_per_second": {"x": 1}}, "route class"),
+    ({"requests_per_second": {"events": -5}}, "requests_per_second.events"), ({"requests_per_second": 5}, "object"),
+    ({"flow_weight": 0}, "flow_weight"), ({"queued_flows": 10**10}, "queued_flows"),
+])
+def test_bad_limits_are_refused_naming_the_field(overrides, names):
+    with pytest.raises(LimitsError, match=names):
+        Limits().with_overrides(overrides)
+
+
+def test_overrides_merge_on_the_defaults():
+    limits = Limits(connections=7).with_overrides({"requests_per_second": {"llm": 3}, "patterns": 0})
+    assert limits.connections == 7 and limits.patterns == 0 and limits.rate("requests:llm") == 3.0
+    assert limits.rate("requests:events") == Limits().requests_per_second["events"]
+    assert Limits.from_json('{"events_per_second": 2}').rate("events") == 2.0 and Limits.from_json("") == Limits()
+
+
+async def test_cache_loads_pushes_expires_and_survives_storage_failure():
+    clock, stored, calls = Clock(), {"t": {"connections": 3}}, []
+
+    async def load(tenant):
+        calls.append(tenant)
+        if stored is None:
+            raise RuntimeError("database away")
+        return stored.get(tenant)
+
+    cache = LimitsCache(load, Limits(connections=9), ttl=5, clock=clock)
+    assert (await cache.of("t")).connections == 3 and (await cache.of("u")).connections == 9
+    assert (await cache.of("t")).connections == 3 and calls == ["t", "u"]  # cached
+    cache.put("t", {"connections": 4})
+    assert cache.peek("t").connections == 4 and (await cache.of("t")).connections == 4
+    clock.now += 6
+    stored = None
+    assert (await cache.of("t")).connections == 4  # storage away: the known value stays
+    assert cache.put("t", {"connections": "bad"}).connections == 9  # a field invalid under these defaults is dropped
+
+
+async def test_a_bucket_grants_its_rate_whatever_the_number_of_replicas():
+    clock = Clock()
+    core = QuotaCore(LimitsCache(None, Limits(events_per_second=100)), QuotaOptions(lease_fraction=0.05), clock=clock)
+    granted = 0
+    for step in range(200):  # 2 s, three replicas asking every 10 ms for as much as they can
+        for replica in ("a", "b", "c"):
+            granted += (await core.lease("t", replica, "events", 1))["granted"]
+        clock.now += 0.01
+    assert 100 + 200 - 2 <= granted <= 100 + 200 + 1  # one second of burst, then the rate
+    await core.lease("t", "a", "events", 1)  # the token of the last 10 ms
+    refused = await core.lease("t", "a", "events", 1)
+    assert refused["granted"] == 0 and 0 < refused["retry_after"] <= 0.011
+
+
+async def test_a_lease_carries_a_few_tokens_and_a_large_ask_runs_into_debt():
+    clock = Clock()
+    core = QuotaCore(LimitsCache(None, Limits(events_per_second=100)), QuotaOptions(lease_fraction=0.05), clock=clock)
+    assert (await core.lease("t", "a", "events", 1))["granted"] == 5  # 0.05 s of the rate
+    assert (await core.lease("t", "a", "events", 500))["granted"] == 0  # a large ask waits for a full bucket
+    clock.now += 0.1
+    big = await core.lease("t", "a", "events", 500)  # more than a second's worth: admitted when full
+    assert big["granted"] == 500 and core.buckets[("t", "events")].tokens < 0
+    clock.now += 1.0
+    debt = await core.lease("t", "a", "events", 1)
+    assert debt["granted"] == 0 and debt["retry_after"] > 1  # the tenant waits for its debt to refill
+    with pytest.raises(QuotaError):
+        await core.lease("t", "a", "nothing", 1)
+    with pytest.raises(QuotaError):
+        await core.lease("t", "a", "events", 0)
+
+
+async def test_connection_slots_are_capped_released_and_expire_with_their_replica():
+    clock = Clock()
+    core = QuotaCore(LimitsCache(None, Limits(connections=2, subscriptions_per_socket=4)),
+                     QuotaOptions(slot_ttl=15), clock=clock)
+    first = await core.acquire("t", "r1")
+    assert first["admitted"] and first["subscriptions_per_socket"] == 4
+    assert (await core.acquire("t", "r2"))["admitted"]
+    refused = await core.acquire("t", "r1")
+    assert not refused["admitted"] and refused["connections"] == 2 and refused["limit"] == 2
+    assert (await core.acquire("u", "r1"))["admitted"]  # another tenant has its own slots
+    await core.release("t", "r1")
+    assert (await core.acquire("t", "r1"))["admitted"]
+    clock.now += 10
+    await core.hold("t", "r1", 1)  # r1 still reports; r2 went silent
+    clock.now += 10
+    assert (await core.usage("t"))["connections"] == 1 and (await core.acquire("t", "r3"))["admitted"]
+    await core.hold("t", "r1", 0)
+    assert (await core.usage("t"))["connections"] == 1
+
+
+async def test_allotments_spend_locally_and_remember_refusals():
+    clock = Clock()
+    core = QuotaCore(LimitsCache(None, Limits(requests_per_second={"events": 100})), QuotaOptions(lease_fraction=0.1),
+                     clock=clock)
+    calls = []
+
+    async def lease(tenant, name, amount, want):
+        calls.append(want)
+        return await core.lease(tenant, "replica", name, amount, want)
+
+    sink = RecordingSink()
+    allotments = Allotments(lease, clock=clock, metrics=sink)
+    results = [await allotments.admit("t", "requests:events") for _ in range(300)]
+    admitted = results.count(None)
+    assert admitted == 100  # the burst
+    assert len(calls) < 20  # 10 tokens a lease, and the refusal is remembered: no call per request
+    assert sink.total("raytenant_limit_refusals", limit="requests:events") == 200
+    clock.now += 0.5
+    assert (await allotments.admit("t", "requests:events")) is None  # refilled
+
+
+async def test_concurrent_requests_share_one_lease():
+    clock = Clock()
+    core = QuotaCore(LimitsCache(None, Limits(requests_per_second={"costs": 1000})), QuotaOptions(lease_fraction=0.001),
+                     clock=clock)
+    calls = []
+
+    async def lease(tenant, name, amount, want):
+        calls.append(want)
+        await asyncio.sleep(0.01)
+        return await core.lease(tenant, "replica", name, amount, want)
+
+    allotments = Allotments(lease, clock=clock)
+    results = await asyncio.gather(*(allotments.admit("t", "requests:costs") for _ in range(50)))
+    assert results.count(None) == 50 and len(calls) <= 3
+
+
+async def test_three_replicas_admit_the_limit_together():
+    clock = Clock()
+    core = QuotaCore(LimitsCache(None, Limits(requests_per_second={"flows": 50})), clock=clock)
+
+    def replica(name):
+        async def lease(tenant, limit, amount, want):
+            return await core.lease(tenant, name, limit, amount, want)
+        return Allotments(lease, clock=clock)
+
+    replicas = [replica(n) for n in ("a", "b", "c")]
+    admitted = 0
+    for step in range(1000):  # 10 s, each replica offered 20x the rate
+        for allotments in replicas:
+            for _ in range(3):
+                admitted += (await allotments.admit("t", "requests:flows")) is None
+        clock.now += 0.01
+    allowed = 50 + 50 * 10
+    assert 0.9 <= admitted / allowed <= 1.1, admitted
+
+
+async def test_an_unreachable_quota_shard_admits():
+    async def lease(tenant, name, amount, want):
+        raise ActorError(503, "quotas_unavailable", "away")
+
+    allotments = Allotments(lease)
+    assert all([await allotments.admit("t", "requests:events") is None for _ in range(5)])
+
+
+@pytest.fixture
+async def store(db_url):
+    engine = create_engine(db_url)
+    yield EventStore(engine)
+    await engine.dispose()
+
+
+async def test_retention_by_bytes_and_age_trims_the_oldest(store, tenant):
+    clock = [10_000.0]
+    hub = EventHubCore(store, HubOptions(limits=Limits(event_retention_bytes=10_000, event_retention_seconds=100)),
+                       clock=lambda: clock[0])
+    big = {"type": "flow_update", "flow_id": None, "data": {"blob": "x" * 3_000}}
+    await hub.append([(tenant, [big] * 3)])  # about 9 KB: all kept
+    assert await hub.enforce_retention() == 0
+    await hub.append([(tenant, [big] * 2)])  # about 15 KB: the two oldest go
+    assert await hub.enforce_retention() == 1
+    page = await hub.read(tenant, 0)
+    assert page["gap"] and page["floor"] == 3
+    assert [e.seq for e in (await hub.read(tenant, 2))["events"]] == [3, 4, 5]
+    clock[0] += 50
+    await hub.append([(tenant, [{"type": "flow_update", "flow_id": None, "data": {}}])])
+    clock[0] += 60  # seqs 3-5 are now 110 s old, seq 6 is 60 s old
+    assert await hub.enforce_retention() == 1
+    assert (await hub.read(tenant, 5))["events"][0].seq == 6 and (await hub.read(tenant, 4))["gap"]
+    hub.set_limits(tenant, {"event_retention_seconds": 10})
+    clock[0] += 1
+    await hub.enforce_retention()
+    assert (await hub.read(tenant, 6))["floor"] == 7  # nothing young enough stays
+    assert (await store.read(tenant, 0, limit=10)) == []

@@ -1,0 +1,148 @@
+"""Per-tenant quotas and rate limits over real HTTP and WebSockets against the real shards: the
+operator sets them, a tenant over them is refused with 429 (or 4029 / an error on a socket) and
+nothing changes, and another tenant is not touched."""
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+import websockets
+
+from storage.models import MessageRow, PatternRow
+from tests.test_costs_http import stored
+from tests.test_http_api import assert_error
+from tests.wsutil import connect, recv, recv_until
+
+pytestmark = pytest.mark.integration
+
+
+async def set_limits(client: httpx.AsyncClient, live, tenant: str, **limits) -> dict:
+    response = await client.put(f"/v1/admin/tenants/{tenant}/limits", headers=live.operator_auth(), json=limits)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def assert_limited(response: httpx.Response, code: str, limit: str) -> None:
+    assert_error(response, 429, code)
+    assert response.json()["error"]["limit"] == limit and int(response.headers["Retry-After"]) >= 1
+
+
+async def test_only_the_operator_sets_limits_and_bad_ones_change_nothing(live, tenant):
+    path = f"/v1/admin/tenants/{tenant}/limits"
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        assert_error(await client.put(path, headers=live.admin_auth(tenant), json={"connections": 1000000}),
+                     401, "operator_token_required")
+        for body in ({"connections": -1}, {"connections": "5"}, {"bogus": 1}, {"requests_per_second": {"events": 0}},
+                     {"flow_weight": 1e9}, []):
+            response = await client.put(path, headers=live.operator_auth(), json=body)
+            assert response.status_code == 422, (body, response.text)
+        view = (await client.get(path, headers=live.operator_auth())).json()
+        assert "overrides" in view, view
+        assert view["overrides"] == {} and view["limits"]["connections"] == live.runtime.settings.default_limits().connections
+        changed = await set_limits(client, live, tenant, connections=3, requests_per_second={"llm": 2})
+        assert changed["limits"]["connections"] == 3 and changed["limits"]["requests_per_second"]["llm"] == 2
+        view = (await client.get(path, headers=live.operator_auth())).json()
+        assert view["overrides"] == {"connections": 3, "requests_per_second": {"llm": 2}}
+        assert view["limits"]["connections"] == 3 and view["usage"]["connections"] == 0
+        await set_limits(client, live, tenant)  # an empty object: back to the defaults
+        assert (await client.get(path, headers=live.operator_auth())).json()["overrides"] == {}
+
+
+async def test_a_tenant_over_its_request_rate_gets_429_and_others_do_not(live, tenant):
+    other = tenant + "-other"
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        await set_limits(client, live, tenant, requests_per_second={"events": 5})
+        answers = await asyncio.gather(*(client.get("/v1/events", headers=live.auth(tenant)) for _ in range(40)))
+        theirs = await asyncio.gather(*(client.get("/v1/events", headers=live.auth(other)) for _ in range(40)))
+        statuses = [r.status_code for r in answers]
+        assert 5 <= statuses.count(200) <= 8 and statuses.count(429) == 40 - statuses.count(200), statuses
+        assert_limited(next(r for r in answers if r.status_code == 429), "rate_limited", "requests:events")
+        assert {r.status_code for r in theirs} == {200}
+        # Other route classes of the same tenant have their own buckets.
+        assert (await client.get("/v1/costs/summary", headers=live.auth(tenant))).status_code == 200
+        await asyncio.sleep(1.1)
+        assert (await client.get("/v1/events", headers=live.auth(tenant))).status_code == 200  # refilled
+    stats = await live.runtime.quotas.stats()
+    assert sum(s["leases"] for s in stats) < 40 + 40  # leased allotments: not one actor call per request
+
+
+async def test_events_per_second_refuses_and_publishes_nothing(live, tenant):
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        await set_limits(client, live, tenant, events_per_second=10)
+        events = [{"type": "agent_insight", "data": {"i": i}} for i in range(10)]
+        first = await client.post("/v1/events", headers=live.auth(tenant), json={"events": events})
+        assert first.status_code == 201
+        refused = await client.post("/v1/events", headers=live.auth(tenant), json={"events": events})
+        assert_limited(refused, "rate_limited", "events_per_second")
+        page = (await client.get("/v1/events", headers=live.auth(tenant))).json()
+        assert page["head"] == 10
+
+
+async def test_socket_over_the_connection_cap_closes_4029_and_subscriptions_are_capped(live, tenant):
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        await set_limits(client, live, tenant, connections=2, subscriptions_per_socket=2)
+    token = live.token(tenant)
+    first, second = await connect(live.ws_url, token), await connect(live.ws_url, token)
+    for ws in (first, second):
+        assert (await recv(ws))["type"] == "connection_established"
+    third = await connect(live.ws_url, token)
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await recv(third)
+    assert closed.value.rcvd.code == 4029
+    other = await connect(live.ws_url, live.token(tenant + "-other"))  # another tenant is not capped by this one
+    assert (await recv(other))["type"] == "connection_established"
+    await second.close()
+    for _ in range(50):  # the slot is released when the server sees the close
+        fourth = await connect(live.ws_url, token)
+        try:
+            if (await recv(fourth))["type"] == "connection_established":
+                break
+        except websockets.ConnectionClosed:
+            await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the released slot was not given again")
+    for flow in ("a", "b"):
+        await first.send(f'{{"type": "subscribe_flow", "flow_id": "{flow}"}}')
+        assert (await recv(first))["type"] == "subscription_confirmed"
+    await first.send('{"type": "subscribe_flow", "flow_id": "c"}')
+    error = await recv(first)
+    assert error["type"] == "error" and error["code"] == "quota_exceeded" and error["limit"] == "subscriptions_per_socket"
+    await first.send('{"type": "subscribe_flow", "flow_id": "a"}')  # a flow already held is no new subscription
+    assert (await recv(first))["type"] == "subscription_confirmed"
+    await first.send('{"type": "ping"}')
+    assert (await recv_until(first, lambda m: m["type"] == "pong"))[-1]["type"] == "pong"  # the socket stays
+    for ws in (first, fourth, other):
+        await ws.close()
+
+
+async def test_queued_messages_and_patterns_have_quotas(live, tenant, db_url):
+    auth = live.auth(tenant)
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        await set_limits(client, live, tenant, queued_messages_per_agent=3, queued_messages=5, patterns=2)
+        sent = await client.post("/v1/agents/a/messages", headers=auth,
+                                 json={"messages": [{"sender": "s", "content": i} for i in range(3)]})
+        assert sent.status_code == 201
+        assert_limited(await client.post("/v1/agents/a/messages", headers=auth, json={"sender": "s", "content": 9}),
+                       "quota_exceeded", "queued_messages_per_agent")
+        assert (await client.post("/v1/agents/b/messages", headers=auth,
+                                  json={"messages": [{"sender": "s", "content": i} for i in range(2)]})).status_code == 201
+        assert_limited(await client.post("/v1/agents/c/messages", headers=auth, json={"sender": "s", "content": 9}),
+                       "quota_exceeded", "queued_messages")
+        got = (await client.get("/v1/agents/a/messages?max=10", headers=auth)).json()["messages"]
+        ack = await client.post("/v1/agents/a/messages/ack", headers=auth,
+                                json={"message_ids": [m["message_id"] for m in got]})
+        assert ack.status_code == 200
+        assert (await client.post("/v1/agents/c/messages", headers=auth, json={"sender": "s", "content": 9})).status_code == 201
+        for i in range(2):
+            learned = await client.post("/v1/learning/successes", headers=auth,
+                                        json={"result": {"ok": i}, "context": {"table": f"t{i}"}})
+            assert learned.status_code == 201
+        assert_limited(await client.post("/v1/learning/successes", headers=auth,
+                                         json={"result": {"ok": 3}, "context": {"table": "t3"}}), "quota_exceeded", "patterns")
+        merged = await client.post("/v1/learning/successes", headers=auth,  # evidence for a known pattern still counts
+                                   json={"result": {"ok": 0}, "context": {"table": "t0"}})
+        assert merged.status_code == 201
+    messages = await stored(db_url, MessageRow, tenant)
+    assert len(messages) == 6 and sorted(m["content"] for m in messages if m["receiver"] == "a") == [0, 1, 2]
+    assert len(await stored(db_url, PatternRow, tenant)) == 2
