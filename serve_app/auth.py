@@ -57,13 +57,17 @@ def valid_tenant(tenant: object) -> bool:
     return isinstance(tenant, str) and bool(TENANT_PATTERN.fullmatch(tenant))
 
 
+MAX_TTL = 30 * 24 * 3600  # the longest a token may live (RAYTENANT_MAX_TOKEN_TTL): a leaked one expires
+
+
 class Tokens:
-    def __init__(self, operator_token: str, jwt_secret: str = "", *, default_ttl: int = 24 * 3600) -> None:
+    def __init__(self, operator_token: str, jwt_secret: str = "", *, default_ttl: int = 24 * 3600,
+                 max_ttl: int = MAX_TTL) -> None:
         if not operator_token:
             raise ValueError("operator token must not be empty")
         self._operator_token = operator_token
         self._secret = jwt_secret or derive_secret(operator_token)
-        self.default_ttl = default_ttl
+        self.default_ttl, self.max_ttl = min(default_ttl, max_ttl), max_ttl
         self.cache_size = 10_000
         self._verified: dict[str, Claims] = {}
 
@@ -84,8 +88,8 @@ class Tokens:
         if not valid_tenant(tenant):
             raise ValueError("tenant must be 1-128 characters of letters, digits and . _ : -")
         ttl = self.default_ttl if ttl is None else ttl
-        if ttl <= 0:
-            raise ValueError("ttl must be positive")
+        if not 0 < ttl <= self.max_ttl:
+            raise ValueError(f"ttl must be between 1 and {self.max_ttl} seconds")
         exp = int((now or time.time()) + ttl)
         claims = {"tenant": tenant, "user": user, "engagement": engagement, "scopes": list(scopes), "exp": exp}
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM), exp

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from serve_app.auth import DEFAULT_SCOPES, Tokens, new_operator_token
+from serve_app.auth import MAX_TTL, DEFAULT_SCOPES, Tokens, new_operator_token
 from storage.engine import data_dir, database_url
 
 DEMO_TENANT = "demo"
@@ -36,7 +36,8 @@ def operator_token(explicit: str | None = None, *, create: bool = False) -> str:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    tokens = Tokens(operator_token(args.operator_token), os.environ.get("RAYTENANT_JWT_SECRET", ""))
+    tokens = Tokens(operator_token(args.operator_token), os.environ.get("RAYTENANT_JWT_SECRET", ""),
+                    max_ttl=int(os.environ.get("RAYTENANT_MAX_TOKEN_TTL", MAX_TTL)))
     scopes = args.scopes.split(",") if args.scopes else list(DEFAULT_SCOPES)
     try:
         token, exp = tokens.mint(args.tenant, user=args.user, engagement=args.engagement, scopes=scopes, ttl=args.ttl)

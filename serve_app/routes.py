@@ -147,8 +147,10 @@ async def mint_token(request: Request) -> JSONResponse:
     user, engagement = payload.get("user"), payload.get("engagement")
     if not (isinstance(scopes, list) and scopes and all(isinstance(s, str) for s in scopes)):
         raise ApiError(422, "invalid_scopes", "scopes must be a non-empty list of strings")
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 < ttl <= 366 * 86400):
-        raise ApiError(422, "invalid_ttl", "ttl_seconds must be an integer between 1 and 31622400")
+    longest = runtime.tokens.max_ttl
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 < ttl <= longest):
+        raise ApiError(422, "invalid_ttl", f"ttl_seconds must be an integer between 1 and {longest}",
+                       max_ttl_seconds=longest)
     if any(v is not None and not isinstance(v, str) for v in (user, engagement)):
         raise ApiError(422, "invalid_claims", "user and engagement must be strings")
     token, exp = runtime.tokens.mint(tenant, user=user, engagement=engagement, scopes=scopes, ttl=ttl)

@@ -43,7 +43,8 @@ class Runtime:
         self.settings = settings
         self.replica_id = replica_id or uuid.uuid4().hex[:12]
         limits = settings.default_limits()
-        self.tokens = Tokens(settings.operator_token, settings.jwt_secret, default_ttl=settings.token_ttl_seconds)
+        self.tokens = Tokens(settings.operator_token, settings.jwt_secret, default_ttl=settings.token_ttl_seconds,
+                             max_ttl=settings.max_token_ttl)
         self.hub = hub or EventHubClient(
             settings.database_url,
             settings.hub_shards,
@@ -113,19 +114,23 @@ class Runtime:
         await self.mailbox.start()
         await self.flows.start(timeout=120.0)  # a runner imports crewai first: seconds
 
-    async def set_limits(self, tenant: str, overrides: dict) -> dict:
-        """Push the operator's change to every shard that enforces a limit of the tenant (each reads
-        the stored value again within its cache's ttl anyway, so a push that fails converges)."""
+    async def set_limits(self, tenant: str, overrides: dict) -> None:
+        """Push the operator's (already stored) change to every shard that enforces a limit of the
+        tenant. A shard that cannot be reached rereads the stored value within its cache's ttl,
+        so a failed push is logged, not answered as a failure."""
         import asyncio
+        import logging
 
-        limits, *_ = await asyncio.gather(
-            self.quotas.call("set_limits", tenant, overrides),
-            self.mailbox.call("set_limits", tenant, overrides),
-            self.learning.call("set_limits", tenant, overrides),
-            self.flows.call("set_limits", tenant, overrides),
-            self.hub.set_limits(tenant, overrides),
-        )
-        return limits
+        pushes = {"quotas": self.quotas.call("set_limits", tenant, overrides),
+                  "mailbox": self.mailbox.call("set_limits", tenant, overrides),
+                  "learning": self.learning.call("set_limits", tenant, overrides),
+                  "flows": self.flows.call("set_limits", tenant, overrides),
+                  "hub": self.hub.set_limits(tenant, overrides)}
+        results = await asyncio.gather(*pushes.values(), return_exceptions=True)
+        for kind, result in zip(pushes, results):
+            if isinstance(result, Exception):
+                logging.getLogger("raytenant.limits").warning(
+                    "limits of tenant %s not pushed to %s (%s); it rereads them within 5 s", tenant, kind, result)
 
     async def stop(self) -> None:
         await self.router.stop()

@@ -41,6 +41,7 @@ class Settings:
     send_queue_size: int = 1_000
     poll_timeout: float = 10.0
     token_ttl_seconds: int = 24 * 3600
+    max_token_ttl: int = 30 * 24 * 3600  # RAYTENANT_MAX_TOKEN_TTL: longer asks answer 422
     llm_providers: str = ""  # RAYTENANT_LLM_PROVIDERS (crews/providers.py): JSON, keys by env var name only
     llm_tenant_models: str = ""  # RAYTENANT_LLM_TENANT_MODELS: which models each tenant may use
     gateway_max_tokens: int = 32_768  # the highest max_tokens a gateway call may ask for
@@ -66,6 +67,7 @@ class Settings:
             "flow_capacity": _env_int("RAYTENANT_FLOW_CAPACITY", 32),
             "quota_shards": _env_int("RAYTENANT_QUOTA_SHARDS", 1),
             "limits": os.environ.get("RAYTENANT_LIMITS", ""),
+            "max_token_ttl": _env_int("RAYTENANT_MAX_TOKEN_TTL", 30 * 24 * 3600),
             "llm": os.environ.get("RAYTENANT_LLM", ""),
             "llm_latency": float(os.environ.get("RAYTENANT_LLM_LATENCY", 0)),
             "llm_providers": os.environ.get("RAYTENANT_LLM_PROVIDERS", ""),

@@ -20,6 +20,10 @@ CLOSE_TRY_AGAIN = 1013
 CLOSE_UNAUTHORIZED = 4001
 CLOSE_BAD_REQUEST = 4000
 CLOSE_OVER_LIMIT = 4029
+# Browsers cannot set headers on a WebSocket: they pass the token as the second of two offered
+# subprotocols (`new WebSocket(url, ["raytenant", token])`), which proxies do not log as they log
+# query strings. The server answers with the first.
+SUBPROTOCOL = "raytenant"
 
 
 def valid_flow_id(flow_id: Any) -> bool:
@@ -38,8 +42,10 @@ def _int_arg(value: Any) -> int | None:
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
     runtime: Runtime = websocket.app.state.runtime
-    token = bearer(websocket.headers.get("authorization")) or websocket.query_params.get("token")
-    await websocket.accept()
+    offered = websocket.scope.get("subprotocols") or []
+    by_protocol = offered[1] if len(offered) == 2 and offered[0] == SUBPROTOCOL else None
+    token = bearer(websocket.headers.get("authorization")) or by_protocol or websocket.query_params.get("token")
+    await websocket.accept(subprotocol=SUBPROTOCOL if by_protocol else None)
     try:
         claims = runtime.tokens.verify(token)
     except AuthError as error:

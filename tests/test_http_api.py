@@ -1,6 +1,9 @@
 """HTTP routes over real sockets: errors, tokens, replay pages, health."""
 from __future__ import annotations
 
+import asyncio
+import json
+
 import httpx
 import pytest
 
@@ -64,6 +67,7 @@ async def test_operator_mints_tenant_tokens(live, tenant):
             ({"tenant": "has space"}, "invalid_tenant"),
             ({"tenant": tenant, "scopes": "all"}, "invalid_scopes"),
             ({"tenant": tenant, "ttl_seconds": 0}, "invalid_ttl"),
+            ({"tenant": tenant, "ttl_seconds": 30 * 86400 + 1}, "invalid_ttl"),  # over RAYTENANT_MAX_TOKEN_TTL
             ({"tenant": tenant, "user": 5}, "invalid_claims"),
             ([tenant], "invalid_body"),
         ]:
@@ -113,3 +117,18 @@ async def test_health_and_readiness(live):
         assert (await client.get("/healthz")).json() == {"status": "ok"}
         ready = await client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+
+async def test_a_browser_passes_its_token_as_a_subprotocol(live, tenant):
+    """`new WebSocket(url, ["raytenant", token])`: no token in the URL, which proxies log."""
+    import websockets
+
+    ws = await websockets.connect(live.ws_url, subprotocols=["raytenant", live.token(tenant)])
+    assert ws.subprotocol == "raytenant"
+    hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert hello["type"] == "connection_established" and hello["tenant"] == tenant
+    await ws.close()
+    refused = await websockets.connect(live.ws_url, subprotocols=["raytenant", "not-a-token"])
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await asyncio.wait_for(refused.recv(), 10)
+    assert closed.value.rcvd.code == 4001

@@ -72,8 +72,8 @@ function signOut() {
 // -- live stream ----------------------------------------------------------------------------------
 function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const resume = state.lastSeq !== null ? `&last_seq=${state.lastSeq}` : "";
-  const ws = new WebSocket(`${scheme}://${location.host}/v1/ws?token=${encodeURIComponent(state.token)}${resume}`);
+  const resume = state.lastSeq !== null ? `?last_seq=${state.lastSeq}` : "";
+  const ws = new WebSocket(`${scheme}://${location.host}/v1/ws${resume}`, ["raytenant", state.token]);
   state.ws = ws;
   setStatus("Connecting…", "waiting");
   ws.onopen = () => ws.send(JSON.stringify({ type: "subscribe_flow", flow_id: "*" }));
