@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.auth import MAX_TTL, DEFAULT_SCOPES, Tokens, new_operator_token
-from storage.engine import data_dir, database_url
+from storage.engine import data_dir, database_url, private_file
 
 DEMO_TENANT = "demo"
 
@@ -28,10 +28,8 @@ def operator_token(explicit: str | None = None, *, create: bool = False) -> str:
         return path.read_text().strip()
     if not create:
         raise SystemExit("no operator token: set RAYTENANT_OPERATOR_TOKEN or start `raytenant run` once")
-    path.parent.mkdir(parents=True, exist_ok=True)
     token = new_operator_token()
-    path.write_text(token + "\n")
-    path.chmod(0o600)
+    private_file(path).write_text(token + "\n")  # 0600 before the token is in it
     return token
 
 

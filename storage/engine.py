@@ -29,6 +29,18 @@ def database_url() -> str:
     return f"sqlite+aiosqlite:///{data_dir() / 'raytenant.db'}"
 
 
+def private_file(path: Path) -> Path:
+    """Create `path` (and its folder) readable by this user only: a new folder 0700, the file
+    0600 from its first byte (an existing one is tightened). SQLite gives its -wal and -shm files
+    the database file's mode, so they are private too."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    if path.stat().st_mode & 0o077 and path.stat().st_uid == os.getuid():
+        path.chmod(0o600)
+    return path
+
+
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
@@ -47,7 +59,7 @@ def create_engine(url: str | None = None, *, pool_size: int = 5) -> AsyncEngine:
     if is_sqlite(url):
         database = make_url(url).database
         if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            private_file(Path(database))
         engine = create_async_engine(url, json_serializer=dumps_stored)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
