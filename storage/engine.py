@@ -35,7 +35,7 @@ def private_file(path: Path) -> Path:
     the database file's mode, so they are private too."""
     if not path.parent.exists():
         path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
-    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.close(os.open(path, os.O_CREAT | os.O_RDONLY, 0o600))  # creates, never truncates or needs write
     if path.stat().st_mode & 0o077 and path.stat().st_uid == os.getuid():
         path.chmod(0o600)
     return path
