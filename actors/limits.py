@@ -96,7 +96,7 @@ def _validated(base: Limits, overrides: dict[str, Any]) -> dict[str, Any]:
                     raise LimitsError(f"unknown route class {route_class!r}; known: {list(ROUTE_CLASSES)}")
                 rates[route_class] = _positive_rate(f"requests_per_second.{route_class}", rate)
             found[name] = rates
-        elif name in ("events_per_second",):
+        elif name == "events_per_second":
             found[name] = _positive_rate(name, value)
         elif name == "flow_weight":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \

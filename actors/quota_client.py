@@ -137,8 +137,8 @@ class QuotaClient(ShardClient):
             self.sockets.pop(tenant, None)
         try:
             await self.call("release", tenant, self.replica, 1)
-        except ActorError:
-            pass  # the next report corrects the shard's count
+        except ActorError as error:  # the next report (hold) corrects the shard's count
+            log.info("quota release for tenant %s deferred to the next report (%s)", tenant, error.code)
 
     def _ensure_reporter(self) -> None:
         if self._reporter is None or self._reporter.done():

@@ -172,6 +172,7 @@ async def aggress(urls: list[str], token: str, seconds: float) -> dict[str, Any]
     headers = {"Authorization": f"Bearer {token}"}
     admitted: dict[str, int] = defaultdict(int)
     offered: dict[str, int] = defaultdict(int)
+    failed: dict[str, int] = defaultdict(int)
     sockets: list[Any] = []
 
     async def one(session, name: str, method: str, url: str, body) -> None:
@@ -179,8 +180,8 @@ async def aggress(urls: list[str], token: str, seconds: float) -> dict[str, Any]
             async with session.request(method, url, headers=headers, json=body) as response:
                 await response.read()
                 admitted[name] += response.status < 300
-        except Exception:  # noqa: BLE001 - the aggressor's failures are its own
-            pass
+        except Exception:  # noqa: BLE001 - the aggressor's failures are its own: counted, not raised
+            failed[name] += 1
 
     async def offer(session, name: str, deadline: float) -> None:
         method, path, body, rate = ROUTES[name]
@@ -202,8 +203,8 @@ async def aggress(urls: list[str], token: str, seconds: float) -> dict[str, Any]
                 sockets.append(ws)
             else:
                 await ws.close()
-        except Exception:  # noqa: BLE001 - refused (4029) or dropped
-            pass
+        except Exception:  # noqa: BLE001 - refused (4029) or dropped: counted
+            failed["delivery"] += 1
 
     async def open_sockets() -> None:
         for start in range(0, SOCKETS, 25):
@@ -217,7 +218,7 @@ async def aggress(urls: list[str], token: str, seconds: float) -> dict[str, Any]
         await asyncio.gather(open_sockets(), *(offer(session, name, deadline) for name in ROUTES))
     window = time.monotonic() - started
     await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
-    return {"admitted": dict(admitted), "offered": dict(offered), "window": window}
+    return {"admitted": dict(admitted), "offered": dict(offered), "failed": dict(failed), "window": window}
 
 
 def aggressor_process(urls: list[str], token: str, seconds: float):

@@ -36,19 +36,21 @@ class ApiError(Exception):
 
 
 def error_response(status: int, code: str, message: str, **details: Any) -> JSONResponse:
+    """The error body; a 429 or 503 whose details say `retry_after` (seconds) also carries the
+    Retry-After header, in whole seconds and at least 1."""
     body: dict[str, Any] = {"code": code, "message": message}
     body.update(details)
-    return JSONResponse({"error": body}, status_code=status)
+    response = JSONResponse({"error": body}, status_code=status)
+    wait = details.get("retry_after")
+    if status in (429, 503) and isinstance(wait, (int, float)) and not isinstance(wait, bool):
+        response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+    return response
 
 
 async def api_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     """ApiError from a route, or an ActorError (same fields) refused by a shard."""
     assert isinstance(exc, (ApiError, ActorError))
-    response = error_response(exc.status, exc.code, exc.message, **exc.details)
-    wait = exc.details.get("retry_after")
-    if exc.status in (429, 503) and isinstance(wait, (int, float)):
-        response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
-    return response
+    return error_response(exc.status, exc.code, exc.message, **exc.details)
 
 
 async def http_error_handler(_request: Request, exc: Exception) -> JSONResponse:

@@ -8,8 +8,7 @@ to their route, which answers 401; operator routes (/v1/admin/) are not limited.
 """
 from __future__ import annotations
 
-import math
-
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from actors.limits import ROUTE_CLASSES
@@ -31,13 +30,6 @@ def route_class(path: str) -> str | None:
     return SEGMENT_CLASSES.get(parts[2], "other")
 
 
-def too_many(limit: str, wait: float, message: str, code: str = "rate_limited"):
-    """The 429 answer of a refused request: names the limit and says when to retry."""
-    response = error_response(429, code, message, limit=limit, retry_after=round(wait, 3))
-    response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
-    return response
-
-
 class RateLimits:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -49,7 +41,7 @@ class RateLimits:
         route = route_class(scope["path"])
         runtime = scope["app"].state.runtime if route is not None else None
         if runtime is not None:
-            token = bearer(_header(scope, b"authorization"))
+            token = bearer(Headers(scope=scope).get("authorization"))
             try:
                 tenant = runtime.tokens.verify(token).tenant if token else None
             except AuthError:
@@ -58,14 +50,9 @@ class RateLimits:
                 name = f"requests:{route}"
                 wait = await runtime.quotas.admit(tenant, name)
                 if wait is not None:
-                    response = too_many(name, wait, f"over this tenant's {route} request rate; retry after {wait:.3f} s")
+                    response = error_response(429, "rate_limited", f"over this tenant's {route} request rate; "
+                                              f"retry after {wait:.3f} s", limit=name, retry_after=round(wait, 3))
                     await response(scope, receive, send)
                     return
         await self.app(scope, receive, send)
 
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None

@@ -1,6 +1,8 @@
 """What one ingress replica holds: settings, token service, hub client and stream router."""
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 
 from actors.cost_ledger import KIND as LEDGER_KIND
@@ -25,6 +27,10 @@ from crews.providers import Provider, Providers
 from serve_app.auth import Tokens
 from serve_app.settings import Settings
 from serve_app.streams import StreamRouter
+from storage.engine import create_engine
+from storage.limits import LimitsStore
+
+log = logging.getLogger("raytenant.runtime")
 
 
 class Runtime:
@@ -84,9 +90,6 @@ class Runtime:
         self.quotas = quotas or QuotaClient(settings.database_url, settings.quota_shards, QuotaOptions(limits=limits),
                                             kind=settings.actor_prefix + QUOTA_KIND, replica=self.replica_id,
                                             metrics=self.metrics)
-        from storage.engine import create_engine
-        from storage.limits import LimitsStore
-
         self.limits_store = LimitsStore(create_engine(settings.database_url))
         self.providers = Providers.from_json(settings.llm_providers, settings.llm_tenant_models)
         self._llm_clients: dict[str, object] = {}
@@ -118,9 +121,6 @@ class Runtime:
         """Push the operator's (already stored) change to every shard that enforces a limit of the
         tenant. A shard that cannot be reached rereads the stored value within its cache's ttl,
         so a failed push is logged, not answered as a failure."""
-        import asyncio
-        import logging
-
         pushes = {"quotas": self.quotas.call("set_limits", tenant, overrides),
                   "mailbox": self.mailbox.call("set_limits", tenant, overrides),
                   "learning": self.learning.call("set_limits", tenant, overrides),
@@ -129,7 +129,7 @@ class Runtime:
         results = await asyncio.gather(*pushes.values(), return_exceptions=True)
         for kind, result in zip(pushes, results):
             if isinstance(result, Exception):
-                logging.getLogger("raytenant.limits").warning(
+                log.warning(
                     "limits of tenant %s not pushed to %s (%s); it rereads them within 5 s", tenant, kind, result)
 
     async def stop(self) -> None:

@@ -115,18 +115,24 @@ async def test_connection_slots_are_capped_released_and_expire_with_their_replic
     assert (await core.usage("t"))["connections"] == 1
 
 
+def replica_of(core: QuotaCore, replica: str = "replica", calls: list | None = None, delay: float = 0.0):
+    """The lease function a replica's Allotments call: straight to the quota core, recording asks."""
+    async def lease(tenant, limit, amount, want):
+        if calls is not None:
+            calls.append(want)
+        if delay:
+            await asyncio.sleep(delay)
+        return await core.lease(tenant, replica, limit, amount, want)
+    return lease
+
+
 async def test_allotments_spend_locally_and_remember_refusals():
     clock = Clock()
     core = QuotaCore(LimitsCache(None, Limits(requests_per_second={"events": 100})), QuotaOptions(lease_fraction=0.1),
                      clock=clock)
     calls = []
-
-    async def lease(tenant, name, amount, want):
-        calls.append(want)
-        return await core.lease(tenant, "replica", name, amount, want)
-
     sink = RecordingSink()
-    allotments = Allotments(lease, clock=clock, metrics=sink)
+    allotments = Allotments(replica_of(core, calls=calls), clock=clock, metrics=sink)
     results = [await allotments.admit("t", "requests:events") for _ in range(300)]
     admitted = results.count(None)
     assert admitted == 100  # the burst
@@ -141,13 +147,7 @@ async def test_concurrent_requests_share_one_lease():
     core = QuotaCore(LimitsCache(None, Limits(requests_per_second={"costs": 1000})), QuotaOptions(lease_fraction=0.001),
                      clock=clock)
     calls = []
-
-    async def lease(tenant, name, amount, want):
-        calls.append(want)
-        await asyncio.sleep(0.01)
-        return await core.lease(tenant, "replica", name, amount, want)
-
-    allotments = Allotments(lease, clock=clock)
+    allotments = Allotments(replica_of(core, calls=calls, delay=0.01), clock=clock)
     results = await asyncio.gather(*(allotments.admit("t", "requests:costs") for _ in range(50)))
     assert results.count(None) == 50 and len(calls) <= 3
 
@@ -156,12 +156,7 @@ async def test_three_replicas_admit_the_limit_together():
     clock = Clock()
     core = QuotaCore(LimitsCache(None, Limits(requests_per_second={"flows": 50})), clock=clock)
 
-    def replica(name):
-        async def lease(tenant, limit, amount, want):
-            return await core.lease(tenant, name, limit, amount, want)
-        return Allotments(lease, clock=clock)
-
-    replicas = [replica(n) for n in ("a", "b", "c")]
+    replicas = [Allotments(replica_of(core, name), clock=clock) for name in ("a", "b", "c")]
     admitted = 0
     for step in range(1000):  # 10 s, each replica offered 20x the rate
         for allotments in replicas:
