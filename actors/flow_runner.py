@@ -6,6 +6,7 @@ unfinished flows at once, not when someone next happens to call it.
 """
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import ray
 
 from actors.gc_policy import quiet_gc
+from actors.os_priority import lower_priority
 from actors.limits import Limits
 from actors.metrics import RayMetrics
 from actors.operations import run_many
@@ -33,6 +35,7 @@ class FlowOptions:
     max_attempts: int = 5  # starts of one flow (first run and resumes) before it fails as too_many_attempts
     shards: int = 1
     kind: str = KIND  # the runners' actor kind (with the deployment's prefix): whose flows are whose
+    niceness: int = 10  # RAYTENANT_FLOW_NICENESS: flows yield the CPU to requests (actors/os_priority.py)
 
 
 @ray.remote(num_cpus=0, max_concurrency=1_000)
@@ -62,6 +65,7 @@ class FlowRunner(ShardActor):
         )
         self.sweep = self.core.resume
         quiet_gc()
+        self.niceness = lower_priority(options.niceness)
         me = ray.get_runtime_context().current_actor
         threading.Thread(target=lambda: ray.get(me.ready.remote()), daemon=True, name="resume").start()
 
@@ -77,4 +81,4 @@ class FlowRunner(ShardActor):
         return await run_many(self.core, self.public, calls)
 
     async def stats(self) -> dict[str, Any]:
-        return await self.core.stats()
+        return {**await self.core.stats(), "niceness": os.getpriority(os.PRIO_PROCESS, 0)}

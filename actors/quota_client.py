@@ -101,6 +101,7 @@ class QuotaClient(ShardClient):
     unavailable_code = "quotas_unavailable"
     channel_methods = frozenset({"lease", "acquire", "release", "hold", "set_limits", "get_limits", "usage"})
     report_interval = 5.0
+    REFUSAL_MEMORY = 0.5  # seconds a tenant at its connection cap is refused without asking
 
     def __init__(self, database_url: str, shards: int, options: QuotaOptions = QuotaOptions(), *,
                  kind: str = KIND, replica: str = "replica", metrics: MetricSink = NO_METRICS) -> None:
@@ -108,6 +109,9 @@ class QuotaClient(ShardClient):
         self.replica = replica
         self.allotments = Allotments(self._lease, metrics=metrics)
         self.sockets: dict[str, int] = {}  # tenant -> sockets this replica holds
+        # tenant -> (until when, the refusal): a tenant at its connection cap is refused here for a
+        # moment without asking its shard again; a socket of it closing here ends the moment early.
+        self._full: dict[str, tuple[float, dict[str, Any]]] = {}
         self._reporter: asyncio.Task | None = None
 
     async def _lease(self, tenant: str, name: str, amount: int, want: int) -> dict[str, Any]:
@@ -116,10 +120,25 @@ class QuotaClient(ShardClient):
     async def admit(self, tenant: str, name: str, amount: int = 1) -> float | None:
         return await self.allotments.admit(tenant, name, amount)
 
+    def known_refusal(self, tenant: str) -> dict[str, Any] | None:
+        """The refusal of `tenant`'s last socket while it is remembered (REFUSAL_MEMORY seconds):
+        an aggressor opening sockets past its cap costs no shard call per socket. A slot freed on
+        another replica meanwhile is seen that much later."""
+        full = self._full.get(tenant)
+        if full is None:
+            return None
+        if time.monotonic() < full[0]:
+            return full[1]
+        del self._full[tenant]
+        return None
+
     async def open_socket(self, tenant: str) -> dict[str, Any]:
         """A slot for a new socket of `tenant`: {"admitted", "connections", "limit",
         "subscriptions_per_socket"}. Admitted with no per-socket bound when the shard is away."""
         self._ensure_reporter()
+        known = self.known_refusal(tenant)
+        if known is not None:
+            return known
         try:
             answer = await self.call("acquire", tenant, self.replica)
         except ActorError as error:
@@ -127,9 +146,12 @@ class QuotaClient(ShardClient):
             answer = {"admitted": True, "connections": None, "limit": None, "subscriptions_per_socket": None}
         if answer["admitted"]:
             self.sockets[tenant] = self.sockets.get(tenant, 0) + 1
+        else:
+            self._full[tenant] = (time.monotonic() + self.REFUSAL_MEMORY, answer)
         return answer
 
     async def close_socket(self, tenant: str) -> None:
+        self._full.pop(tenant, None)
         left = self.sockets.get(tenant, 0) - 1
         if left > 0:
             self.sockets[tenant] = left
@@ -148,6 +170,8 @@ class QuotaClient(ShardClient):
         reported: set[str] = set()
         while True:
             await asyncio.sleep(self.report_interval)
+            now = time.monotonic()
+            self._full = {tenant: full for tenant, full in self._full.items() if full[0] > now}
             holding = dict(self.sockets)
             tenants = set(holding) | reported
             results = await asyncio.gather(*(self.call("hold", t, self.replica, holding.get(t, 0)) for t in tenants),

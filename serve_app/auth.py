@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 
 import jwt
+from starlette.datastructures import Headers, QueryParams
+from starlette.types import Scope
 
 ALGORITHM = "HS256"
 # What a token minted without scopes may do: everything a tenant's applications do, none of the
@@ -130,3 +132,20 @@ def bearer(authorization: str | None) -> str | None:
         return None
     scheme, _, value = authorization.partition(" ")
     return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+# Browsers cannot set headers on a WebSocket: they pass the token as the second of two offered
+# subprotocols (`new WebSocket(url, ["raytenant", token])`), which proxies do not log as they log
+# query strings. The server answers with the first.
+SUBPROTOCOL = "raytenant"
+
+
+def socket_token(scope: Scope) -> tuple[str | None, bool]:
+    """A WebSocket's token (header, subprotocol or query string) and whether it came as a
+    subprotocol (the accept must then name SUBPROTOCOL)."""
+    offered = scope.get("subprotocols") or []
+    by_protocol = offered[1] if len(offered) == 2 and offered[0] == SUBPROTOCOL else None
+    token = bearer(Headers(scope=scope).get("authorization")) or by_protocol \
+        or QueryParams(scope.get("query_string", b"")).get("token")
+    return token, by_protocol is not None
+

@@ -14,6 +14,7 @@ from ray import serve
 
 from actors.gc_policy import quiet_gc
 from serve_app.app import create_app
+from serve_app.rate_limits import serve_at_edge
 from serve_app.runtime import Runtime
 from serve_app.settings import Settings
 
@@ -38,6 +39,7 @@ class Ingress:
         logging.basicConfig(level=os.environ.get("RAYTENANT_LOG_LEVEL", "INFO"))
         self.runtime = Runtime(Settings.from_env(**(settings or {})))
         await self.runtime.start()
+        serve_at_edge(self.runtime)
         quiet_gc()
 
     def __serve_build_asgi_app__(self):

@@ -24,6 +24,8 @@ SERVE_ENV = {
     # Serve keeps a removed direct-ingress replica draining 30 s for external load balancers; a
     # local service has none, and Ctrl-C should not hang that long. Clusters may raise it again.
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    # Rate-limit refusals before Serve's per-request work (serve_app/rate_limits.py).
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app.rate_limits:edge_middlewares",
 }
 
 

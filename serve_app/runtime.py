@@ -83,7 +83,8 @@ class Runtime:
         self.flows = flows or FlowClient(
             settings.database_url, settings.flow_shards,
             FlowOptions(limits=limits, threads=settings.flow_capacity, llm=settings.llm,
-                        llm_latency=settings.llm_latency, llm_providers=settings.llm_providers),
+                        llm_latency=settings.llm_latency, llm_providers=settings.llm_providers,
+                        niceness=settings.flow_niceness),
             self.addresses, kind=settings.actor_prefix + FLOW_KIND,
         )
         self.metrics = RayMetrics(replica=self.replica_id)

@@ -27,6 +27,7 @@ class Settings:
     flow_shards: int = 1
     flow_limit: int = 4  # running flows per tenant (the default of limits.running_flows)
     flow_capacity: int = 32  # flows one runner runs at once, all tenants together; more wait, fairly
+    flow_niceness: int = 10  # flow runners' OS niceness: flows yield the CPU to requests (0 = as requests)
     quota_shards: int = 1
     limits: str = ""  # RAYTENANT_LIMITS: JSON object of default limits (actors/limits.py)
     llm: str = ""  # RAYTENANT_LLM: empty/"offline" for the OfflineLLM, else a crewai/LiteLLM model string
@@ -65,6 +66,7 @@ class Settings:
             "flow_shards": _env_int("RAYTENANT_FLOW_SHARDS", 1),
             "flow_limit": _env_int("RAYTENANT_FLOW_LIMIT", 4),
             "flow_capacity": _env_int("RAYTENANT_FLOW_CAPACITY", 32),
+            "flow_niceness": _env_int("RAYTENANT_FLOW_NICENESS", 10),
             "quota_shards": _env_int("RAYTENANT_QUOTA_SHARDS", 1),
             "limits": os.environ.get("RAYTENANT_LIMITS", ""),
             "max_token_ttl": _env_int("RAYTENANT_MAX_TOKEN_TTL", 30 * 24 * 3600),

@@ -8,7 +8,8 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from serve_app.auth import AuthError, bearer
+from serve_app.auth import SUBPROTOCOL, AuthError, socket_token
+from serve_app.rate_limits import refuse_socket
 from serve_app.runtime import Runtime
 from serve_app.streams import ALL_FLOWS, Connection
 from storage import strict_json
@@ -19,11 +20,6 @@ CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN = 1013
 CLOSE_UNAUTHORIZED = 4001
 CLOSE_BAD_REQUEST = 4000
-CLOSE_OVER_LIMIT = 4029
-# Browsers cannot set headers on a WebSocket: they pass the token as the second of two offered
-# subprotocols (`new WebSocket(url, ["raytenant", token])`), which proxies do not log as they log
-# query strings. The server answers with the first.
-SUBPROTOCOL = "raytenant"
 
 
 def valid_flow_id(flow_id: Any) -> bool:
@@ -42,9 +38,7 @@ def _int_arg(value: Any) -> int | None:
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
     runtime: Runtime = websocket.app.state.runtime
-    offered = websocket.scope.get("subprotocols") or []
-    by_protocol = offered[1] if len(offered) == 2 and offered[0] == SUBPROTOCOL else None
-    token = bearer(websocket.headers.get("authorization")) or by_protocol or websocket.query_params.get("token")
+    token, by_protocol = socket_token(websocket.scope)
     await websocket.accept(subprotocol=SUBPROTOCOL if by_protocol else None)
     try:
         claims = runtime.tokens.verify(token)
@@ -67,9 +61,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
 
     slot = await runtime.quotas.open_socket(claims.tenant)
     if not slot["admitted"]:
-        runtime.metrics.inc("raytenant_limit_refusals", limit="connections")
-        await websocket.close(CLOSE_OVER_LIMIT, f"this tenant already holds {slot['connections']} of its "
-                                                f"{slot['limit']} connections")
+        await refuse_socket(runtime, websocket, slot)
         return
     try:
         await _serve(websocket, runtime, claims.tenant, claims.user, flow_id, last_seq, slot["subscriptions_per_socket"])

@@ -115,12 +115,14 @@ def settings_for(db_url: str, backend: str, **overrides: Any) -> Settings:
 class LiveServer:
     """An ingress app on a real loopback socket, served by uvicorn in the test's event loop."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, wrap: Any = None) -> None:
+        """`wrap(app)` puts ASGI layers around the app, as Serve's HTTP callback does (the edge)."""
         self.runtime = runtime
+        app = create_app(runtime)
         self.server = uvicorn.Server(
             # keep-alive longer than any test phase: a pooled connection the server closes while
             # the client reuses it is a ReadError (the race between httpx and uvicorn at 5 s idle)
-            uvicorn.Config(create_app(runtime), host="127.0.0.1", port=0, log_level="warning", lifespan="off",
+            uvicorn.Config(wrap(app) if wrap else app, host="127.0.0.1", port=0, log_level="warning", lifespan="off",
                            timeout_keep_alive=120)
         )
         self.task: asyncio.Task | None = None

@@ -150,6 +150,7 @@ async def test_runner_killed_mid_flow_resumes_after_last_finished_phase(flows, t
         await recv_until(ws, lambda m: m["type"] == "agent_insight" and m["data"]["insight"]["type"] == "phase_completed"
                          and m["data"]["insight"]["phase"] == "application_discovery", timeout=60)
         runner = ray.get_actor(shard_name(f"test-{backend}-fl-flows", 0), namespace=NAMESPACE)
+        assert (await runner.stats.remote())["niceness"] == 10  # flows yield the CPU to requests
         ray.kill(runner, no_restart=False)
         seen = await recv_until(ws, lambda m: m["type"] == "flow_completed", timeout=120)
         flow = await wait_flow(client, auth, flow_id)

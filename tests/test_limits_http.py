@@ -79,6 +79,18 @@ async def test_events_per_second_refuses_and_publishes_nothing(live, tenant):
         assert page["head"] == 10
 
 
+async def admitted_again(live, token: str, attempts: int = 50):
+    """A socket of `token` admitted within `attempts` tries, 50 ms apart."""
+    for _ in range(attempts):
+        ws = await connect(live.ws_url, token)
+        try:
+            if (await recv(ws))["type"] == "connection_established":
+                return ws
+        except websockets.ConnectionClosed:
+            await asyncio.sleep(0.05)
+    raise AssertionError("the freed slot was not given again")
+
+
 async def test_socket_over_the_connection_cap_closes_4029_and_subscriptions_are_capped(live, tenant):
     async with httpx.AsyncClient(base_url=live.url) as client:
         await set_limits(client, live, tenant, connections=2, subscriptions_per_socket=2)
@@ -93,15 +105,7 @@ async def test_socket_over_the_connection_cap_closes_4029_and_subscriptions_are_
     other = await connect(live.ws_url, live.token(tenant + "-other"))  # another tenant is not capped by this one
     assert (await recv(other))["type"] == "connection_established"
     await second.close()
-    for _ in range(50):  # the slot is released when the server sees the close
-        fourth = await connect(live.ws_url, token)
-        try:
-            if (await recv(fourth))["type"] == "connection_established":
-                break
-        except websockets.ConnectionClosed:
-            await asyncio.sleep(0.05)
-    else:
-        raise AssertionError("the released slot was not given again")
+    fourth = await admitted_again(live, token)  # the slot is released when the server sees the close
     for flow in ("a", "b"):
         await first.send(f'{{"type": "subscribe_flow", "flow_id": "{flow}"}}')
         assert (await recv(first))["type"] == "subscription_confirmed"
@@ -146,3 +150,76 @@ async def test_queued_messages_and_patterns_have_quotas(live, tenant, db_url):
     messages = await stored(db_url, MessageRow, tenant)
     assert len(messages) == 6 and sorted(m["content"] for m in messages if m["receiver"] == "a") == [0, 1, 2]
     assert len(await stored(db_url, PatternRow, tenant)) == 2
+
+
+class Reached:
+    """An ASGI layer between the edge and the app: counts what got past the edge."""
+
+    def __init__(self, app) -> None:
+        self.app, self.http, self.sockets = app, 0, 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            self.http += 1
+        elif scope["type"] == "websocket":
+            self.sockets += 1
+        await self.app(scope, receive, send)
+
+
+@pytest.fixture
+async def edge_server(ray_session, db_url, backend):
+    """The app behind the edge middleware, as a direct-ingress replica runs it: refusals at the
+    edge never reach `reached` (standing in for Serve's per-request work and the app)."""
+    from serve_app.rate_limits import EdgeRateLimits, serve_at_edge
+    from tests.conftest import LiveServer, settings_for
+    from serve_app.runtime import Runtime
+
+    layers = {}
+
+    def wrap(app):
+        layers["reached"] = Reached(app)
+        return EdgeRateLimits(layers["reached"])
+
+    async with LiveServer(Runtime(settings_for(db_url, backend)), wrap=wrap) as server:
+        serve_at_edge(server.runtime)
+        try:
+            yield server, layers["reached"]
+        finally:
+            serve_at_edge(None)
+
+
+async def test_the_edge_refuses_over_the_rate_before_the_app_and_counts_each_request_once(edge_server, tenant):
+    live, reached = edge_server
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        await set_limits(client, live, tenant, requests_per_second={"events": 5})
+        before = reached.http
+        answers = await asyncio.gather(*(client.get("/v1/events", headers=live.auth(tenant)) for _ in range(40)))
+    statuses = [r.status_code for r in answers]
+    # Each request spends one token: were the app's own check to spend another, fewer would pass.
+    assert 5 <= statuses.count(200) <= 8 and statuses.count(429) == 40 - statuses.count(200), statuses
+    assert_limited(next(r for r in answers if r.status_code == 429), "rate_limited", "requests:events")
+    assert reached.http - before == statuses.count(200)  # no refusal got past the edge
+
+
+async def test_the_edge_closes_sockets_of_a_tenant_known_to_be_at_its_cap(edge_server, tenant):
+    live, reached = edge_server
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        await set_limits(client, live, tenant, connections=1)
+    token = live.token(tenant)
+    first = await connect(live.ws_url, token)
+    assert (await recv(first))["type"] == "connection_established"
+    codes = []
+    before = reached.sockets
+    for _ in range(5):  # the first refusal asks the quota shard; the next ones are refused at the edge
+        extra = await connect(live.ws_url, token)
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await recv(extra)
+        codes.append(closed.value.rcvd.code)
+    assert codes == [4029] * 5
+    assert reached.sockets - before == 1
+    await first.close()
+    while live.runtime.quotas.sockets.get(tenant):  # until the server has seen the close
+        await asyncio.sleep(0.01)
+    # A socket of the tenant closing on this replica ends the remembered refusal at once: the next
+    # socket is admitted on its first try, not when the memory runs out.
+    await (await admitted_again(live, token, attempts=1)).close()

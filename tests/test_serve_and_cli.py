@@ -40,6 +40,20 @@ async def test_serve_deployment_direct_ingress_and_proxy(ray_session, db_url, ba
             await ws.send(json.dumps({"type": "ping"}))
             assert (await recv(ws))["type"] == "pong"
             await ws.close()
+        # Over its rate, a tenant is refused by the replica's edge middleware, before Serve's own
+        # request handling: such an answer carries no X-Request-ID (Serve adds one to every
+        # request it handles), while the admitted ones do.
+        limited = tenant + "-limited"  # a tenant with no tokens leased at the default rate yet
+        async with httpx.AsyncClient(base_url=direct) as client:
+            put = await client.put(f"/v1/admin/tenants/{limited}/limits", json={"requests_per_second": {"events": 2}},
+                                   headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
+            assert put.status_code == 200, put.text
+            auth = {"Authorization": f"Bearer {Tokens(OPERATOR_TOKEN).mint(limited)[0]}"}
+            answers = [await client.get("/v1/events", headers=auth) for _ in range(12)]
+        refused = [r for r in answers if r.status_code == 429]
+        assert refused and all(r.json()["error"]["code"] == "rate_limited" for r in refused)
+        assert not any("x-request-id" in r.headers for r in refused)
+        assert all("x-request-id" in r.headers for r in answers if r.status_code == 200)
     finally:
         serve.delete(APP_NAME)
 
