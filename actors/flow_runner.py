@@ -65,7 +65,7 @@ class FlowRunner(ShardActor):
         )
         self.sweep = self.core.resume
         quiet_gc()
-        self.niceness = lower_priority(options.niceness)
+        lower_priority(options.niceness)
         me = ray.get_runtime_context().current_actor
         threading.Thread(target=lambda: ray.get(me.ready.remote()), daemon=True, name="resume").start()
 
