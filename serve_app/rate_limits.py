@@ -53,22 +53,22 @@ def route_class(path: str) -> str | None:
     return SEGMENT_CLASSES.get(parts[2], "other")
 
 
-async def refused(runtime: Runtime, scope: Scope, route: str) -> float | None:
-    """Spend the request's token; the seconds to wait when its tenant is over the rate."""
+async def refused_request(runtime: Runtime, scope: Scope, receive: Receive, send: Send, route: str) -> bool:
+    """Spend the request's token of its route class; over the rate, answer 429 and return True."""
     token = bearer(Headers(scope=scope).get("authorization"))
     try:
         tenant = runtime.tokens.verify(token).tenant if token else None
     except AuthError:
-        return None  # the route answers 401
+        return False  # the route answers 401
     if tenant is None:
-        return None
-    return await runtime.quotas.admit(tenant, f"requests:{route}")
-
-
-async def refuse(scope: Scope, receive: Receive, send: Send, route: str, wait: float) -> None:
+        return False
+    wait = await runtime.quotas.admit(tenant, f"requests:{route}")
+    if wait is None:
+        return False
     response = error_response(429, "rate_limited", f"over this tenant's {route} request rate; "
                               f"retry after {wait:.3f} s", limit=f"requests:{route}", retry_after=round(wait, 3))
     await response(scope, receive, send)
+    return True
 
 
 async def refuse_socket(runtime: Runtime, websocket: WebSocket, slot: dict[str, Any]) -> None:
@@ -103,11 +103,8 @@ class RateLimits:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = route_class(scope["path"]) if scope["type"] == "http" and not scope.get(CHECKED) else None
-        if route is not None:
-            wait = await refused(scope["app"].state.runtime, scope, route)
-            if wait is not None:
-                await refuse(scope, receive, send, route, wait)
-                return
+        if route is not None and await refused_request(scope["app"].state.runtime, scope, receive, send, route):
+            return
         await self.app(scope, receive, send)
 
 
@@ -138,9 +135,7 @@ class EdgeRateLimits:
             route = route_class(scope["path"])
             if route is not None:
                 scope[CHECKED] = True
-                wait = await refused(runtime, scope, route)
-                if wait is not None:
-                    await refuse(scope, receive, send, route, wait)
+                if await refused_request(runtime, scope, receive, send, route):
                     return
         elif runtime is not None and scope["type"] == "websocket" and scope["path"] == "/v1/ws":
             if await refused_socket(runtime, scope, receive, send):

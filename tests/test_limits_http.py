@@ -9,7 +9,10 @@ import httpx
 import pytest
 import websockets
 
+from serve_app.rate_limits import EdgeRateLimits, serve_at_edge
+from serve_app.runtime import Runtime
 from storage.models import MessageRow, PatternRow
+from tests.conftest import LiveServer, settings_for
 from tests.test_costs_http import stored
 from tests.test_http_api import assert_error
 from tests.wsutil import connect, recv, recv_until
@@ -170,10 +173,6 @@ class Reached:
 async def edge_server(ray_session, db_url, backend):
     """The app behind the edge middleware, as a direct-ingress replica runs it: refusals at the
     edge never reach `reached` (standing in for Serve's per-request work and the app)."""
-    from serve_app.rate_limits import EdgeRateLimits, serve_at_edge
-    from tests.conftest import LiveServer, settings_for
-    from serve_app.runtime import Runtime
-
     layers = {}
 
     def wrap(app):
