@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections import OrderedDict
@@ -27,11 +28,12 @@ import ray
 from actors.metrics import NO_METRICS, MetricSink, RayMetrics
 from actors.activation import ActivationTable, InFlight
 from actors.batching import Batcher, commit_failure
+from actors.budget_levels import COLUMNS, Level, LevelSettings, RateWindow, Tags, WindowEntry, level_keys, period_bounds, period_id
 from actors.gc_policy import quiet_gc
 from actors.model_quality import TASK_QUALITY, model_quality
 from actors.operations import ActorError
 from actors.shard_actor import BackgroundPublisher, ShardActor, stream_publisher
-from actors.prices import NANOS, Price, PriceCatalog, default_catalog
+from actors.prices import NANOS, Price, PriceCatalog, default_catalog, usd
 from storage.engine import create_engine
 from storage.ledger import LedgerStore, LedgerWrites, utc
 
@@ -45,8 +47,7 @@ class LedgerError(ActorError):
     """A refused ledger operation (status, code, message, details)."""
 
 
-def usd(nanos: int) -> float:
-    return round(nanos / NANOS, 9)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def month_of(ts: float) -> str:
@@ -69,6 +70,7 @@ class LedgerOptions:
     batching_min_requests: int = 1_000
     batching_max_tokens: int = 500  # "small" requests
     cache_min_input_tokens: int = 100_000
+    max_levels: int = 1_000  # budget levels per tenant
 
 
 @dataclass
@@ -150,6 +152,8 @@ class Reservation:
     state: str = "open"
     input_tokens: int | None = None
     max_output_tokens: int | None = None
+    tags: Tags = field(default_factory=dict)  # engagement and user (from the token), agent: its levels
+    rate_entries: list[tuple[RateWindow, WindowEntry]] = field(default_factory=list, compare=False)
 
     def row(self, tenant: str) -> dict[str, Any]:
         return {
@@ -157,12 +161,20 @@ class Reservation:
             "state": self.state, "expires_at": datetime.fromtimestamp(self.expires_at, timezone.utc),
             "created_at": datetime.fromtimestamp(self.created_at, timezone.utc),
             "input_tokens": self.input_tokens, "max_output_tokens": self.max_output_tokens,
+            "engagement": self.tags.get("engagement"), "user_id": self.tags.get("user"), "agent": self.tags.get("agent"),
         }
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "Reservation":
+        tags = {"engagement": row.get("engagement"), "user": row.get("user_id"), "agent": row.get("agent")}
         return cls(row["id"], row["month"], row["model"], row["amount_nanos"], utc(row["expires_at"]).timestamp(),
-                   utc(row["created_at"]).timestamp(), row["state"], row["input_tokens"], row["max_output_tokens"])
+                   utc(row["created_at"]).timestamp(), row["state"], row["input_tokens"], row["max_output_tokens"],
+                   tags)
+
+    def correct_rates(self, tokens: int) -> None:
+        """What the call really used replaces its reserved worst case in the TPM windows."""
+        for window, entry in self.rate_entries:
+            window.correct(entry, tokens)
 
 
 @dataclass
@@ -174,6 +186,17 @@ class TenantCosts:
     # idempotency key -> (first result, its commit, what the record said: a retry must say the same)
     keys: OrderedDict[str, tuple[dict[str, Any], asyncio.Future, tuple]] = field(default_factory=OrderedDict)
     pending_keys: dict[str, str] = field(default_factory=dict)  # gateway keys whose call is in flight
+    levels: dict[tuple[str, str], Level] = field(default_factory=dict)  # (scope, key) -> its level
+    levels_roll_at: float = math.inf  # the end of the earliest level period
+    # Levels being set, whose period spend is still being read from SQL: they count what happens meanwhile.
+    counting: dict[tuple[str, str], list[Level]] = field(default_factory=dict)
+
+    def levels_of(self, tags: Tags) -> list[Level]:
+        return [self.levels[name] for name in level_keys(tags) if name in self.levels]
+
+    def held_for(self, name: tuple[str, str]) -> int:
+        """What the open reservations under one level hold."""
+        return sum(r.amount for r in self.reservations.values() if name in level_keys(r.tags))
 
 
 @dataclass
@@ -183,6 +206,7 @@ class PendingWrite:
     writes: LedgerWrites
     tenant: str
     undo: Callable[[], None]
+    levels: tuple[tuple[str, str], ...] = ()  # levels whose row this operation changed
 
 
 class LedgerCore:
@@ -214,7 +238,15 @@ class LedgerCore:
         # concurrent operations share one query.
         self._key_lookups: Batcher[tuple[str, list[str]], dict[str, dict]] = Batcher(self._lookup_keys)
         self._alerts = BackgroundPublisher(notify, "budget alert")
+        self._committing: dict[str, set[asyncio.Future]] = {}  # tenant -> its commits in flight
+        self._last_stamp = 0  # microseconds since the epoch
         self.alerts_sent = 0
+
+    def _stamp(self) -> datetime:
+        """A usage time later than every earlier one, to the microsecond the databases keep: a
+        level being set reads the spend before its own stamp and counts what comes after."""
+        self._last_stamp = max(int(self.clock() * 1_000_000), self._last_stamp + 1)
+        return EPOCH + timedelta(microseconds=self._last_stamp)
 
     # -- activation and commit --------------------------------------------------------------------
     async def _load(self, tenants: list[str]) -> dict[str, TenantCosts]:
@@ -238,8 +270,29 @@ class LedgerCore:
                 state.overrides[row["model"].lower()] = Price(
                     row["input_per_token"], row["output_per_token"], row["cached_per_token"]
                 )
+            if found["levels"]:
+                await self._load_levels(tenant, state, found["levels"])
             states[tenant] = state
         return states
+
+    async def _load_levels(self, tenant: str, state: TenantCosts, rows: list[dict[str, Any]]) -> None:
+        """Each level's period spend is its recorded usage; what it holds, its open reservations."""
+        now = self.clock()
+        levels = [Level.from_row(row, now) for row in rows]
+        spent = await self.store.level_spend(
+            tenant, [(COLUMNS.get(lv.scope), lv.key, period_bounds(lv.settings.period, now)[0]) for lv in levels])
+        for level, (used, overrun) in zip(levels, spent):
+            level.used, level.overrun = used, overrun
+            state.levels[level.name] = level
+        for reservation in state.reservations.values():
+            for level in state.levels_of(reservation.tags):
+                level.reserved += reservation.amount
+        state.levels_roll_at = self._roll_time(state)
+
+    def _roll_time(self, state: TenantCosts) -> float:
+        now = self.clock()
+        ends = [period_bounds(lv.settings.period, now)[1].timestamp() for lv in state.levels.values()]
+        return min(ends, default=math.inf)
 
     async def _lookup_keys(self, items: list[tuple[str, list[str]]]) -> list[dict[str, dict]]:
         found = await self.store.usage_by_keys({(t, k) for t, keys in items for k in keys})
@@ -248,7 +301,19 @@ class LedgerCore:
     async def _state(self, tenant: str) -> TenantCosts:
         state = (await self.tenants.activate([tenant]))[tenant]
         self._roll_month(state)
+        if self.clock() >= state.levels_roll_at:
+            self._roll_levels(state)
         return state
+
+    def _roll_levels(self, state: TenantCosts) -> None:
+        """A new period starts each level at zero, still holding the open reservations. A new
+        object, so an operation of the last period that undoes itself cannot touch this one."""
+        now = self.clock()
+        for name, level in list(state.levels.items()):
+            current = period_id(level.settings.period, now)
+            if level.period_id != current:
+                state.levels[name] = level.next_period(current, level.reserved)
+        state.levels_roll_at = self._roll_time(state)
 
     def _roll_month(self, state: TenantCosts) -> None:
         month = month_of(self.clock())
@@ -262,6 +327,9 @@ class LedgerCore:
             state = self.tenants.peek(item.tenant)
             if state is not None:
                 merged.budgets[(item.tenant, state.budget.month)] = state.budget.row(item.tenant)
+                for name in item.levels:
+                    level = state.levels.get(name)
+                    merged.levels[(item.tenant, *name)] = level.row(item.tenant) if level else None
         try:
             await self.store.write(merged)
         except BaseException:
@@ -270,12 +338,16 @@ class LedgerCore:
             raise
         return [None] * len(pending)
 
-    async def _commit(self, tenant: str, writes: LedgerWrites, undo: Callable[[], None]) -> None:
+    async def _commit(self, tenant: str, writes: LedgerWrites, undo: Callable[[], None],
+                      levels: tuple[tuple[str, str], ...] = ()) -> None:
         """Join the next group commit; returns once it is durable. A tenant with a commit in flight
         stays in memory: reloading it from storage meanwhile would miss the uncommitted change."""
         with self._in_flight.hold(tenant):
+            commit = asyncio.ensure_future(self._commits.submit(PendingWrite(writes, tenant, undo, levels)))
+            committing = self._committing.setdefault(tenant, set())
+            committing.add(commit)
             try:
-                await self._commits.submit(PendingWrite(writes, tenant, undo))
+                await commit
             except Exception as error:
                 failure = commit_failure(error)
                 if failure == "retry":
@@ -284,6 +356,16 @@ class LedgerCore:
                     raise LedgerError(422, "value_not_storable", "the database refused a value of this request; nothing was stored") from error
                 log.exception("ledger commit failed")
                 raise LedgerError(503, "ledger_unavailable", "the ledger could not store this; nothing was recorded") from error
+            finally:
+                committing.discard(commit)
+                if not committing:
+                    self._committing.pop(tenant, None)
+
+    async def _committed(self, tenant: str) -> None:
+        """Wait until every commit of `tenant` in flight now has finished (stored or undone)."""
+        running = self._committing.get(tenant)
+        if running:
+            await asyncio.wait(set(running))
 
     # -- prices -----------------------------------------------------------------------------------
     def known_price(self, state: TenantCosts, model: str) -> Price | None:
@@ -382,6 +464,146 @@ class LedgerCore:
         self.alerts_sent += 1
         self._alerts.send(tenant, alert)
 
+    def _publish_level_alerts(self, tenant: str, alerts: list[tuple[Level, float]]) -> None:
+        """After the commit that stored the levels' alerted thresholds: each goes out once a period."""
+        for level, threshold in alerts:
+            self._publish_alert(tenant, level.alert(threshold))
+
+    # -- budget levels ----------------------------------------------------------------------------
+    async def set_level(self, tenant: str, scope: str, key: str, settings: LevelSettings) -> dict[str, Any]:
+        """A budget under the tenant (costs:admin), inside the operator's cap. A new level, or one
+        whose period changes, counts the period's recorded usage: whenever it is set, what the
+        period already spent counts against it."""
+        name = (scope, key)
+        with self._in_flight.hold(tenant):  # the tenant stays in memory while its spend is read
+            state = await self._state(tenant)
+            cap = state.budget.cap
+            if cap is not None and settings.amount is not None and settings.amount > cap:
+                raise LedgerError(422, "budget_above_cap", "the budget is above the monthly cap the operator set",
+                                  operator_cap=usd(cap), requested=usd(settings.amount))
+            if name not in state.levels and len(state.levels) >= self.options.max_levels:
+                raise LedgerError(429, "quota_exceeded", f"the tenant has {len(state.levels)} budget levels of "
+                                  f"{self.options.max_levels}; delete one first", limit="budget_levels")
+            current = state.levels.get(name)
+            if current is not None and current.settings.period == settings.period:
+                level = current  # changed in place: operations in flight undo onto this object
+            else:
+                level = await self._count_period(tenant, name, settings)
+                state = await self._state(tenant)
+                current = state.levels.get(name)
+                if current is not None:
+                    level.window = current.window
+            before = (current.settings, current.alerted) if current is not None else None
+            level.settings = settings
+            state.levels[name] = level
+            state.levels_roll_at = self._roll_time(state)
+            alerts = [(level, t) for t in level.crossed()]
+
+            def undo() -> None:
+                if current is None:
+                    state.levels.pop(name, None)
+                else:
+                    current.settings, current.alerted = before
+                    state.levels[name] = current
+                state.levels_roll_at = self._roll_time(state)
+
+            await self._commit(tenant, LedgerWrites(), undo, levels=(name,))
+        self._publish_level_alerts(tenant, alerts)
+        return level.view(self.clock())
+
+    async def _count_period(self, tenant: str, name: tuple[str, str], settings: LevelSettings) -> Level:
+        """A level with its period's spend: usage stored up to now, read from SQL once every
+        commit in flight has finished, plus what is recorded meanwhile (counted as it happens)."""
+        state = await self._state(tenant)
+        until = self._stamp()  # usage before this is in SQL once the commits in flight end; after it, counted here
+        now = until.timestamp()
+        level = Level(*name, settings, period_id(settings.period, now))
+        counting = state.counting.setdefault(name, [])
+        counting.append(level)
+        try:
+            await self._committed(tenant)
+            start = period_bounds(settings.period, now)[0]
+            [(used, overrun)] = await self.store.level_spend(tenant, [(COLUMNS.get(name[0]), name[1], start)], until=until)
+        finally:
+            counting.remove(level)
+            if not counting:
+                state.counting.pop(name, None)
+        state = await self._state(tenant)
+        if level.period_id != period_id(settings.period, self.clock()):  # a new period began meanwhile
+            return Level(*name, settings, period_id(settings.period, self.clock()), reserved=state.held_for(name))
+        level.used += used
+        level.overrun += overrun
+        level.reserved = state.held_for(name)
+        return level
+
+    async def delete_level(self, tenant: str, scope: str, key: str) -> None:
+        state = await self._state(tenant)
+        name = (scope, key)
+        if name not in state.levels:
+            raise LedgerError(404, "level_not_found", f"no budget level for {scope} {key!r}")
+        before = state.levels.pop(name)
+        state.levels_roll_at = self._roll_time(state)
+
+        def undo() -> None:
+            state.levels[name] = before
+            state.levels_roll_at = self._roll_time(state)
+
+        await self._commit(tenant, LedgerWrites(), undo, levels=(name,))
+
+    async def levels(self, tenant: str, scope: str | None = None, key: str | None = None) -> list[dict[str, Any]]:
+        state = await self._state(tenant)
+        now = self.clock()
+        if key is not None:
+            level = state.levels.get((scope, key))
+            if level is None:
+                raise LedgerError(404, "level_not_found", f"no budget level for {scope} {key!r}")
+            return [level.view(now)]
+        return [lv.view(now) for name, lv in sorted(state.levels.items()) if scope is None or name[0] == scope]
+
+    def _charge(self, state: TenantCosts, tags: Tags, cost: int, overrun: int = 0):
+        """Recorded spend onto every level the tags fall under, and onto levels being counted.
+        Returns the thresholds it crossed, its undo and the levels whose rows changed."""
+        live = state.levels_of(tags)
+        counting = [lv for name in level_keys(tags) for lv in state.counting.get(name, ())]
+        before = [(level, level.alerted) for level in live]
+        for level in live + counting:
+            level.used += cost
+            level.overrun += overrun
+        alerts = [(level, t) for level in live for t in level.crossed()]
+
+        def undo() -> None:
+            for level in live + counting:
+                level.used -= cost
+                level.overrun -= overrun
+            for level, alerted in before:
+                level.alerted = alerted
+
+        return alerts, undo, tuple({level.name for level, _ in alerts})
+
+    def _refuse_levels(self, state: TenantCosts, amounts: dict[tuple[str, str], int]) -> None:
+        """402 naming the first hard level an amount does not fit."""
+        for name, amount in amounts.items():
+            level = state.levels.get(name)
+            if level is not None and level.refuses(amount):
+                self.metrics.inc("raytenant_reservations_refused", reason="level_budget_exceeded")
+                raise LedgerError(402, "budget_exceeded", f"this does not fit the {level.settings.period}ly budget of "
+                                  f"{level.scope} {level.key!r}", level={"scope": level.scope, "key": level.key},
+                                  remaining=usd(max(0, level.remaining)), requested=usd(amount))
+
+    def _check_rates(self, levels: list[Level], now: float, tokens: int) -> None:
+        for level in levels:
+            tpm, rpm = level.settings.tpm, level.settings.rpm
+            named = {"level": {"scope": level.scope, "key": level.key}}
+            if tpm is not None and tokens > tpm:
+                raise LedgerError(422, "exceeds_rate_limit", f"this call reserves {tokens} tokens, more than the "
+                                  f"{tpm} tokens per minute of {level.scope} {level.key!r}", limit="tpm", **named)
+            wait = level.window.wait_for(now, tokens, tpm, rpm)
+            if wait is not None:
+                limit, seconds = wait
+                self.metrics.inc("raytenant_reservations_refused", reason="rate_limited")
+                raise LedgerError(429, "rate_limited", f"over the {limit} of {level.scope} {level.key!r}; retry after "
+                                  f"{seconds:.3f} s", limit=limit, retry_after=round(seconds, 3), **named)
+
     # -- usage ------------------------------------------------------------------------------------
     async def record_usage(self, tenant: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Record a batch (all or nothing). A retried idempotency key returns its first result."""
@@ -390,7 +612,7 @@ class LedgerCore:
         await self._recall_keys(tenant, state, [k for k in keys if k not in state.keys])
         # From here to the commit nothing awaits: the check and the change are one step.
         priced = [(r, self.price(state, r["model"])) for r in records]
-        now = self.clock()
+        stamp = self._stamp()
         results: list[dict[str, Any] | None] = []
         waits: list[asyncio.Future] = []
         rows, new_keys, total = [], [], 0
@@ -407,7 +629,7 @@ class LedgerCore:
                 continue
             cost = price.cost_nanos(record["input_tokens"], record["output_tokens"], record.get("cached_tokens", 0))
             total += cost
-            row = _usage_row(tenant, record, cost, now)
+            row = _usage_row(tenant, record, cost, stamp)
             rows.append(row)
             result = _usage_result(row, duplicate=False)
             results.append(result)
@@ -415,25 +637,38 @@ class LedgerCore:
                 state.keys[key] = (result, commit_done, _fingerprint(record))
                 new_keys.append(key)
         budget = state.budget
-        if rows and not budget.admits(total):
+        per_level: dict[tuple[str, str], int] = {}
+        for row in rows:
+            for name in level_keys(_row_tags(row)):
+                per_level[name] = per_level.get(name, 0) + row["cost_nanos"]
+        try:
+            if rows and not budget.admits(total):
+                raise LedgerError(402, "budget_exceeded", "this usage would exceed the monthly budget",
+                                  remaining=usd(max(0, budget.remaining)), requested=usd(total))
+            self._refuse_levels(state, per_level)
+        except LedgerError:
             for key in new_keys:
                 del state.keys[key]
-            raise LedgerError(402, "budget_exceeded", "this usage would exceed the monthly budget",
-                              remaining=usd(max(0, budget.remaining)), requested=usd(total))
+            raise
         budget.used += total
         alert = self._check_alert(state)
+        charges = [self._charge(state, _row_tags(row), row["cost_nanos"]) for row in rows]
+        level_alerts = [a for alerts, _, _ in charges for a in alerts]
         self._forget_old_keys(state)
 
         def undo() -> None:
             budget.used -= total
             if alert is not None:
                 budget.alert_sent = False
+            for _, undo_charge, _ in reversed(charges):
+                undo_charge()
             for key in new_keys:
                 state.keys.pop(key, None)
 
         try:
             if rows:
-                await self._commit(tenant, LedgerWrites(usage=rows), undo)
+                await self._commit(tenant, LedgerWrites(usage=rows), undo,
+                                   levels=tuple({name for _, _, names in charges for name in names}))
             commit_done.set_result(None)
         except BaseException as error:
             commit_done.set_exception(error)
@@ -443,6 +678,7 @@ class LedgerCore:
         for wait in waits:
             await wait  # a duplicate is answered only once its first record is committed
         self._publish_alert(tenant, alert)
+        self._publish_level_alerts(tenant, level_alerts)
         return results
 
     async def _recall_keys(self, tenant: str, state: TenantCosts, keys: list[str]) -> None:
@@ -473,25 +709,39 @@ class LedgerCore:
 
     # -- reservations -----------------------------------------------------------------------------
     async def reserve(self, tenant: str, model: str, input_tokens: int, max_output_tokens: int,
-                      ttl: float | None = None) -> dict[str, Any]:
+                      ttl: float | None = None, tags: Tags | None = None) -> dict[str, Any]:
         """Hold the worst case of one call: `input_tokens` (the caller's count of its prompt) and
-        `max_output_tokens` (which the caller passes to the provider as max_tokens)."""
+        `max_output_tokens` (which the caller passes to the provider as max_tokens). It must fit
+        the tenant's month and every level its tags fall under, budgets and rates, all or nothing."""
         state = await self._state(tenant)
+        tags = {name: (tags or {}).get(name) for name in ("engagement", "user", "agent")}
         amount = self.price(state, model).cost_nanos(input_tokens, max_output_tokens)
         budget = state.budget
         if not budget.admits(amount):
             self.metrics.inc("raytenant_reservations_refused", reason="budget_exceeded")
             raise LedgerError(402, "budget_exceeded", "the reservation does not fit in the remaining budget",
                               remaining=usd(max(0, budget.remaining)), requested=usd(amount))
+        levels = state.levels_of(tags)
         now = self.clock()
-        reservation = Reservation(uuid.uuid4().hex, month_of(now), model, amount,
-                                  now + (ttl or self.options.reservation_ttl), now, "open", input_tokens, max_output_tokens)
+        self._refuse_levels(state, {level.name: amount for level in levels})
+        tokens = input_tokens + max_output_tokens
+        self._check_rates(levels, now, tokens)
+        reservation = Reservation(uuid.uuid4().hex, month_of(now), model, amount, now + (ttl or self.options.reservation_ttl),
+                                  now, "open", input_tokens, max_output_tokens, tags)
         state.reservations[reservation.id] = reservation
         budget.reserved += amount
+        for level in levels:
+            level.reserved += amount
+        reservation.rate_entries = [(level.window, level.window.add(now, tokens)) for level in levels
+                                    if level.settings.tpm is not None or level.settings.rpm is not None]
 
         def undo() -> None:
             state.reservations.pop(reservation.id, None)
             budget.reserved -= amount
+            for level in state.levels_of(tags):  # the levels now: each counts the open reservations
+                level.reserved -= amount
+            for window, entry in reservation.rate_entries:
+                window.remove(entry)
 
         await self._commit(tenant, LedgerWrites(reservations={reservation.id: reservation.row(tenant)}), undo)
         return {
@@ -522,6 +772,8 @@ class LedgerCore:
         counted = reservation.month <= budget.month
         if counted:
             budget.reserved -= reservation.amount
+        for level in state.levels_of(reservation.tags):
+            level.reserved -= reservation.amount
 
         def undo() -> None:
             reservation.state = "open"
@@ -529,6 +781,8 @@ class LedgerCore:
             undo_closed()
             if counted:
                 budget.reserved += reservation.amount
+            for level in state.levels_of(reservation.tags):
+                level.reserved += reservation.amount
 
         return undo
 
@@ -590,8 +844,13 @@ class LedgerCore:
         budget.used += cost
         budget.overrun += overrun
         alert = self._check_alert(state)
-        row = _usage_row(tenant, {**usage, "model": reservation.model, "idempotency_key": idempotency_key},
-                         cost, self.clock(), reservation_id, overrun=overrun, late=late)
+        # Charged to the levels it was reserved under (a tag the reservation lacks may come with the usage).
+        tags = {**{k: usage.get(k) for k in ("engagement", "user", "agent")}, **{k: v for k, v in reservation.tags.items() if v}}
+        level_alerts, undo_levels, changed = self._charge(state, tags, cost, overrun)
+        reserved_tokens = (reservation.input_tokens or 0) + (reservation.max_output_tokens or 0)
+        reservation.correct_rates(usage["input_tokens"] + usage["output_tokens"])
+        row = _usage_row(tenant, {**usage, **tags, "model": reservation.model, "idempotency_key": idempotency_key},
+                         cost, self._stamp(), reservation_id, overrun=overrun, late=late)
         row.update(request_hash=request_hash, reply=reply)
         commit_done = asyncio.get_running_loop().create_future()
         if idempotency_key:
@@ -607,10 +866,13 @@ class LedgerCore:
                 reservation.state = "expired"
             if idempotency_key:
                 state.keys.pop(idempotency_key, None)
+            undo_levels()
+            reservation.correct_rates(reserved_tokens)
             undo_close()
 
         try:
-            await self._commit(tenant, LedgerWrites(usage=[row], reservations={reservation.id: reservation.row(tenant)}), undo)
+            await self._commit(tenant, LedgerWrites(usage=[row], reservations={reservation.id: reservation.row(tenant)}),
+                               undo, levels=changed)
             commit_done.set_result(None)
         except BaseException as error:
             commit_done.set_exception(error)
@@ -620,6 +882,7 @@ class LedgerCore:
         if overrun:
             self.metrics.inc("raytenant_ledger_overruns", model=reservation.model)
         self._publish_alert(tenant, alert)
+        self._publish_level_alerts(tenant, level_alerts)
         return {
             **_usage_result(row, duplicate=False),
             "reservation_id": reservation.id,
@@ -631,7 +894,7 @@ class LedgerCore:
 
     # -- gateway ----------------------------------------------------------------------------------
     async def gateway_begin(self, tenant: str, model: str, input_tokens: int, max_output_tokens: int,
-                            key: str | None, request_hash: str) -> dict[str, Any]:
+                            key: str | None, request_hash: str, tags: Tags | None = None) -> dict[str, Any]:
         """Reserve one gateway call. With an idempotency key: a finished call's stored answer
         (`{"reply": ...}`), 409 while the same key is in flight or was used for another request."""
         state = await self._state(tenant)
@@ -653,7 +916,7 @@ class LedgerCore:
                 return {"reply": first.get("reply"), "duplicate": True}
             state.pending_keys[key] = request_hash
         try:
-            return await self.reserve(tenant, model, input_tokens, max_output_tokens)
+            return await self.reserve(tenant, model, input_tokens, max_output_tokens, tags=tags)
         except BaseException:
             if key:
                 state.pending_keys.pop(key, None)
@@ -681,7 +944,13 @@ class LedgerCore:
     async def release(self, tenant: str, reservation_id: str) -> dict[str, Any]:
         state = await self._state(tenant)
         reservation = self._open(state, reservation_id)
-        undo = self._close(state, reservation, "released")
+        undo_close = self._close(state, reservation, "released")
+        reservation.correct_rates(0)  # a released call used no tokens: its TPM share is freed
+
+        def undo() -> None:
+            reservation.correct_rates((reservation.input_tokens or 0) + (reservation.max_output_tokens or 0))
+            undo_close()
+
         await self._commit(tenant, LedgerWrites(reservations={reservation.id: reservation.row(tenant)}), undo)
         return {"reservation_id": reservation.id, "state": "released", "released": usd(reservation.amount)}
 
@@ -869,7 +1138,11 @@ def _fingerprint(record: dict[str, Any]) -> tuple:
                  for name in ("model", "input_tokens", "output_tokens", "cached_tokens", "agent", "task", "flow_id"))
 
 
-def _usage_row(tenant: str, record: dict[str, Any], cost: int, now: float, reservation_id: str | None = None, *,
+def _row_tags(row: dict[str, Any]) -> Tags:
+    return {"engagement": row["engagement"], "user": row["user_id"], "agent": row["agent"]}
+
+
+def _usage_row(tenant: str, record: dict[str, Any], cost: int, ts: datetime, reservation_id: str | None = None, *,
                overrun: int = 0, late: bool = False):
     return {
         "request_hash": None, "reply": None,
@@ -878,7 +1151,7 @@ def _usage_row(tenant: str, record: dict[str, Any], cost: int, now: float, reser
         "output_tokens": record["output_tokens"], "cached_tokens": record.get("cached_tokens", 0), "cost_nanos": cost,
         "agent": record.get("agent"), "task": record.get("task"), "flow_id": record.get("flow_id"),
         "idempotency_key": record.get("idempotency_key"), "reservation_id": reservation_id,
-        "ts": datetime.fromtimestamp(now, timezone.utc),
+        "ts": ts,
     }
 
 
@@ -895,7 +1168,7 @@ def _usage_result(row: dict[str, Any], *, duplicate: bool) -> dict[str, Any]:
 PUBLIC_METHODS = frozenset(
     {"record_usage", "reserve", "settle", "release", "set_budget", "get_budget", "summary", "recommendations",
      "estimate", "select_model", "prices", "set_override", "delete_override", "set_cap", "month",
-     "gateway_begin", "gateway_finish", "gateway_abort"}
+     "gateway_begin", "gateway_finish", "gateway_abort", "set_level", "delete_level", "levels"}
 )
 
 

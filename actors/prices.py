@@ -17,6 +17,13 @@ from functools import lru_cache
 from pathlib import Path
 
 NANOS = 1_000_000_000
+
+
+def usd(nanos: int) -> float:
+    """Nanodollars (the ledger's exact integer unit) as USD."""
+    return round(nanos / NANOS, 9)
+
+
 PRICED_MODES = {"chat", "completion", "responses"}
 
 

@@ -74,11 +74,12 @@ class Meter:
                 time.sleep(self.backoff * 2**attempt)
         raise AssertionError("unreachable")
 
-    def reserve(self, model: str, input_tokens: int, output_tokens: int) -> str:
+    def reserve(self, model: str, input_tokens: int, output_tokens: int, agent: str | None = None) -> str:
+        """Held under the agent's budget level too, when the agent is named."""
         if self.stop is not None and self.stop.is_set():
             raise FlowCancelled()
         try:
-            found = self._retrying("reserve", model, input_tokens, output_tokens, None)
+            found = self._retrying("reserve", model, input_tokens, output_tokens, None, {"agent": agent})
         except LedgerError as error:
             if error.code == "budget_exceeded":
                 raise BudgetExceeded(error.message, **error.details) from error
@@ -142,8 +143,9 @@ class MeteredLLM(BaseLLM):
     def call(self, messages, tools=None, callbacks=None, available_functions=None, from_task=None,
              from_agent=None, response_model=None):
         estimated = estimate_input_tokens(messages, tools)
+        agent = _name(self.agent or getattr(from_agent, "role", None))
         with self._lock:  # one call at a time per instance: the usage delta below is this call's
-            reservation = self.meter.reserve(self.inner.model, estimated, self.output_cap)
+            reservation = self.meter.reserve(self.inner.model, estimated, self.output_cap, agent)
             before = _usage_of(self.inner)
             self.inner.stop = list(self.stop)
             try:
@@ -162,7 +164,7 @@ class MeteredLLM(BaseLLM):
             })
             self.meter.settle(reservation, {
                 "input_tokens": prompt, "output_tokens": completion, "cached_tokens": min(cached, prompt),
-                "agent": _name(self.agent or getattr(from_agent, "role", None)),
+                "agent": agent,
                 "task": _name(getattr(from_task, "name", None) or getattr(from_task, "description", None)),
                 "flow_id": self.meter.flow_id,
             })

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from actors.budget_levels import SCOPES, TENANT_KEY, validate_settings
 from actors.cost_ledger import LedgerError
 from serve_app.errors import ApiError
 from serve_app.auth import Claims
@@ -58,11 +59,15 @@ def _usage(payload: dict[str, Any], where: str = "", *, with_model: bool = True)
     if with_model:
         record["model"] = _model(payload, where)
     for name in TEXT_FIELDS:
-        value = payload.get(name)
-        if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 200):
-            raise ApiError(422, "invalid_field", f"{where}{name} must be a string of 1-200 characters")
-        record[name] = value
+        record[name] = _text(payload, name, where)
     return record
+
+
+def _text(payload: dict[str, Any], name: str, where: str = "") -> str | None:
+    value = payload.get(name)
+    if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 200):
+        raise ApiError(422, "invalid_field", f"{where}{name} must be a string of 1-200 characters")
+    return value
 
 
 def _who(claims: Claims) -> dict[str, str | None]:
@@ -111,7 +116,8 @@ async def reserve(request: Request) -> JSONResponse:
     ttl = _number(payload, "ttl_seconds")
     if ttl is not None and not 0 < ttl <= 86_400:
         raise ApiError(422, "invalid_ttl_seconds", "ttl_seconds must be between 0 and 86400")
-    found = await ledger(request, "reserve", claims.tenant, model, estimate_in, estimate_out, ttl)
+    tags = {**_who(claims), "agent": _text(payload, "agent")}
+    found = await ledger(request, "reserve", claims.tenant, model, estimate_in, estimate_out, ttl, tags)
     return JSONResponse(found, status_code=201)
 
 
@@ -150,6 +156,51 @@ async def put_budget(request: Request) -> JSONResponse:
 async def get_budget(request: Request) -> JSONResponse:
     claims = authenticate(request, "costs:read")
     return JSONResponse(await ledger(request, "get_budget", claims.tenant))
+
+
+def _level(request: Request) -> tuple[str, str]:
+    """A level's (scope, key) from the path: the tenant-wide level is `tenant/all`."""
+    scope, key = request.path_params["scope"], request.path_params["key"]
+    if scope not in SCOPES:
+        raise ApiError(404, "level_not_found", f"a budget level's scope is one of {list(SCOPES)}")
+    if scope == "tenant" and key != TENANT_KEY:
+        raise ApiError(404, "level_not_found", f"the tenant-wide level's key is {TENANT_KEY!r}")
+    if not 0 < len(key) <= 200 or not key.isprintable():
+        raise ApiError(422, "invalid_level_key", "a level's key is 1-200 printable characters")
+    return scope, key
+
+
+async def put_level(request: Request) -> JSONResponse:
+    claims = authenticate(request, "costs:admin")
+    scope, key = _level(request)
+    try:
+        settings = validate_settings(_object(await read_json(request)))
+    except ValueError as error:
+        code, message = error.args
+        raise ApiError(422, code, message) from error
+    return JSONResponse(await ledger(request, "set_level", claims.tenant, scope, key, settings))
+
+
+async def get_level(request: Request) -> JSONResponse:
+    claims = authenticate(request, "costs:read")
+    scope, key = _level(request)
+    [found] = await ledger(request, "levels", claims.tenant, scope, key)
+    return JSONResponse(found)
+
+
+async def delete_level(request: Request) -> JSONResponse:
+    claims = authenticate(request, "costs:admin")
+    scope, key = _level(request)
+    await ledger(request, "delete_level", claims.tenant, scope, key)
+    return JSONResponse({"deleted": {"scope": scope, "key": key}})
+
+
+async def list_levels(request: Request) -> JSONResponse:
+    claims = authenticate(request, "costs:read")
+    scope = request.query_params.get("scope")
+    if scope is not None and scope not in SCOPES:
+        raise ApiError(422, "invalid_parameter", f"scope must be one of {list(SCOPES)}")
+    return JSONResponse({"levels": await ledger(request, "levels", claims.tenant, scope)})
 
 
 # Far enough apart for any summary, near enough that "start = end - 30 days" and every database's
@@ -231,6 +282,10 @@ ROUTES = [
     Route("/v1/costs/reservations/{reservation_id}", release, methods=["DELETE"]),
     Route("/v1/costs/budget", put_budget, methods=["PUT"]),
     Route("/v1/costs/budget", get_budget, methods=["GET"]),
+    Route("/v1/costs/budgets", list_levels, methods=["GET"]),
+    Route("/v1/costs/budgets/{scope}/{key}", put_level, methods=["PUT"]),
+    Route("/v1/costs/budgets/{scope}/{key}", get_level, methods=["GET"]),
+    Route("/v1/costs/budgets/{scope}/{key}", delete_level, methods=["DELETE"]),
     Route("/v1/costs/summary", summary, methods=["GET"]),
     Route("/v1/costs/recommendations", recommendations, methods=["GET"]),
     Route("/v1/costs/select-model", select_model, methods=["POST"]),

@@ -92,7 +92,8 @@ async def chat_completions(request: Request) -> Response:
     key = _header(request, "idempotency-key")
     bound = prompt_bound(payload["messages"], payload.get("tools"))
     digest = _request_hash(payload)
-    begun = await ledger(request, "gateway_begin", claims.tenant, model, bound, max_tokens, key, digest)
+    levels = {"agent": tags["agent"], "user": claims.user, "engagement": claims.engagement}
+    begun = await ledger(request, "gateway_begin", claims.tenant, model, bound, max_tokens, key, digest, levels)
     if "reply" in begun:
         return _replay(begun["reply"])
     forward = {k: v for k, v in payload.items() if k != "max_completion_tokens"}

@@ -9,7 +9,7 @@ from sqlalchemy import and_, delete, func, insert, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.models import BudgetRow, PriceOverrideRow, ReservationRow, UsageRow
+from storage.models import BudgetLevelRow, BudgetRow, PriceOverrideRow, ReservationRow, UsageRow
 from storage.strict_json import dumps_stored
 
 
@@ -25,12 +25,14 @@ class LedgerWrites:
     budgets: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     reservations: dict[str, dict[str, Any]] = field(default_factory=dict)
     overrides: dict[tuple[str, str], dict[str, Any] | None] = field(default_factory=dict)  # None deletes
+    levels: dict[tuple[str, str, str], dict[str, Any] | None] = field(default_factory=dict)  # None deletes
 
     def merge(self, other: "LedgerWrites") -> None:
         self.usage += other.usage
         self.budgets.update(other.budgets)
         self.reservations.update(other.reservations)
         self.overrides.update(other.overrides)
+        self.levels.update(other.levels)
 
 
 USAGE_COLUMNS = {
@@ -47,7 +49,7 @@ BUDGET_COLUMNS = {
 RESERVATION_COLUMNS = {
     "id": "VARCHAR", "tenant": "VARCHAR", "month": "VARCHAR", "model": "VARCHAR", "amount_nanos": "BIGINT",
     "state": "VARCHAR", "expires_at": "TIMESTAMPTZ", "created_at": "TIMESTAMPTZ", "input_tokens": "BIGINT",
-    "max_output_tokens": "BIGINT",
+    "max_output_tokens": "BIGINT", "engagement": "VARCHAR", "user_id": "VARCHAR", "agent": "VARCHAR",
 }
 
 
@@ -100,7 +102,7 @@ class LedgerStore:
 
     async def write(self, writes: LedgerWrites) -> None:
         """One transaction for the whole batch: all of it is stored, or none."""
-        if self.dialect == "postgresql" and not writes.overrides:
+        if self.dialect == "postgresql" and not writes.overrides and not writes.levels:
             params = {
                 **_arrays("u", USAGE_COLUMNS, writes.usage),
                 **_arrays("b", BUDGET_COLUMNS, list(writes.budgets.values())),
@@ -127,10 +129,18 @@ class LedgerStore:
                     await conn.execute(
                         delete(PriceOverrideRow).where(PriceOverrideRow.tenant == tenant, PriceOverrideRow.model == model)
                     )
+            levels = [row for row in writes.levels.values() if row is not None]
+            if levels:
+                await conn.execute(self._upsert(BudgetLevelRow.__table__, levels, ["tenant", "scope", "key"]), levels)
+            for (tenant, scope, key), row in writes.levels.items():
+                if row is None:
+                    await conn.execute(delete(BudgetLevelRow).where(
+                        BudgetLevelRow.tenant == tenant, BudgetLevelRow.scope == scope, BudgetLevelRow.key == key))
 
     async def load(self, tenants: list[str]) -> dict[str, dict[str, Any]]:
-        """Per tenant: its latest budget row, open reservations and price overrides."""
-        found: dict[str, dict[str, Any]] = {t: {"budget": None, "reservations": [], "overrides": []} for t in tenants}
+        """Per tenant: its latest budget row, open reservations, price overrides and budget levels."""
+        found: dict[str, dict[str, Any]] = {t: {"budget": None, "reservations": [], "overrides": [], "levels": []}
+                                            for t in tenants}
         latest = (
             select(BudgetRow.tenant, func.max(BudgetRow.month).label("month"))
             .where(BudgetRow.tenant.in_(tenants))
@@ -151,7 +161,35 @@ class LedgerStore:
             overrides = await conn.execute(select(PriceOverrideRow).where(PriceOverrideRow.tenant.in_(tenants)))
             for row in overrides.mappings():
                 found[row["tenant"]]["overrides"].append(dict(row))
+            levels = await conn.execute(select(BudgetLevelRow).where(BudgetLevelRow.tenant.in_(tenants)))
+            for row in levels.mappings():
+                found[row["tenant"]]["levels"].append(dict(row))
         return found
+
+    async def level_spend(self, tenant: str, wanted: list[tuple[str | None, str, datetime]],
+                          until: datetime | None = None) -> list[tuple[int, int]]:
+        """(cost, overrun) in nanos of the tenant's usage since each start (and before `until`),
+        whose `column` equals the key (column None: all of it). One query per column and start."""
+        groups: dict[tuple[str | None, datetime], set[str]] = {}
+        for column, key, start in wanted:
+            groups.setdefault((column, start), set()).add(key)
+        sums: dict[tuple[str | None, datetime, str], tuple[int, int]] = {}
+        measures = (func.coalesce(func.sum(UsageRow.cost_nanos), 0), func.coalesce(func.sum(UsageRow.overrun_nanos), 0))
+        async with self.engine.connect() as conn:
+            for (column, start), keys in groups.items():
+                where = [UsageRow.tenant == tenant, UsageRow.ts >= start]
+                if until is not None:
+                    where.append(UsageRow.ts < until)
+                if column is None:
+                    cost, overrun = (await conn.execute(select(*measures).where(*where))).one()
+                    for key in keys:
+                        sums[(None, start, key)] = (int(cost), int(overrun))
+                    continue
+                tag = getattr(UsageRow, column)
+                query = select(tag, *measures).where(*where, tag.in_(sorted(keys))).group_by(tag)
+                for key, cost, overrun in await conn.execute(query):
+                    sums[(column, start, key)] = (int(cost), int(overrun))
+        return [sums.get((column, start, key), (0, 0)) for column, key, start in wanted]
 
     async def reservation(self, tenant: str, reservation_id: str) -> dict[str, Any] | None:
         """A reservation no longer in memory (closed before this activation), for a late settle."""

@@ -91,6 +91,30 @@ class ReservationRow(Base):
     max_output_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The levels it is held under: engagement and user from the token, agent from the call.
+    engagement: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    user_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    agent: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class BudgetLevelRow(Base):
+    """A budget under a tenant: per engagement, user or agent (or tenant-wide, key "all"), by month
+    or day, hard or soft, with alert thresholds and TPM/RPM limits. What it used is not stored: it is
+    the period's usage with matching tags. Which thresholds alerted this period is."""
+
+    __tablename__ = "llm_budget_levels"
+
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    amount_nanos: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    period: Mapped[str] = mapped_column(String(8))  # month | day
+    mode: Mapped[str] = mapped_column(String(8))  # hard | soft
+    thresholds: Mapped[list] = mapped_column(JSONType)
+    tpm: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    rpm: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    alert_period: Mapped[str] = mapped_column(String(10))  # the period `alerted` belongs to
+    alerted: Mapped[list] = mapped_column(JSONType)
 
 
 class PriceOverrideRow(Base):

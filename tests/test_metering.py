@@ -15,7 +15,7 @@ from actors.prices import NANOS, default_catalog
 from crews.metering import BudgetExceeded, Meter, MeteredLLM, MeteringError, estimate_input_tokens
 from crews.runs import announce_failure, run_crew
 from tests.test_costs_http import stored
-from storage.models import UsageRow
+from storage.models import ReservationRow, UsageRow
 
 pytestmark = pytest.mark.integration
 MODEL = "gpt-4o-mini"
@@ -100,6 +100,8 @@ async def test_crew_within_budget_is_metered_per_call(live, tenant, db_url):
     assert outcome.ok and "x" * 10 in str(outcome.output)
     rows = await stored(db_url, UsageRow, tenant)
     assert len(rows) == 2 and {r["agent"] for r in rows} == {"validator"}
+    # Each call was held under the agent's budget level too: its reservation names the agent.
+    assert [r["agent"] for r in await stored(db_url, ReservationRow, tenant)] == ["validator", "validator"]
     assert all(r["output_tokens"] == estimate_input_tokens("Final Answer: " + "x" * 400) for r in rows)
     assert all(r["input_tokens"] > 10 for r in rows)
     # The reservation (worst case) was released down to the settled cost.

@@ -28,6 +28,7 @@ TEMPLATES: dict[tuple[str, str], dict] = {
     ("POST", "/v1/costs/usage"): {"model": "gpt-4o-mini", "input_tokens": 10, "output_tokens": 5, "agent": "a"},
     ("POST", "/v1/costs/reservations"): {"model": "gpt-4o-mini", "input_tokens": 10, "output_tokens": 5},
     ("PUT", "/v1/costs/budget"): {"monthly_budget": 10, "alert_threshold": 0.8},
+    ("PUT", "/v1/costs/budgets/user/alice"): {"amount": 5, "period": "day", "mode": "soft", "thresholds": [0.5], "rpm": 10},
     ("POST", "/v1/costs/select-model"): {"task": "summarise", "min_quality": 0.5},
     ("POST", "/v1/costs/estimate"): {"model": "gpt-4o-mini", "tokens": 100},
     ("PUT", "/v1/admin/tenants/{tenant}/prices/my-model"): {"input_per_token": 1e-6, "output_per_token": 2e-6},
@@ -50,7 +51,7 @@ TEMPLATES: dict[tuple[str, str], dict] = {
 }
 QUERIES = [("/v1/events", "after"), ("/v1/events", "flow_id"), ("/v1/costs/summary", "end"),
            ("/v1/costs/summary", "start"), ("/v1/costs/prices", "model"), ("/v1/agents/mapper/messages", "wait"),
-           ("/v1/flows", "status"), ("/v1/agents/mapper/dead-letters", "limit")]
+           ("/v1/flows", "status"), ("/v1/agents/mapper/dead-letters", "limit"), ("/v1/costs/budgets", "scope")]
 QUERY_VALUES = ["0001-01-01", "9999-12-31T23:59:59-23:59", "\x00", "NaN", "-1", "1e400", "%00", "a" * 5000, "inf"]
 
 
@@ -72,6 +73,7 @@ def snapshot(client: httpx.Client, auth: dict) -> dict:
     """Everything the tenant's state shows, to compare before and after a refused request."""
     views = {}
     for path in ("/v1/events?after=0&limit=1000", "/v1/costs/summary?start=2026-01-01&end=2030-01-01", "/v1/learning/stats",
+                 "/v1/costs/budgets",
                  "/v1/agents/mapper", "/v1/agents/mapper/topics", "/v1/flows", "/v1/costs/prices?model=my-model"):
         response = client.get(path, headers=auth)
         body = response.json()
