@@ -3,11 +3,16 @@ is charged to come from the token, a level refuses reservations and gateway call
 RPM limits answer 429 with Retry-After before the provider is called, alerts stream."""
 from __future__ import annotations
 
+import asyncio
+from contextlib import AsyncExitStack
+
 import httpx
 import openai
 import pytest
 
+from serve_app.runtime import Runtime
 from storage.models import BudgetLevelRow, ReservationRow
+from tests.conftest import LiveServer, settings_for
 from tests.test_costs_http import assert_error, stored
 from tests.test_gateway import MODEL, gateway, provider  # noqa: F401 - fixtures
 from tests.wsutil import connect, recv, recv_until
@@ -101,3 +106,26 @@ async def test_gateway_calls_are_held_to_agent_rpm_and_user_budgets(gateway, pro
     assert poor.value.status_code == 402 and poor.value.response.json()["error"]["level"]["key"] == "dave"
     assert len(provider.provider.requests) == calls  # neither refused call reached the provider
     await client("erin", "other-bot").chat.completions.create(**ask)  # another agent has its own window
+
+
+async def test_levels_hold_across_three_ingress_replicas(live, tenant, db_url, backend):
+    """Three ingress replicas (each its own ledger client) share one tenant's levels: the RPM and
+    the budget admit exactly their limit, not three times it (LiteLLM's per-replica counters)."""
+    admin = live.auth(tenant, scopes=["costs:admin", "costs:read"])
+    frank = live.auth(tenant, user="frank", scopes=WRITER)
+    body = {"model": MODEL, "input_tokens": 1000, "max_output_tokens": 1000}  # $0.00075 each
+    async with AsyncExitStack() as stack, httpx.AsyncClient() as client:
+        others = [await stack.enter_async_context(LiveServer(Runtime(settings_for(db_url, backend)))) for _ in range(2)]
+        urls = [live.url] + [o.url for o in others]
+        await client.put(f"{live.url}/v1/costs/budgets/agent/crawler", headers=admin, json={"rpm": 7})
+        await client.put(f"{live.url}/v1/costs/budgets/user/frank", headers=admin, json={"amount": 0.00075 * 4})
+        crawled = await asyncio.gather(*(client.post(f"{urls[i % 3]}/v1/costs/reservations", headers=frank,
+                                                     json={**body, "input_tokens": 1, "max_output_tokens": 1,
+                                                           "agent": "crawler"}) for i in range(30)))
+        assert sorted(r.status_code for r in crawled) == [201] * 7 + [429] * 23
+        spent = await asyncio.gather(*(client.post(f"{urls[i % 3]}/v1/costs/reservations", headers=frank, json=body)
+                                       for i in range(30)))
+        assert sum(r.status_code == 201 for r in spent) == 3  # 4 fit the user, the crawler's 7 tiny calls hold a little
+        assert {r.json()["error"]["code"] for r in spent if r.status_code != 201} == {"budget_exceeded"}
+        view = (await client.get(f"{others[1].url}/v1/costs/budgets/user/frank", headers=admin)).json()
+    assert view["reserved"] <= 0.003 and view["remaining"] >= 0
