@@ -255,3 +255,41 @@ def test_periods_are_utc_calendar():
     start, end = period_bounds("month", ts)
     assert (start.day, end) == (1, datetime(2027, 1, 1, tzinfo=timezone.utc))
     assert period_bounds("day", ts)[1] - period_bounds("day", ts)[0] == timedelta(days=1)
+
+
+async def test_a_failed_commit_leaves_every_level_as_it_was(ledger, tenant):
+    core = ledger.core
+    await core.set_level(tenant, "user", "alice", settings(1.0, thresholds=[0.01], rpm=100))
+    await core.set_level(tenant, "agent", "mapper", settings(0.5, period="day"))
+    held = await core.reserve(tenant, "big-model", 1000, 1000, tags=ALICE)
+    await asyncio.sleep(0.05)
+    before = await core.levels(tenant)
+    real_write = core.store.write
+
+    async def broken(writes):
+        raise ConnectionError("database went away")
+
+    core.store.write = broken
+    for attempt in (
+        core.reserve(tenant, "big-model", 1000, 1000, tags=ALICE),
+        core.record_usage(tenant, [record(inp=10000, out=0, **ALICE)]),  # would cross alice's threshold
+        core.settle(tenant, held["reservation_id"], {"input_tokens": 1000, "output_tokens": 10, **ALICE}),
+        core.release(tenant, held["reservation_id"]),
+        core.set_level(tenant, "user", "alice", settings(0.9, thresholds=[0.5])),
+        core.set_level(tenant, "agent", "mapper", settings(0.5, period="month")),  # a new period: recounted
+        core.set_level(tenant, "engagement", "new", settings(1.0)),
+        core.delete_level(tenant, "agent", "mapper"),
+    ):
+        with pytest.raises(LedgerError) as error:
+            await attempt
+        assert error.value.code == "ledger_unavailable"
+    assert await core.levels(tenant) == before
+    with pytest.raises(LedgerError) as missing:
+        await core.levels(tenant, "engagement", "new")
+    assert missing.value.code == "level_not_found"
+    core.store.write = real_write
+    await core.settle(tenant, held["reservation_id"], {"input_tokens": 1000, "output_tokens": 10, **ALICE})
+    [alice] = await core.levels(tenant, "user", "alice")
+    assert alice["reserved"] == 0 and alice["used"] == 0.0103 and alice["last_minute"]["tokens"] == 1010
+    await asyncio.sleep(0.05)
+    assert [a["threshold"] for t, a in ledger.alerts if t == tenant and "level" in a] == [0.01]
