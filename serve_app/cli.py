@@ -33,9 +33,35 @@ def operator_token(explicit: str | None = None, *, create: bool = False) -> str:
     return token
 
 
+def _key_ring(url: str | None = None):
+    """The deployment's signing keys, read from its database (the first one generated if none)."""
+    from serve_app.auth import KeyRing
+    from serve_app.signing_keys import SigningKeys, ensure_first_key
+    from storage.credentials import CredentialsStore
+    from storage.engine import create_engine
+
+    async def load() -> KeyRing:
+        engine = create_engine(url or database_url())
+        try:
+            ring = KeyRing()
+            keys = SigningKeys(CredentialsStore(engine), ring)
+            await ensure_first_key(keys.store)
+            await keys.refresh()
+            return ring
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(load())
+    except Exception as error:  # noqa: BLE001 - no database here: a legacy token, and say so
+        print(f"warning: signing keys not readable ({type(error).__name__}); minting with the legacy secret, "
+              "which RAYTENANT_ACCEPT_LEGACY_TOKENS=0 refuses", file=sys.stderr)
+        return None
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     tokens = Tokens(operator_token(args.operator_token), os.environ.get("RAYTENANT_JWT_SECRET", ""),
-                    max_ttl=int(os.environ.get("RAYTENANT_MAX_TOKEN_TTL", MAX_TTL)))
+                    max_ttl=int(os.environ.get("RAYTENANT_MAX_TOKEN_TTL", MAX_TTL)), ring=_key_ring())
     scopes = args.scopes.split(",") if args.scopes else list(DEFAULT_SCOPES)
     try:
         token, exp = tokens.mint(args.tenant, user=args.user, engagement=args.engagement, scopes=scopes, ttl=args.ttl)
@@ -44,6 +70,35 @@ def cmd_token(args: argparse.Namespace) -> int:
         return 2
     print(token)
     print(f"# tenant={args.tenant} expires={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(exp))}", file=sys.stderr)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """`raytenant keys list|rotate`: the signing keys in the deployment's database (never their
+    secrets). Replicas load a new key within a second; it signs from a few seconds later."""
+    from serve_app.signing_keys import public_view, rotate
+    from storage.credentials import CredentialsStore, audit_row
+    from storage.engine import create_engine
+
+    async def act() -> Any:
+        engine = create_engine(args.url or database_url())
+        try:
+            store = CredentialsStore(engine)
+            if args.action == "rotate":
+                retire_after = args.retire_after if args.retire_after is not None else int(
+                    os.environ.get("RAYTENANT_MAX_TOKEN_TTL", MAX_TTL))
+                key = await rotate(store, retire_after)
+                await store.audit([audit_row("operator:cli", "rotate_keys", None, "ok", kid=key["kid"],
+                                             retire_after=retire_after)])
+                return key
+            return [public_view(row, time.time()) for row in await store.keys()]
+        finally:
+            await engine.dispose()
+
+    if args.retire_after is not None and args.retire_after < 0:
+        print("error: --retire-after must be >= 0", file=sys.stderr)
+        return 2
+    print(json.dumps(asyncio.run(act()), indent=2))
     return 0
 
 
@@ -207,6 +262,9 @@ def run_service(args: argparse.Namespace, stop: threading.Event | None = None) -
             kill_all(LEARNING_KIND, int(os.environ.get("RAYTENANT_LEARNING_SHARDS", 1)))
             kill_all(MAILBOX_KIND, int(os.environ.get("RAYTENANT_MAILBOX_SHARDS", 1)))
             kill_all(FLOW_KIND, int(os.environ.get("RAYTENANT_FLOW_SHARDS", 1)))
+            from actors.revocations import KIND as REVOCATION_KIND
+
+            kill_all(REVOCATION_KIND, int(os.environ.get("RAYTENANT_REVOCATION_SHARDS", 1)))
             if started_ray:
                 serve.shutdown()
         finally:
@@ -238,6 +296,13 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument("--operator-token")
     token.set_defaults(func=cmd_token)
 
+    keys = commands.add_parser("keys", help="list or rotate the signing keys of tenant tokens")
+    keys.add_argument("action", choices=["list", "rotate"])
+    keys.add_argument("--retire-after", type=int, default=None,
+                      help="seconds the earlier keys keep verifying after the new one signs (default: the max token TTL)")
+    keys.add_argument("--url", help="default: DATABASE_URL or the embedded SQLite file")
+    keys.set_defaults(func=cmd_keys)
+
     load = commands.add_parser("loadtest", help="drive load from Ray tasks spread over the cluster's nodes")
     load.add_argument("--url", default="http://127.0.0.1:8000", help="the service (loopback unless --allow-remote)")
     load.add_argument("--address", default=None, help="Ray cluster address (default: the running one, else local)")
@@ -263,7 +328,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if getattr(args, "action", None) and args.revision is None:
+    if args.func is cmd_db and args.revision is None:
         args.revision = "head" if args.action == "upgrade" else "base"
     return args.func(args)
 

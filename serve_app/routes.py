@@ -29,6 +29,8 @@ def authenticate(request: Request, scope: str) -> Claims:
     try:
         claims = runtime.tokens.verify(bearer(request.headers.get("authorization")))
     except AuthError as error:
+        if error.claims is not None:  # a revoked token: whose attempt it was goes to the audit log
+            runtime.audit.refused(error.claims, error.code, request.url.path)
         raise ApiError(401, error.code, error.message) from error
     if not claims.allows(scope):
         log.warning("tenant %s user %s refused: scope %s", claims.tenant, claims.user, scope)
@@ -154,8 +156,12 @@ async def mint_token(request: Request) -> JSONResponse:
     if any(v is not None and not isinstance(v, str) for v in (user, engagement)):
         raise ApiError(422, "invalid_claims", "user and engagement must be strings")
     token, exp = runtime.tokens.mint(tenant, user=user, engagement=engagement, scopes=scopes, ttl=ttl)
+    claims = runtime.tokens.verify(token)
     log.info("operator minted a token for tenant %s", tenant)
-    return JSONResponse({"token": token, "tenant": tenant, "expires_at": exp}, status_code=201)
+    await runtime.audit.record("operator", "mint_token", tenant, "ok", jti=claims.jti, kid=claims.kid, user=user,
+                               scopes=list(scopes), expires_at=exp)
+    return JSONResponse({"token": token, "tenant": tenant, "expires_at": exp, "jti": claims.jti, "kid": claims.kid},
+                        status_code=201)
 
 
 async def healthz(_request: Request) -> JSONResponse:

@@ -9,20 +9,28 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from datetime import datetime, timezone
+
 from actors.limits import LimitsError
+from actors.operations import ActorError
 from actors.prices import Price
-from serve_app.auth import bearer, valid_tenant
+from serve_app.auth import JTI_PATTERN, bearer, valid_tenant
 from serve_app.errors import ApiError
-from serve_app.routes import read_json, runtime_of
+from serve_app.routes import int_param, read_json, runtime_of
+from serve_app.signing_keys import public_view, rotate
 from serve_app.routes_costs import _number, _object, ledger
 
 MAX_USD = 1e9
 
 
-def operator_tenant(request: Request) -> str:
-    """The tenant named in the path, once the caller proved it holds the operator token."""
+def operator(request: Request) -> None:
     if not runtime_of(request).tokens.is_operator(bearer(request.headers.get("authorization"))):
         raise ApiError(401, "operator_token_required", "this route needs the operator token")
+
+
+def operator_tenant(request: Request) -> str:
+    """The tenant named in the path, once the caller proved it holds the operator token."""
+    operator(request)
     tenant = request.path_params["tenant"]
     if not valid_tenant(tenant):
         raise ApiError(422, "invalid_tenant", "tenant must be 1-128 characters of letters, digits and . _ : -")
@@ -37,7 +45,9 @@ async def put_budget(request: Request) -> JSONResponse:
     cap = _number(payload, "monthly_cap")
     if cap is not None and not 0 <= cap <= MAX_USD:
         raise ApiError(422, "invalid_cap", f"monthly_cap must be between 0 and {MAX_USD:.0f} USD, or null")
-    return JSONResponse(await ledger(request, "set_cap", tenant, cap))
+    found = await ledger(request, "set_cap", tenant, cap)
+    await runtime_of(request).audit.record("operator", "set_cap", tenant, "ok", monthly_cap=cap)
+    return JSONResponse(found)
 
 
 async def get_budget(request: Request) -> JSONResponse:
@@ -58,12 +68,15 @@ async def put_price(request: Request) -> JSONResponse:
     values: list[Any] = [_number(payload, name) for name in ("input_per_token", "output_per_token", "cached_per_token")]
     if values[0] is None or values[1] is None or any(v is not None and not 0 <= v < 1 for v in values):
         raise ApiError(422, "invalid_price", "input_per_token and output_per_token are required USD per token in [0, 1)")
-    return JSONResponse(await ledger(request, "set_override", tenant, model, Price(*values)))
+    found = await ledger(request, "set_override", tenant, model, Price(*values))
+    await runtime_of(request).audit.record("operator", "set_price", tenant, "ok", model=model, price=values)
+    return JSONResponse(found)
 
 
 async def delete_price(request: Request) -> Response:
     tenant = operator_tenant(request)
     await ledger(request, "delete_override", tenant, _model(request))
+    await runtime_of(request).audit.record("operator", "delete_price", tenant, "ok", model=_model(request))
     return Response(status_code=204)
 
 
@@ -81,6 +94,7 @@ async def put_limits(request: Request) -> JSONResponse:
     except Exception as error:  # noqa: BLE001 - nothing was stored
         raise ApiError(503, "storage_unavailable", "the limits could not be stored; nothing changed") from error
     await runtime.set_limits(tenant, payload)
+    await runtime.audit.record("operator", "set_limits", tenant, "ok", overrides=payload)
     return JSONResponse({"tenant": tenant, "limits": limits.to_dict(), "overrides": payload})
 
 
@@ -93,7 +107,86 @@ async def get_limits(request: Request) -> JSONResponse:
     return JSONResponse({"tenant": tenant, "limits": limits, "overrides": overrides, "usage": usage})
 
 
+def _issued_before(value: Any) -> float:
+    """An ISO-8601 time or epoch seconds, not in the future."""
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError as error:
+            raise ApiError(422, "invalid_issued_before", "issued_before must be an ISO-8601 time") from error
+        when = (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        when = float(value)
+    else:
+        raise ApiError(422, "invalid_issued_before", "issued_before must be an ISO-8601 time or epoch seconds")
+    if when > datetime.now(timezone.utc).timestamp() + 1.0:
+        raise ApiError(422, "invalid_issued_before", "issued_before cannot be in the future")
+    return when
+
+
+async def revoke(request: Request) -> JSONResponse:
+    """One token (`{"jti"}`) or every token of the tenant issued before a time (`{"issued_before"}`)."""
+    tenant = operator_tenant(request)
+    payload = _object(await read_json(request))
+    if set(payload) not in ({"jti"}, {"issued_before"}):
+        raise ApiError(422, "invalid_revocation", "send {\"jti\": ...} or {\"issued_before\": ...}")
+    jti = payload.get("jti")
+    if "jti" in payload and not (isinstance(jti, str) and JTI_PATTERN.fullmatch(jti)):
+        raise ApiError(422, "invalid_jti", "jti must be the 32 hex digits of a token's id")
+    before = _issued_before(payload["issued_before"]) if "issued_before" in payload else None
+    runtime = runtime_of(request)
+    try:
+        found = await runtime.revocations.call("revoke", tenant, jti, before)
+    except ActorError as error:
+        await runtime.audit.record("operator", "revoke", tenant, f"refused:{error.code}", jti=jti, issued_before=before)
+        raise
+    await runtime.audit.record("operator", "revoke", tenant, "ok", jti=jti, issued_before=before)
+    return JSONResponse(found, status_code=201)
+
+
+async def list_revocations(request: Request) -> JSONResponse:
+    tenant = operator_tenant(request)
+    return JSONResponse({"tenant": tenant, **await runtime_of(request).revocations.call("list", tenant)})
+
+
+async def rotate_keys(request: Request) -> JSONResponse:
+    operator(request)
+    runtime = runtime_of(request)
+    payload = _object(await read_json(request))
+    longest = runtime.tokens.max_ttl
+    retire_after = payload.get("retire_after_seconds", longest)
+    if isinstance(retire_after, bool) or not isinstance(retire_after, int) or not 0 <= retire_after <= 10 * longest:
+        raise ApiError(422, "invalid_retire_after", f"retire_after_seconds must be an integer between 0 and {10 * longest}")
+    key = await rotate(runtime.credentials, retire_after)
+    await runtime.signing_keys.refresh()
+    await runtime.audit.record("operator", "rotate_keys", None, "ok", kid=key["kid"], retire_after=retire_after)
+    return JSONResponse(key, status_code=201)
+
+
+async def list_keys(request: Request) -> JSONResponse:
+    operator(request)
+    now = datetime.now(timezone.utc).timestamp()
+    return JSONResponse({"keys": [public_view(row, now) for row in await runtime_of(request).credentials.keys()]})
+
+
+async def audit_log(request: Request) -> JSONResponse:
+    """A page of the audit log, oldest first: `?after=<id>&limit=&tenant=`."""
+    operator(request)
+    after = int_param(request, "after", 0)
+    limit = int_param(request, "limit", 100, low=1, high=1000)
+    tenant = request.query_params.get("tenant")
+    if tenant is not None and not valid_tenant(tenant):
+        raise ApiError(422, "invalid_tenant", "tenant must be 1-128 characters of letters, digits and . _ : -")
+    rows = await runtime_of(request).credentials.audit_page(after, limit, tenant)
+    return JSONResponse({"entries": rows, "next_after": rows[-1]["id"] if rows else after})
+
+
 ROUTES = [
+    Route("/v1/admin/tenants/{tenant}/revocations", revoke, methods=["POST"]),
+    Route("/v1/admin/tenants/{tenant}/revocations", list_revocations, methods=["GET"]),
+    Route("/v1/admin/keys/rotate", rotate_keys, methods=["POST"]),
+    Route("/v1/admin/keys", list_keys, methods=["GET"]),
+    Route("/v1/admin/audit", audit_log, methods=["GET"]),
     Route("/v1/admin/tenants/{tenant}/limits", put_limits, methods=["PUT"]),
     Route("/v1/admin/tenants/{tenant}/limits", get_limits, methods=["GET"]),
     Route("/v1/admin/tenants/{tenant}/budget", put_budget, methods=["PUT"]),

@@ -23,10 +23,16 @@ from actors.metrics import RayMetrics
 from actors.quota_client import QuotaClient
 from actors.quotas import KIND as QUOTA_KIND
 from actors.quotas import QuotaOptions
+from actors.revocation_client import RevocationClient
+from actors.revocations import KIND as REVOCATION_KIND
+from actors.revocations import RevocationOptions
 from crews.providers import Provider, Providers
-from serve_app.auth import Tokens
+from serve_app.audit import Audit
+from serve_app.auth import KeyRing, Tokens
 from serve_app.settings import Settings
 from serve_app.streams import StreamRouter
+from serve_app.signing_keys import SigningKeys
+from storage.credentials import CredentialsStore
 from storage.engine import create_engine
 from storage.limits import LimitsStore
 
@@ -49,8 +55,18 @@ class Runtime:
         self.settings = settings
         self.replica_id = replica_id or uuid.uuid4().hex[:12]
         limits = settings.default_limits()
+        self.credentials = CredentialsStore(create_engine(settings.database_url))
+        self.audit = Audit(self.credentials)
+        self.keyring = KeyRing()
+        self.signing_keys = SigningKeys(self.credentials, self.keyring)
         self.tokens = Tokens(settings.operator_token, settings.jwt_secret, default_ttl=settings.token_ttl_seconds,
-                             max_ttl=settings.max_token_ttl)
+                             max_ttl=settings.max_token_ttl, ring=self.keyring,
+                             accept_legacy=settings.accept_legacy_tokens)
+        self.revocations = RevocationClient(settings.database_url, settings.revocation_shards,
+                                            RevocationOptions(max_ttl=settings.max_token_ttl),
+                                            kind=settings.actor_prefix + REVOCATION_KIND)
+        self.tokens.revoked = lambda claims: self.revocations.revoked(claims.tenant, claims.iat, claims.jti)
+        self.tokens.unknown_key = self.signing_keys.wanted
         self.hub = hub or EventHubClient(
             settings.database_url,
             settings.hub_shards,
@@ -111,6 +127,8 @@ class Runtime:
         return client
 
     async def start(self) -> None:
+        await self.signing_keys.start()
+        await self.revocations.start()
         await self.hub.start()
         await self.quotas.start()
         await self.ledger.start()
@@ -134,6 +152,8 @@ class Runtime:
                     "limits of tenant %s not pushed to %s (%s); it rereads them within 5 s", tenant, kind, result)
 
     async def stop(self) -> None:
+        await self.signing_keys.close()
+        await self.revocations.close()
         await self.router.stop()
         await self.quotas.close()
         close = getattr(self.hub, "close", None)

@@ -29,6 +29,8 @@ class Settings:
     flow_capacity: int = 32  # flows one runner runs at once, all tenants together; more wait, fairly
     flow_niceness: int = 10  # flow runners' OS niceness: flows yield the CPU to requests (0 = as requests)
     quota_shards: int = 1
+    revocation_shards: int = 1
+    accept_legacy_tokens: bool = True  # RAYTENANT_ACCEPT_LEGACY_TOKENS=0: only tokens signed by the key ring
     limits: str = ""  # RAYTENANT_LIMITS: JSON object of default limits (actors/limits.py)
     llm: str = ""  # RAYTENANT_LLM: empty/"offline" for the OfflineLLM, else a crewai/LiteLLM model string
     llm_latency: float = 0.0  # the OfflineLLM's simulated latency per call (demos, benches)
@@ -68,6 +70,8 @@ class Settings:
             "flow_capacity": _env_int("RAYTENANT_FLOW_CAPACITY", 32),
             "flow_niceness": _env_int("RAYTENANT_FLOW_NICENESS", 10),
             "quota_shards": _env_int("RAYTENANT_QUOTA_SHARDS", 1),
+            "revocation_shards": _env_int("RAYTENANT_REVOCATION_SHARDS", 1),
+            "accept_legacy_tokens": os.environ.get("RAYTENANT_ACCEPT_LEGACY_TOKENS", "1") != "0",
             "limits": os.environ.get("RAYTENANT_LIMITS", ""),
             "max_token_ttl": _env_int("RAYTENANT_MAX_TOKEN_TTL", 30 * 24 * 3600),
             "llm": os.environ.get("RAYTENANT_LLM", ""),

@@ -229,3 +229,46 @@ class TenantLimitsRow(Base):
     tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
     limits: Mapped[dict] = mapped_column(JSONType)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SigningKeyRow(Base):
+    """A key that signs tenant tokens (HS256), apart from the operator token. The newest key whose
+    `signs_from` has passed signs; every key verifies until its `retire_at` (None: not retired)."""
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    signs_from: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    retire_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class TokenRevocationRow(Base):
+    """One token (`jti`) or every token of a tenant issued before `issued_before`, refused until
+    `expires_at` (the maximum token TTL after the revocation: by then every such token expired)."""
+
+    __tablename__ = "token_revocations"
+    __table_args__ = (Index("ix_token_revocations_expires", "expires_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(128), index=True)
+    jti: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    issued_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditRow(Base):
+    """Who did what to which tenant, when, and how it ended: admin actions and refused attempts."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_tenant", "tenant", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(200))  # "operator", or "tenant:<name>" for a tenant token
+    action: Mapped[str] = mapped_column(String(64))
+    tenant: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    outcome: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[dict] = mapped_column(JSONType)

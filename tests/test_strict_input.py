@@ -34,6 +34,7 @@ TEMPLATES: dict[tuple[str, str], dict] = {
     ("PUT", "/v1/admin/tenants/{tenant}/prices/my-model"): {"input_per_token": 1e-6, "output_per_token": 2e-6},
     ("PUT", "/v1/admin/tenants/{tenant}/budget"): {"monthly_cap": 10},
     ("PUT", "/v1/admin/tenants/{tenant}/limits"): {"connections": 500, "requests_per_second": {"events": 900}},
+    ("POST", "/v1/admin/tenants/{tenant}/revocations"): {"jti": "ab" * 16},
     ("POST", "/v1/learning/corrections"): {"original": {"f": "a"}, "corrected": {"f": "b"}, "context": {"k": "v"}},
     ("POST", "/v1/learning/successes"): {"result": {"f": "a"}, "context": {"k": "v"}},
     ("POST", "/v1/learning/recommendations"): {"context": {"k": "v"}},

@@ -1,0 +1,157 @@
+"""Revocation shards: which tenant tokens are refused before they expire, with an epoch that lets
+every ingress replica learn of a revocation within a poll, without a database read per request.
+
+A revocation names one token (`jti`) or every token of a tenant issued before a time. The shard
+that owns the tenant stores it (durable before it is acknowledged), applies it and bumps its
+epoch. Replicas poll every shard's `changes(since)` (actors/revocation_client.py) and refuse
+revoked tokens out of their verified-token cache. A restarted shard reloads what is in force and
+starts a new incarnation, so replicas take its whole state again. A revocation is kept until every
+token it concerns has expired: the maximum token TTL after it was made.
+
+`RevocationCore` is the state logic (tests drive it without Ray); `Revocations` is the Ray actor.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import ray
+
+from actors.gc_policy import quiet_gc
+from actors.operations import ActorError
+from actors.shard_actor import ShardActor
+from actors.shards import shard_for
+
+KIND = "revocations"
+PUBLIC_METHODS = frozenset({"revoke", "changes", "list"})
+MAX_LOG = 10_000  # changes kept for incremental polls; a replica further behind takes the whole state
+
+
+class RevocationError(ActorError):
+    """A refused revocation operation (status, code, message, details)."""
+
+
+@dataclass
+class TenantRevocations:
+    """What is revoked of one tenant: tokens issued before `before`, and single tokens by jti."""
+
+    before: float = 0.0
+    jtis: dict[str, float] = field(default_factory=dict)  # jti -> until when the revocation holds
+    before_until: float = 0.0
+
+    def refuses(self, iat: float, jti: str | None) -> bool:
+        return iat < self.before or (jti is not None and jti in self.jtis)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"before": self.before, "before_until": self.before_until, "jtis": dict(self.jtis)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TenantRevocations":
+        return cls(float(data["before"]), {str(k): float(v) for k, v in data["jtis"].items()}, float(data["before_until"]))
+
+    def apply(self, jti: str | None, before: float | None, until: float) -> None:
+        if jti is not None:
+            self.jtis[jti] = max(until, self.jtis.get(jti, 0.0))
+        if before is not None and before > self.before:
+            self.before, self.before_until = before, until
+
+    def prune(self, now: float) -> bool:
+        """Drop what no longer concerns an unexpired token; True when nothing is left."""
+        self.jtis = {j: until for j, until in self.jtis.items() if until > now}
+        if self.before_until <= now:
+            self.before, self.before_until = 0.0, 0.0
+        return not self.jtis and not self.before
+
+
+@dataclass(frozen=True)
+class RevocationOptions:
+    max_ttl: float  # a revocation holds this long: every token it concerns has expired by then
+    sweep_interval: float = 60.0
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+class RevocationCore:
+    def __init__(self, store: Any, shard: int, shards: int, options: RevocationOptions, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store, self.shard, self.shards, self.options, self.clock = store, shard, shards, options, clock
+        self.incarnation = uuid.uuid4().hex
+        self.epoch = 0
+        self.log: list[tuple[int, str, dict[str, Any]]] = []  # (epoch, tenant, change)
+        self.tenants: dict[str, TenantRevocations] = {}
+        self._loaded = False
+
+    async def _load(self) -> None:
+        """What is in force for the tenants this shard owns (once, before the first answer)."""
+        if self._loaded:
+            return
+        now = datetime.fromtimestamp(self.clock(), timezone.utc)
+        for row in await self.store.revocations(now):
+            if shard_for(row["tenant"], self.shards) == self.shard:
+                self.tenants.setdefault(row["tenant"], TenantRevocations()).apply(
+                    row["jti"], _ts(row["issued_before"]), row["expires_at"].timestamp())
+        self._loaded = True
+
+    async def revoke(self, tenant: str, jti: str | None, before: float | None) -> dict[str, Any]:
+        """Stored, then in force on this shard; replicas see it at their next poll."""
+        await self._load()
+        now = self.clock()
+        if before is not None and before > now + 1.0:
+            raise RevocationError(422, "invalid_issued_before", "issued_before cannot be in the future")
+        until = now + self.options.max_ttl
+        stamp = datetime.fromtimestamp(now, timezone.utc)
+        row_id = await self.store.add_revocation(
+            tenant, jti, None if before is None else datetime.fromtimestamp(before, timezone.utc), stamp,
+            datetime.fromtimestamp(until, timezone.utc))
+        self.tenants.setdefault(tenant, TenantRevocations()).apply(jti, before, until)
+        self.epoch += 1
+        self.log.append((self.epoch, tenant, {"jti": jti, "before": before, "until": until}))
+        del self.log[:-MAX_LOG]
+        return {"id": row_id, "tenant": tenant, "jti": jti, "issued_before": before, "expires_at": until,
+                "epoch": self.epoch}
+
+    async def changes(self, _tenant: str, since: int, incarnation: str | None) -> dict[str, Any]:
+        """What changed after epoch `since` of `incarnation`; the whole state when the caller
+        knows another incarnation or is further behind than the log reaches."""
+        await self._load()
+        head = {"incarnation": self.incarnation, "epoch": self.epoch}
+        oldest = self.log[0][0] if self.log else self.epoch + 1
+        if incarnation != self.incarnation or since + 1 < oldest and since < self.epoch:
+            return {**head, "full": True, "tenants": {t: r.to_dict() for t, r in self.tenants.items()}}
+        return {**head, "full": False, "changes": [[t, c] for e, t, c in self.log if e > since]}
+
+    async def list(self, tenant: str) -> dict[str, Any]:
+        await self._load()
+        found = self.tenants.get(tenant)
+        return found.to_dict() if found else TenantRevocations().to_dict()
+
+    async def sweep(self) -> None:
+        now = self.clock()
+        for tenant in [t for t, r in self.tenants.items() if r.prune(now)]:
+            del self.tenants[tenant]
+
+    def stats(self) -> dict[str, Any]:
+        return {"tenants": len(self.tenants), "epoch": self.epoch}
+
+
+@ray.remote(num_cpus=0, max_concurrency=1_000)
+class Revocations(ShardActor):
+    """Ray shell: one revocation shard. It learns its index from its name (`...revocations-<k>`),
+    so that after a restart it reloads exactly the tenants it owns."""
+
+    public = PUBLIC_METHODS
+
+    def __init__(self, database_url: str, shards: int, options: RevocationOptions) -> None:
+        from storage.credentials import CredentialsStore
+        from storage.engine import create_engine
+
+        name = ray.get_runtime_context().get_actor_name() or f"{KIND}-0"
+        shard = int(name.rsplit("-", 1)[1])
+        self.core = RevocationCore(CredentialsStore(create_engine(database_url)), shard, shards, options)
+        self.sweep = self.core.sweep
+        quiet_gc()

@@ -1,0 +1,229 @@
+"""Credentials as an operator runs them: tokens carry jti/iat/kid and are signed by a key ring apart
+from the operator token; revocations by token or by issue time reach every replica within a
+second through the revocation shards' epoch; key rotation under live traffic refuses nothing; the
+audit log records admin actions and refused revoked tokens. On PostgreSQL and SQLite."""
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import jwt
+import pytest
+import websockets
+
+from actors.revocations import RevocationCore, RevocationOptions
+from serve_app import cli
+from serve_app.auth import AuthError, KeyRing, SigningKey, Tokens
+from serve_app.runtime import Runtime
+from storage.credentials import CredentialsStore
+from storage.engine import create_engine
+from tests.conftest import LiveServer, settings_for
+from tests.test_costs_http import assert_error
+from tests.wsutil import connect, recv
+
+OP = "op-secret"
+
+
+def ring(*keys: SigningKey) -> KeyRing:
+    return KeyRing(keys)
+
+
+def test_tokens_carry_jti_iat_kid_and_verify_only_with_their_key():
+    now = time.time()
+    old = SigningKey("k-old", "a" * 64, now - 100, retire_at=now + 50)
+    new = SigningKey("k-new", "b" * 64, now + 10)  # known, not signing yet
+    tokens = Tokens(OP, ring=ring(old, new), accept_legacy=False)
+    token, _ = tokens.mint("acme", now=now)
+    header, claims = jwt.get_unverified_header(token), tokens.verify(token)
+    assert header["kid"] == "k-old" == claims.kid and len(claims.jti) == 32 and abs(claims.iat - now) < 1
+    later, _ = tokens.mint("acme", now=now + 11)
+    assert jwt.get_unverified_header(later)["kid"] == "k-new"
+    assert tokens.verify(later).kid == "k-new"
+    # The operator token does not sign: a token forged with the secret derived from it is refused.
+    forged, _ = Tokens(OP).mint("acme")
+    with pytest.raises(AuthError, match="key id"):
+        tokens.verify(forged)
+    assert Tokens(OP).verify(forged).tenant == "acme"  # accepted only where legacy tokens are
+    # A token naming a key this process does not know asks for a refresh and is refused meanwhile.
+    asked = []
+    other = Tokens(OP, ring=ring(SigningKey("k-x", "c" * 64, now - 1)))
+    stranger, _ = other.mint("acme")
+    tokens.unknown_key = asked.append
+    with pytest.raises(AuthError):
+        tokens.verify(stranger)
+    assert asked == ["k-x"]
+    # Once its key retires, a cached token is refused too.
+    tokens.ring.replace([SigningKey("k-old", "a" * 64, now - 100, retire_at=now - 1), new])
+    with pytest.raises(AuthError) as retired:
+        tokens.verify(token)
+    assert retired.value.code == "key_retired"
+    # A revocation applies to cached tokens at once.
+    tokens.revoked = lambda c: c.tenant == "acme"
+    with pytest.raises(AuthError) as revoked:
+        tokens.verify(later)
+    assert revoked.value.code == "token_revoked" and revoked.value.claims.tenant == "acme"
+
+
+@pytest.fixture
+async def store(db_url):
+    engine = create_engine(db_url)
+    yield CredentialsStore(engine)
+    await engine.dispose()
+
+
+async def test_a_revocation_shard_serves_changes_and_reloads_after_a_restart(store, tenant):
+    options = RevocationOptions(max_ttl=3600)
+    core = RevocationCore(store, 0, 1, options)
+    first = await core.changes("", 0, None)
+    assert first["full"]
+    jti = "ab" * 16
+    await core.revoke(tenant, jti, None)
+    await core.revoke(tenant, None, time.time())
+    step = await core.changes("", first["epoch"], first["incarnation"])
+    assert not step["full"] and [t for t, _ in step["changes"]] == [tenant, tenant]
+    with pytest.raises(Exception) as future:
+        await core.revoke(tenant, None, time.time() + 60)
+    assert future.value.code == "invalid_issued_before"
+    # A restarted shard (new incarnation) reloads what is in force from storage.
+    again = RevocationCore(store, 0, 1, options)
+    whole = await again.changes("", step["epoch"], step["incarnation"])
+    assert whole["full"] and jti in whole["tenants"][tenant]["jtis"] and whole["tenants"][tenant]["before"] > 0
+    # A shard owns only its tenants.
+    other = RevocationCore(store, 1, 2, options)
+    from actors.shards import shard_for
+    assert (tenant in (await other.changes("", 0, None))["tenants"]) == (shard_for(tenant, 2) == 1)
+
+
+@pytest.fixture
+async def two_replicas(ray_session, db_url, backend):
+    settings = settings_for(db_url, backend, actor_prefix=f"test-{backend}-cred-", accept_legacy_tokens=False)
+    async with LiveServer(Runtime(settings)) as one, LiveServer(Runtime(settings)) as two:
+        yield one, two
+
+
+async def _within(check, seconds: float = 1.0) -> float:
+    """How long until `check()` holds, failing after `seconds`."""
+    started = time.monotonic()
+    while not await check():
+        assert time.monotonic() - started < seconds, "not within the deadline"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+async def test_revocations_reach_every_replica_within_a_second(two_replicas, tenant):
+    one, two = two_replicas
+    operator = one.operator_auth()
+    async with httpx.AsyncClient() as client:
+        minted = (await client.post(f"{one.url}/v1/admin/tokens", headers=operator, json={"tenant": tenant})).json()
+        keep = (await client.post(f"{one.url}/v1/admin/tokens", headers=operator, json={"tenant": tenant})).json()
+        auth = {"Authorization": f"Bearer {minted['token']}"}
+        kept = {"Authorization": f"Bearer {keep['token']}"}
+        for server in (one, two):
+            assert (await client.get(f"{server.url}/v1/events", headers=auth)).status_code == 200
+        revocations = f"{one.url}/v1/admin/tenants/{tenant}/revocations"
+        for body, code in (({"jti": "nope"}, "invalid_jti"), ({"jti": minted["jti"], "issued_before": 1}, "invalid_revocation"),
+                           ({"issued_before": (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()}, "invalid_issued_before"),
+                           ({"issued_before": "yesterday"}, "invalid_issued_before"), ({}, "invalid_revocation")):
+            assert_error(await client.post(revocations, headers=operator, json=body), 422, code)
+        assert_error(await client.post(revocations, headers=kept, json={"jti": minted["jti"]}), 401, "operator_token_required")
+        assert (await client.get(f"{two.url}/v1/events", headers=auth)).status_code == 200  # nothing was revoked
+        revoked = await client.post(revocations, headers=operator, json={"jti": minted["jti"]})
+        assert revoked.status_code == 201, revoked.text
+
+        async def refused_everywhere() -> bool:
+            answers = [await client.get(f"{s.url}/v1/events", headers=auth) for s in (one, two)]
+            return all(a.status_code == 401 and a.json()["error"]["code"] == "token_revoked" for a in answers)
+
+        assert await _within(refused_everywhere) < 1.0
+        for server in (one, two):  # nor can it open a stream
+            ws = await connect(server.ws_url, minted["token"])
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await recv(ws)
+            assert closed.value.rcvd.code == 4001
+        assert (await client.get(f"{two.url}/v1/events", headers=kept)).status_code == 200  # only that token
+        # Every token issued before now: the kept one too, and a token minted after still works.
+        await asyncio.sleep(0.01)
+        everything = await client.post(revocations, headers=operator,
+                                       json={"issued_before": datetime.now(timezone.utc).isoformat()})
+        assert everything.status_code == 201
+
+        async def kept_refused() -> bool:
+            answers = [await client.get(f"{s.url}/v1/events", headers=kept) for s in (one, two)]
+            return all(a.status_code == 401 for a in answers)
+
+        await _within(kept_refused)
+        await asyncio.sleep(0.01)
+        fresh = (await client.post(f"{two.url}/v1/admin/tokens", headers=operator, json={"tenant": tenant})).json()
+        for server in (one, two):
+            ok = await client.get(f"{server.url}/v1/events", headers={"Authorization": f"Bearer {fresh['token']}"})
+            assert ok.status_code == 200
+        listed = (await client.get(revocations, headers=operator)).json()
+        assert minted["jti"] in listed["jtis"] and listed["before"] > 0
+        await asyncio.sleep(0.2)  # the refused attempts' audit rows are written in the background
+        audit = (await client.get(f"{one.url}/v1/admin/audit", params={"tenant": tenant}, headers=operator)).json()
+    actions = [(e["actor"], e["action"], e["outcome"]) for e in audit["entries"]]
+    assert actions.count(("operator", "mint_token", "ok")) == 3
+    assert actions.count(("operator", "revoke", "ok")) == 2
+    refused = [e for e in audit["entries"] if e["outcome"] == "token_revoked"]
+    assert refused and refused[0]["actor"] == f"tenant:{tenant}" and refused[0]["detail"]["jti"] == minted["jti"]
+    # Retried many times on two replicas, a revoked token leaves one row a minute on each at most.
+    assert 1 <= len([e for e in refused if e["detail"]["jti"] == minted["jti"]]) <= 2
+
+
+async def test_key_rotation_under_live_traffic_refuses_nothing(two_replicas, tenant):
+    one, two = two_replicas
+    operator = one.operator_auth()
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async with httpx.AsyncClient() as client:
+        async def traffic() -> None:
+            while not stop.is_set():
+                for server in (one, two):
+                    minted = await client.post(f"{server.url}/v1/admin/tokens", headers=operator, json={"tenant": tenant})
+                    statuses.append(minted.status_code)
+                    token = minted.json()["token"]
+                    for reader in (one, two):
+                        got = await client.get(f"{reader.url}/v1/events", headers={"Authorization": f"Bearer {token}"})
+                        statuses.append(got.status_code)
+                await asyncio.sleep(0.01)
+
+        before = (await client.post(f"{one.url}/v1/admin/tokens", headers=operator, json={"tenant": tenant})).json()
+        running = asyncio.ensure_future(traffic())
+        await asyncio.sleep(0.3)
+        assert_error(await client.post(f"{one.url}/v1/admin/keys/rotate", headers=operator,
+                                       json={"retire_after_seconds": -1}), 422, "invalid_retire_after")
+        rotated = await client.post(f"{two.url}/v1/admin/keys/rotate", headers=operator, json={"retire_after_seconds": 3600})
+        assert rotated.status_code == 201 and "secret" not in rotated.text
+        await asyncio.sleep(4.5)  # past the new key's first signature, on both replicas
+        stop.set()
+        await running
+        after = (await client.post(f"{one.url}/v1/admin/tokens", headers=operator, json={"tenant": tenant})).json()
+        keys = (await client.get(f"{one.url}/v1/admin/keys", headers=operator)).json()["keys"]
+        for token in (before["token"], after["token"]):
+            for server in (one, two):
+                got = await client.get(f"{server.url}/v1/events", headers={"Authorization": f"Bearer {token}"})
+                assert got.status_code == 200
+    assert statuses and set(statuses) <= {200, 201}, sorted(set(statuses))
+    assert after["kid"] == rotated.json()["kid"] != before["kid"]
+    states = {k["kid"]: k["state"] for k in keys}
+    assert states[after["kid"]] == "active" and states[before["kid"]] == "retiring"
+    assert all("secret" not in k for k in keys)
+
+
+def test_cli_mints_with_the_key_ring_and_rotates(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RAYTENANT_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert cli.main(["db", "upgrade"]) == 0
+    assert cli.main(["token", "--tenant", "acme", "--operator-token", "op"]) == 0
+    token = capsys.readouterr().out.strip().splitlines()[-1]
+    assert jwt.get_unverified_header(token)["kid"] == "k0"
+    assert cli.main(["keys", "rotate", "--retire-after", "60"]) == 0
+    rotated = capsys.readouterr().out
+    assert '"state": "pending"' in rotated and "secret" not in rotated
+    assert cli.main(["keys", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert '"kid": "k0"' in listed and '"state": "retiring"' in listed
+    assert cli.main(["keys", "rotate", "--retire-after", "-5"]) == 2
