@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from actors.revocations import KIND, Revocations, RevocationError, RevocationOptions, TenantRevocations
 from actors.shard_client import ShardClient
@@ -30,6 +30,8 @@ class RevocationClient(ShardClient):
         self._seen: dict[int, tuple[str | None, int]] = {s: (None, 0) for s in range(shards)}
         self._poller: asyncio.Task | None = None
         self.polls = 0
+        # Told which tenants a poll changed (the replica closes their revoked sockets).
+        self.on_change: Callable[[set[str]], None] | None = None
 
     def revoked(self, tenant: str, iat: float, jti: str | None) -> bool:
         found = self.tenants.get(tenant)
@@ -60,11 +62,15 @@ class RevocationClient(ShardClient):
                 del self.tenants[tenant]
             for tenant, state in found["tenants"].items():
                 self.tenants[tenant] = TenantRevocations.from_dict(state)
+            changed = set(found["tenants"])
         else:
             for tenant, change in found["changes"]:
                 self.tenants.setdefault(tenant, TenantRevocations()).apply(change["jti"], change["before"],
                                                                            change["until"])
+            changed = {tenant for tenant, _ in found["changes"]}
         self._seen[shard] = (found["incarnation"], found["epoch"])
+        if changed and self.on_change is not None:
+            self.on_change(changed)
 
     async def _poll_forever(self) -> None:
         while True:

@@ -112,6 +112,7 @@ class Runtime:
         self._llm_clients: dict[str, object] = {}
         self.router = StreamRouter(self.hub, self.replica_id, poll_timeout=settings.poll_timeout,
                                    metrics=self.metrics)
+        self.revocations.on_change = lambda tenants: self.router.close_revoked(tenants, self.revocations.revoked)
 
     def llm_client(self, provider: Provider):
         """One async openai client per provider and replica: its connection pool is reused."""

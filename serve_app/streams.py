@@ -25,6 +25,7 @@ log = logging.getLogger("raytenant.streams")
 
 ALL_FLOWS = "*"
 CLOSE_SLOW_CONSUMER = 4008
+CLOSE_UNAUTHORIZED = 4001  # no valid token, or its token was revoked while the socket was open
 Sender = Callable[[str], Awaitable[None]]
 Closer = Callable[[int, str], Awaitable[None]]
 
@@ -46,6 +47,8 @@ class Connection:
     held: list[Event] = field(default_factory=list)
     closed: bool = False
     max_subscriptions: int | None = None  # the tenant's subscriptions_per_socket (None: unbounded)
+    iat: float = 0.0  # the token it opened with: a revocation of that token closes it
+    jti: str | None = None
 
     def __post_init__(self) -> None:
         self.queue: asyncio.Queue[str] = asyncio.Queue(self.queue_size)
@@ -168,6 +171,17 @@ class StreamRouter:
             feed.connections.discard(conn)
             if not feed.connections:
                 del self.feeds[conn.tenant]
+
+    def close_revoked(self, tenants: set[str], revoked: Callable[[str, float, str | None], bool]) -> int:
+        """Close the sockets of `tenants` whose token is now revoked; returns how many."""
+        closed = 0
+        for tenant in tenants:
+            feed = self.feeds.get(tenant)
+            for conn in list(feed.connections) if feed else ():
+                if revoked(tenant, conn.iat, conn.jti):
+                    conn.shut(CLOSE_UNAUTHORIZED, "the token was revoked")
+                    closed += 1
+        return closed
 
     async def _feed(self, tenant: str) -> TenantFeed:
         feed = self.feeds.get(tenant)

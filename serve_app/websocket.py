@@ -8,17 +8,16 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from serve_app.auth import SUBPROTOCOL, AuthError, socket_token
+from serve_app.auth import SUBPROTOCOL, AuthError, Claims, socket_token
 from serve_app.rate_limits import refuse_socket
 from serve_app.runtime import Runtime
-from serve_app.streams import ALL_FLOWS, Connection
+from serve_app.streams import ALL_FLOWS, CLOSE_UNAUTHORIZED, Connection
 from storage import strict_json
 
 log = logging.getLogger("raytenant.ws")
 
 CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN = 1013
-CLOSE_UNAUTHORIZED = 4001
 CLOSE_BAD_REQUEST = 4000
 
 
@@ -64,15 +63,16 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await refuse_socket(runtime, websocket, slot)
         return
     try:
-        await _serve(websocket, runtime, claims.tenant, claims.user, flow_id, last_seq, slot["subscriptions_per_socket"])
+        await _serve(websocket, runtime, claims, flow_id, last_seq, slot["subscriptions_per_socket"])
     finally:
         await runtime.quotas.close_socket(claims.tenant)
 
 
-async def _serve(websocket: WebSocket, runtime: Runtime, tenant: str, user: str | None, flow_id: str | None,
+async def _serve(websocket: WebSocket, runtime: Runtime, claims: Claims, flow_id: str | None,
                  last_seq: int | None, max_subscriptions: int | None) -> None:
-    conn = Connection(tenant, user, websocket.send_text, websocket.close, runtime.settings.send_queue_size)
-    conn.max_subscriptions = max_subscriptions
+    tenant = claims.tenant
+    conn = Connection(tenant, claims.user, websocket.send_text, websocket.close, runtime.settings.send_queue_size,
+                      max_subscriptions=max_subscriptions, iat=claims.iat, jti=claims.jti)
     if flow_id:
         conn.flows.add(flow_id)
     router = runtime.router

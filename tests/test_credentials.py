@@ -129,8 +129,19 @@ async def test_revocations_reach_every_replica_within_a_second(two_replicas, ten
             assert_error(await client.post(revocations, headers=operator, json=body), 422, code)
         assert_error(await client.post(revocations, headers=kept, json={"jti": minted["jti"]}), 401, "operator_token_required")
         assert (await client.get(f"{two.url}/v1/events", headers=auth)).status_code == 200  # nothing was revoked
+        open_sockets = [await connect(s.ws_url, minted["token"]) for s in (one, two)]
+        kept_socket = await connect(two.ws_url, keep["token"])
+        for ws in (*open_sockets, kept_socket):
+            assert (await recv(ws))["type"] == "connection_established"
         revoked = await client.post(revocations, headers=operator, json={"jti": minted["jti"]})
         assert revoked.status_code == 201, revoked.text
+        for ws in open_sockets:  # sockets it opened before close on every replica, within the second
+            with pytest.raises(websockets.ConnectionClosed) as shut:
+                await recv(ws, timeout=1.0)
+            assert shut.value.rcvd.code == 4001
+        await kept_socket.send('{"type": "ping"}')
+        assert (await recv(kept_socket))["type"] == "pong"  # another token's socket stays
+        await kept_socket.close()
 
         async def refused_everywhere() -> bool:
             answers = [await client.get(f"{s.url}/v1/events", headers=auth) for s in (one, two)]
