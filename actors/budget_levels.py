@@ -131,7 +131,7 @@ class Level:
     settings: LevelSettings
     period_id: str
     used: int = 0
-    reserved: int = 0
+    reserved: int = 0  # set from the tenant's tally of open reservations whenever it is read
     overrun: int = 0
     alerted: tuple[float, ...] = ()  # thresholds already alerted this period (durable)
     window: RateWindow = field(default_factory=RateWindow)
@@ -162,8 +162,8 @@ class Level:
             self.alerted = tuple(sorted({*self.alerted, *new}))
         return new
 
-    def next_period(self, pid: str, reserved: int) -> "Level":
-        return Level(self.scope, self.key, self.settings, pid, 0, reserved, 0, (), self.window)
+    def next_period(self, pid: str) -> "Level":
+        return Level(self.scope, self.key, self.settings, pid, 0, self.reserved, 0, (), self.window)
 
     def row(self, tenant: str) -> dict[str, Any]:
         s = self.settings

@@ -17,11 +17,12 @@ import asyncio
 import logging
 import math
 import time
+from contextlib import contextmanager
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 import ray
 
@@ -191,12 +192,26 @@ class TenantCosts:
     # Levels being set, whose period spend is still being read from SQL: they count what happens meanwhile.
     counting: dict[tuple[str, str], list[Level]] = field(default_factory=dict)
 
-    def levels_of(self, tags: Tags) -> list[Level]:
-        return [self.levels[name] for name in level_keys(tags) if name in self.levels]
+    # What the open reservations hold under each (scope, key) their tags name, level or not. Kept
+    # apart from the Level objects (which a failed set or delete may swap back), it changes exactly
+    # when a reservation enters or leaves `reservations`, so a level's `reserved` cannot drift.
+    held: dict[tuple[str, str], int] = field(default_factory=dict)
 
-    def held_for(self, name: tuple[str, str]) -> int:
-        """What the open reservations under one level hold."""
-        return sum(r.amount for r in self.reservations.values() if name in level_keys(r.tags))
+    def levels_of(self, tags: Tags) -> list[Level]:
+        return [self.level(name) for name in level_keys(tags) if name in self.levels]
+
+    def level(self, name: tuple[str, str]) -> Level:
+        level = self.levels[name]
+        level.reserved = self.held.get(name, 0)
+        return level
+
+    def hold(self, reservation: Reservation, sign: int = 1) -> None:
+        for name in level_keys(reservation.tags):
+            left = self.held.get(name, 0) + sign * reservation.amount
+            if left:
+                self.held[name] = left
+            else:
+                self.held.pop(name, None)
 
 
 @dataclass
@@ -266,6 +281,8 @@ class LedgerCore:
             else:
                 budget = Budget.from_row(row)
             state = TenantCosts(budget, reservations=reservations)
+            for reservation in reservations.values():
+                state.hold(reservation)
             for row in found["overrides"]:
                 state.overrides[row["model"].lower()] = Price(
                     row["input_per_token"], row["output_per_token"], row["cached_per_token"]
@@ -284,9 +301,6 @@ class LedgerCore:
         for level, (used, overrun) in zip(levels, spent):
             level.used, level.overrun = used, overrun
             state.levels[level.name] = level
-        for reservation in state.reservations.values():
-            for level in state.levels_of(reservation.tags):
-                level.reserved += reservation.amount
         state.levels_roll_at = self._roll_time(state)
 
     def _roll_time(self, state: TenantCosts) -> float:
@@ -312,7 +326,7 @@ class LedgerCore:
         for name, level in list(state.levels.items()):
             current = period_id(level.settings.period, now)
             if level.period_id != current:
-                state.levels[name] = level.next_period(current, level.reserved)
+                state.levels[name] = level.next_period(current)
         state.levels_roll_at = self._roll_time(state)
 
     def _roll_month(self, state: TenantCosts) -> None:
@@ -481,15 +495,14 @@ class LedgerCore:
             if cap is not None and settings.amount is not None and settings.amount > cap:
                 raise LedgerError(422, "budget_above_cap", "the budget is above the monthly cap the operator set",
                                   operator_cap=usd(cap), requested=usd(settings.amount))
-            if name not in state.levels and len(state.levels) >= self.options.max_levels:
-                raise LedgerError(429, "quota_exceeded", f"the tenant has {len(state.levels)} budget levels of "
-                                  f"{self.options.max_levels}; delete one first", limit="budget_levels")
+            self._refuse_new_level(state, name)
             current = state.levels.get(name)
             if current is not None and current.settings.period == settings.period:
                 level = current  # changed in place: operations in flight undo onto this object
             else:
                 level = await self._count_period(tenant, name, settings)
                 state = await self._state(tenant)
+                self._refuse_new_level(state, name)  # concurrent sets may have filled the quota meanwhile
                 current = state.levels.get(name)
                 if current is not None:
                     level.window = current.window
@@ -498,18 +511,46 @@ class LedgerCore:
             state.levels[name] = level
             state.levels_roll_at = self._roll_time(state)
             alerts = [(level, t) for t in level.crossed()]
+            added = {t for _, t in alerts}
 
             def undo() -> None:
                 if current is None:
-                    state.levels.pop(name, None)
-                else:
-                    current.settings, current.alerted = before
-                    state.levels[name] = current
-                state.levels_roll_at = self._roll_time(state)
+                    if state.levels.get(name) is level:
+                        del state.levels[name]
+                elif current is level:  # in place: revert only what this set changed and is still its
+                    if level.settings is settings:
+                        level.settings = before[0]
+                    level.alerted = tuple(t for t in level.alerted if t not in added or t in before[1])
+                elif state.levels.get(name) is level:
+                    state.levels[name] = current  # kept current meanwhile: it was being counted
+                state.levels_roll_at = 0.0  # a restored level may belong to a period that has ended
 
-            await self._commit(tenant, LedgerWrites(), undo, levels=(name,))
+            replaced = current if current is not None and current is not level else None
+            with self._counting(state, name, replaced):
+                await self._commit(tenant, LedgerWrites(), undo, levels=(name,))
         self._publish_level_alerts(tenant, alerts)
-        return level.view(self.clock())
+        return state.level(name).view(self.clock()) if name in state.levels else level.view(self.clock())
+
+    def _refuse_new_level(self, state: TenantCosts, name: tuple[str, str]) -> None:
+        if name not in state.levels and len(state.levels) >= self.options.max_levels:
+            raise LedgerError(429, "quota_exceeded", f"the tenant has {len(state.levels)} budget levels of "
+                              f"{self.options.max_levels}; delete one first", limit="budget_levels")
+
+    @contextmanager
+    def _counting(self, state: TenantCosts, name: tuple[str, str], level: Level | None) -> Iterator[None]:
+        """While a commit that replaced or removed `level` is in flight, usage keeps counting on
+        it too: if the commit fails, the level put back has missed nothing."""
+        if level is None:
+            yield
+            return
+        counting = state.counting.setdefault(name, [])
+        counting.append(level)
+        try:
+            yield
+        finally:
+            counting.remove(level)
+            if not counting:
+                state.counting.pop(name, None)
 
     async def _count_period(self, tenant: str, name: tuple[str, str], settings: LevelSettings) -> Level:
         """A level with its period's spend: usage stored up to now, read from SQL once every
@@ -528,12 +569,10 @@ class LedgerCore:
             counting.remove(level)
             if not counting:
                 state.counting.pop(name, None)
-        state = await self._state(tenant)
         if level.period_id != period_id(settings.period, self.clock()):  # a new period began meanwhile
-            return Level(*name, settings, period_id(settings.period, self.clock()), reserved=state.held_for(name))
+            return await self._count_period(tenant, name, settings)
         level.used += used
         level.overrun += overrun
-        level.reserved = state.held_for(name)
         return level
 
     async def delete_level(self, tenant: str, scope: str, key: str) -> None:
@@ -545,27 +584,27 @@ class LedgerCore:
         state.levels_roll_at = self._roll_time(state)
 
         def undo() -> None:
-            state.levels[name] = before
-            state.levels_roll_at = self._roll_time(state)
+            if name not in state.levels:  # unless a later set put another there
+                state.levels[name] = before
+            state.levels_roll_at = 0.0
 
-        await self._commit(tenant, LedgerWrites(), undo, levels=(name,))
+        with self._counting(state, name, before):
+            await self._commit(tenant, LedgerWrites(), undo, levels=(name,))
 
     async def levels(self, tenant: str, scope: str | None = None, key: str | None = None) -> list[dict[str, Any]]:
         state = await self._state(tenant)
         now = self.clock()
         if key is not None:
-            level = state.levels.get((scope, key))
-            if level is None:
+            if (scope, key) not in state.levels:
                 raise LedgerError(404, "level_not_found", f"no budget level for {scope} {key!r}")
-            return [level.view(now)]
-        return [lv.view(now) for name, lv in sorted(state.levels.items()) if scope is None or name[0] == scope]
+            return [state.level((scope, key)).view(now)]
+        return [state.level(name).view(now) for name in sorted(state.levels) if scope is None or name[0] == scope]
 
     def _charge(self, state: TenantCosts, tags: Tags, cost: int, overrun: int = 0):
         """Recorded spend onto every level the tags fall under, and onto levels being counted.
         Returns the thresholds it crossed, its undo and the levels whose rows changed."""
         live = state.levels_of(tags)
-        counting = [lv for name in level_keys(tags) for lv in state.counting.get(name, ())]
-        before = [(level, level.alerted) for level in live]
+        counting = [lv for name in level_keys(tags) for lv in state.counting.get(name, ()) if lv not in live]
         for level in live + counting:
             level.used += cost
             level.overrun += overrun
@@ -575,15 +614,15 @@ class LedgerCore:
             for level in live + counting:
                 level.used -= cost
                 level.overrun -= overrun
-            for level, alerted in before:
-                level.alerted = alerted
+            for level, threshold in alerts:  # only what this operation alerted
+                level.alerted = tuple(t for t in level.alerted if t != threshold)
 
         return alerts, undo, tuple({level.name for level, _ in alerts})
 
     def _refuse_levels(self, state: TenantCosts, amounts: dict[tuple[str, str], int]) -> None:
         """402 naming the first hard level an amount does not fit."""
         for name, amount in amounts.items():
-            level = state.levels.get(name)
+            level = state.level(name) if name in state.levels else None
             if level is not None and level.refuses(amount):
                 self.metrics.inc("raytenant_reservations_refused", reason="level_budget_exceeded")
                 raise LedgerError(402, "budget_exceeded", f"this does not fit the {level.settings.period}ly budget of "
@@ -609,7 +648,9 @@ class LedgerCore:
         """Record a batch (all or nothing). A retried idempotency key returns its first result."""
         state = await self._state(tenant)
         keys = [r["idempotency_key"] for r in records if r.get("idempotency_key")]
-        await self._recall_keys(tenant, state, [k for k in keys if k not in state.keys])
+        if any(k not in state.keys for k in keys):
+            await self._recall_keys(tenant, state, [k for k in keys if k not in state.keys])
+            state = await self._state(tenant)  # a period may have ended during the lookup: roll first
         # From here to the commit nothing awaits: the check and the change are one step.
         priced = [(r, self.price(state, r["model"])) for r in records]
         stamp = self._stamp()
@@ -729,17 +770,15 @@ class LedgerCore:
         reservation = Reservation(uuid.uuid4().hex, month_of(now), model, amount, now + (ttl or self.options.reservation_ttl),
                                   now, "open", input_tokens, max_output_tokens, tags)
         state.reservations[reservation.id] = reservation
+        state.hold(reservation)
         budget.reserved += amount
-        for level in levels:
-            level.reserved += amount
         reservation.rate_entries = [(level.window, level.window.add(now, tokens)) for level in levels
                                     if level.settings.tpm is not None or level.settings.rpm is not None]
 
         def undo() -> None:
-            state.reservations.pop(reservation.id, None)
+            if state.reservations.pop(reservation.id, None) is not None:
+                state.hold(reservation, -1)
             budget.reserved -= amount
-            for level in state.levels_of(tags):  # the levels now: each counts the open reservations
-                level.reserved -= amount
             for window, entry in reservation.rate_entries:
                 window.remove(entry)
 
@@ -772,8 +811,7 @@ class LedgerCore:
         counted = reservation.month <= budget.month
         if counted:
             budget.reserved -= reservation.amount
-        for level in state.levels_of(reservation.tags):
-            level.reserved -= reservation.amount
+        state.hold(reservation, -1)
 
         def undo() -> None:
             reservation.state = "open"
@@ -781,8 +819,7 @@ class LedgerCore:
             undo_closed()
             if counted:
                 budget.reserved += reservation.amount
-            for level in state.levels_of(reservation.tags):
-                level.reserved += reservation.amount
+            state.hold(reservation)
 
         return undo
 

@@ -23,6 +23,7 @@ class RevocationClient(ShardClient):
     unavailable_code = "revocations_unavailable"
     channel_methods = frozenset({"revoke", "changes", "list"})
     poll_interval = 0.25
+    poll_timeout = 1.0
 
     def __init__(self, database_url: str, shards: int, options: RevocationOptions, *, kind: str = KIND) -> None:
         super().__init__(Revocations, kind, shards, database_url, shards, options)
@@ -50,8 +51,15 @@ class RevocationClient(ShardClient):
         self.polls += 1
 
     async def _poll_shard(self, shard: int) -> None:
+        """A shard that does not answer within `poll_timeout` is asked again at the next poll; the
+        others' revocations do not wait for it."""
         incarnation, epoch = self._seen[shard]
-        [answer] = await self._flush(shard, [("changes", "", (epoch, incarnation))])
+        try:
+            [answer] = await asyncio.wait_for(self._flush(shard, [("changes", "", (epoch, incarnation))]),
+                                              self.poll_timeout)
+        except asyncio.TimeoutError:
+            log.warning("revocation shard %d did not answer in %.1f s; keeping what is known", shard, self.poll_timeout)
+            return
         if "error" in answer:
             log.warning("revocation shard %d did not answer (%s); keeping what is known", shard,
                         answer["error"].get("code"))

@@ -97,13 +97,15 @@ class RevocationCore:
                     row["jti"], _ts(row["issued_before"]), row["expires_at"].timestamp())
         self._loaded = True
 
-    async def revoke(self, tenant: str, jti: str | None, before: float | None) -> dict[str, Any]:
-        """Stored, then in force on this shard; replicas see it at their next poll."""
+    async def revoke(self, tenant: str, jti: str | None, before: float | None,
+                     max_ttl: float | None = None) -> dict[str, Any]:
+        """Stored, then in force on this shard; replicas see it at their next poll. It holds for
+        `max_ttl` (the caller's current maximum token TTL; the shard's own if not given)."""
         await self._load()
         now = self.clock()
-        if before is not None and before > now + 1.0:
-            raise RevocationError(422, "invalid_issued_before", "issued_before cannot be in the future")
-        until = now + self.options.max_ttl
+        if before is not None and not 0 <= before <= now + 1.0:
+            raise RevocationError(422, "invalid_issued_before", "issued_before must be a past time after 1970")
+        until = now + max(max_ttl or 0.0, self.options.max_ttl)
         stamp = datetime.fromtimestamp(now, timezone.utc)
         row_id = await self.store.add_revocation(
             tenant, jti, None if before is None else datetime.fromtimestamp(before, timezone.utc), stamp,

@@ -150,6 +150,8 @@ class Tokens:
                   "iat": round(now, 3), "jti": secrets.token_hex(16)}
         key = self.ring.signing(now) if self.ring is not None else None
         if key is None:
+            if self.ring is not None and not self.accept_legacy:
+                raise LookupError("no signing key is usable yet; legacy tokens are refused here")
             return jwt.encode(claims, self._secret, algorithm=ALGORITHM), exp
         return jwt.encode(claims, key.secret, algorithm=ALGORITHM, headers={"kid": key.kid}), exp
 
@@ -217,6 +219,13 @@ class Tokens:
             raise AuthError("invalid_token", "the token's claims are malformed")
         return Claims(tenant, claims.get("user"), claims.get("engagement"), tuple(map(str, scopes)), int(claims["exp"]),
                       float(iat), jti, kid)
+
+
+def minted_ids(token: str) -> tuple[str | None, str | None]:
+    """The jti and kid of a token this process just minted (read back, not verified: a token
+    minted at a revocation's boundary must still be answered)."""
+    claims = jwt.decode(token, options={"verify_signature": False})
+    return claims.get("jti"), jwt.get_unverified_header(token).get("kid")
 
 
 def bearer(authorization: str | None) -> str | None:

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse
 
 from actors.event_hub_client import HubUnavailable
 from actors.notifications import STREAM_TYPES
-from serve_app.auth import DEFAULT_SCOPES, AuthError, Claims, bearer, valid_tenant
+from serve_app.auth import DEFAULT_SCOPES, AuthError, Claims, bearer, minted_ids, valid_tenant
 from serve_app.errors import ApiError
 from serve_app.runtime import Runtime
 from serve_app.websocket import valid_flow_id
@@ -153,14 +153,18 @@ async def mint_token(request: Request) -> JSONResponse:
     if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 < ttl <= longest):
         raise ApiError(422, "invalid_ttl", f"ttl_seconds must be an integer between 1 and {longest}",
                        max_ttl_seconds=longest)
-    if any(v is not None and not isinstance(v, str) for v in (user, engagement)):
-        raise ApiError(422, "invalid_claims", "user and engagement must be strings")
-    token, exp = runtime.tokens.mint(tenant, user=user, engagement=engagement, scopes=scopes, ttl=ttl)
-    claims = runtime.tokens.verify(token)
+    if any(v is not None and not (isinstance(v, str) and 0 < len(v) <= 200 and v.isprintable())
+           for v in (user, engagement)):
+        raise ApiError(422, "invalid_claims", "user and engagement must be 1-200 printable characters")
+    try:
+        token, exp = runtime.tokens.mint(tenant, user=user, engagement=engagement, scopes=scopes, ttl=ttl)
+    except LookupError as error:  # no usable signing key and legacy tokens refused
+        raise ApiError(503, "signing_key_unavailable", str(error)) from error
+    jti, kid = minted_ids(token)
     log.info("operator minted a token for tenant %s", tenant)
-    await runtime.audit.record("operator", "mint_token", tenant, "ok", jti=claims.jti, kid=claims.kid, user=user,
+    await runtime.audit.record("operator", "mint_token", tenant, "ok", jti=jti, kid=kid, user=user,
                                scopes=list(scopes), expires_at=exp)
-    return JSONResponse({"token": token, "tenant": tenant, "expires_at": exp, "jti": claims.jti, "kid": claims.kid},
+    return JSONResponse({"token": token, "tenant": tenant, "expires_at": exp, "jti": jti, "kid": kid},
                         status_code=201)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import re
 import secrets
 import time
 from datetime import datetime, timezone
@@ -23,7 +25,9 @@ log = logging.getLogger("raytenant.keys")
 
 PROPAGATION = 3.0  # seconds between a key's creation and its first signature (> REFRESH_INTERVAL)
 REFRESH_INTERVAL = 1.0
+SKEW = 300.0  # the first key counts as signing this long before it was made
 FIRST_KID = "k0"
+KID_PATTERN = re.compile(r"^k(0|[0-9a-f]{12})$")
 
 
 def _at(ts: float) -> datetime:
@@ -44,9 +48,9 @@ async def ensure_first_key(store: CredentialsStore) -> None:
     kid: one wins, the others' inserts fail, and all load the winner's."""
     if await store.keys():
         return
-    now = _at(time.time())
-    try:
-        await store.add_key(FIRST_KID, secrets.token_hex(32), now, now, None)
+    now = time.time()
+    try:  # usable at once, on nodes whose clocks are somewhat behind too
+        await store.add_key(FIRST_KID, secrets.token_hex(32), _at(now), _at(now - SKEW), None)
     except IntegrityError:
         pass
 
@@ -67,6 +71,7 @@ class SigningKeys:
         self.store, self.ring = store, ring
         self._task: asyncio.Task | None = None
         self._wanted: asyncio.Task | None = None
+        self._wanted_at = -math.inf
         self.refreshes = 0
 
     async def start(self) -> None:
@@ -82,9 +87,13 @@ class SigningKeys:
         self.refreshes += 1
 
     def wanted(self, kid: str) -> None:
-        """A token named a key this replica does not know: load the ring again (one load at a time)."""
+        """A token named a key this replica does not know: load the ring again, at most once a
+        second whatever unauthenticated clients send (kids this service never makes are ignored)."""
+        if not KID_PATTERN.fullmatch(kid) or time.monotonic() - self._wanted_at < REFRESH_INTERVAL:
+            return
         if self._wanted is None or self._wanted.done():
-            log.info("token signed by unknown key %r: refreshing the key ring", kid[:32])
+            self._wanted_at = time.monotonic()
+            log.info("token signed by unknown key %r: refreshing the key ring", kid)
             self._wanted = asyncio.get_running_loop().create_task(self.refresh())
 
     async def _refresh_forever(self) -> None:

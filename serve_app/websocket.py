@@ -82,6 +82,10 @@ async def _serve(websocket: WebSocket, runtime: Runtime, claims: Claims, flow_id
         log.exception("could not attach a socket for tenant %s", tenant)
         await websocket.close(CLOSE_TRY_AGAIN, "event stream unavailable, retry")
         return
+    if runtime.revocations.revoked(tenant, claims.iat, claims.jti):  # revoked while it was being attached
+        router.disconnect(conn)
+        await websocket.close(CLOSE_UNAUTHORIZED, "the token was revoked")
+        return
     conn.start_writer()
     conn.send_json({"type": "connection_established", "connection_id": conn.id, "tenant": tenant, "last_seq": head})
     if flow_id:

@@ -293,3 +293,40 @@ async def test_a_failed_commit_leaves_every_level_as_it_was(ledger, tenant):
     assert alice["reserved"] == 0 and alice["used"] == 0.0103 and alice["last_minute"]["tokens"] == 1010
     await asyncio.sleep(0.05)
     assert [a["threshold"] for t, a in ledger.alerts if t == tenant and "level" in a] == [0.01]
+
+
+async def test_operations_in_flight_behind_a_failing_level_change_leave_no_drift(ledger, tenant):
+    """A delete (or a set that changes the period) fails while a reservation and usage of the same
+    level wait for the next commit: whether that commit fails too or succeeds, the level put back
+    holds exactly the open reservations and the period's recorded usage."""
+    core = ledger.core
+    write = core.store.write
+    for later_fails in (True, False):
+        name = f"mapper-{later_fails}"
+        await core.set_level(tenant, "agent", name, settings(1.0))
+        calls = {"n": 0}
+
+        async def failing_first(writes, later_fails=later_fails):
+            calls["n"] += 1
+            first = calls["n"] == 1
+            await asyncio.sleep(0.1)  # the next operations join the following batch meanwhile
+            if first or later_fails:
+                raise ConnectionError("database went away")
+            await write(writes)
+
+        core.store.write = failing_first
+        tags = {"agent": name}
+        change = asyncio.ensure_future(core.delete_level(tenant, "agent", name))
+        await asyncio.sleep(0.02)
+        held = asyncio.ensure_future(core.reserve(tenant, "big-model", 1000, 1000, tags=tags))
+        used = asyncio.ensure_future(core.record_usage(tenant, [record(inp=1000, out=0, agent=name)]))
+        results = await asyncio.gather(change, held, used, return_exceptions=True)
+        core.store.write = write
+        assert isinstance(results[0], LedgerError)
+        [view] = await core.levels(tenant, "agent", name)
+        open_held = sum(r.amount for r in core.tenants.peek(tenant).reservations.values() if r.tags.get("agent") == name)
+        assert view["reserved"] == open_held / NANOS
+        assert view["used"] == (0.0 if later_fails else 0.01)
+        [reloaded] = await ledger.restart().levels(tenant, "agent", name)
+        assert (reloaded["used"], reloaded["reserved"]) == (view["used"], view["reserved"])
+        core = ledger.core

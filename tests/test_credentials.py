@@ -125,9 +125,13 @@ async def test_revocations_reach_every_replica_within_a_second(two_replicas, ten
         revocations = f"{one.url}/v1/admin/tenants/{tenant}/revocations"
         for body, code in (({"jti": "nope"}, "invalid_jti"), ({"jti": minted["jti"], "issued_before": 1}, "invalid_revocation"),
                            ({"issued_before": (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()}, "invalid_issued_before"),
-                           ({"issued_before": "yesterday"}, "invalid_issued_before"), ({}, "invalid_revocation")):
+                           ({"issued_before": "yesterday"}, "invalid_issued_before"), ({}, "invalid_revocation"),
+                           ({"issued_before": -1e12}, "invalid_issued_before"),
+                           ({"issued_before": "0001-01-01T00:00:00+01:00"}, "invalid_issued_before")):
             assert_error(await client.post(revocations, headers=operator, json=body), 422, code)
         assert_error(await client.post(revocations, headers=kept, json={"jti": minted["jti"]}), 401, "operator_token_required")
+        assert_error(await client.post(f"{one.url}/v1/admin/tokens", headers=operator, json={"tenant": tenant, "user": "u" * 201}),
+                     422, "invalid_claims")
         assert (await client.get(f"{two.url}/v1/events", headers=auth)).status_code == 200  # nothing was revoked
         open_sockets = [await connect(s.ws_url, minted["token"]) for s in (one, two)]
         kept_socket = await connect(two.ws_url, keep["token"])
