@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Callable
 
 from actors.revocations import KIND, Revocations, RevocationError, RevocationOptions, TenantRevocations
@@ -24,6 +25,7 @@ class RevocationClient(ShardClient):
     channel_methods = frozenset({"revoke", "changes", "list"})
     poll_interval = 0.25
     poll_timeout = 1.0
+    prune_every = 240  # polls: about once a minute
 
     def __init__(self, database_url: str, shards: int, options: RevocationOptions, *, kind: str = KIND) -> None:
         super().__init__(Revocations, kind, shards, database_url, shards, options)
@@ -87,6 +89,14 @@ class RevocationClient(ShardClient):
                 await self.poll()
             except Exception:  # noqa: BLE001 - a poll that failed is retried at the next interval
                 log.exception("revocation poll failed")
+            if self.polls % self.prune_every == 0:
+                self.prune(time.time())
+
+    def prune(self, now: float) -> None:
+        """Forget revocations whose tokens have all expired (the shards forget them too, without
+        telling: the pruned state is the same on both sides)."""
+        for tenant in [t for t, r in self.tenants.items() if r.prune(now)]:
+            del self.tenants[tenant]
 
     async def close(self) -> None:
         if self._poller is not None:

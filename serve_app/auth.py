@@ -163,7 +163,7 @@ class Tokens:
             raise AuthError("missing_token", "a bearer token is required")
         now = time.time()
         claims = self._verified.get(token)
-        if claims is not None and (claims.exp <= now or not self._key_verifies(claims.kid, now)):
+        if claims is not None and (claims.exp <= now or not self.key_verifies(claims.kid, now)):
             del self._verified[token]
             claims = None
         if claims is None:
@@ -175,7 +175,8 @@ class Tokens:
             raise AuthError("token_revoked", "the token has been revoked", claims)
         return claims
 
-    def _key_verifies(self, kid: str | None, now: float) -> bool:
+    def key_verifies(self, kid: str | None, now: float) -> bool:
+        """Whether tokens signed with `kid` (None: the legacy secret) are accepted at `now`."""
         if kid is None:
             return self.accept_legacy
         key = self.ring.get(kid) if self.ring is not None else None

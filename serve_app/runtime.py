@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 
 from actors.cost_ledger import KIND as LEDGER_KIND
@@ -113,6 +114,17 @@ class Runtime:
         self.router = StreamRouter(self.hub, self.replica_id, poll_timeout=settings.poll_timeout,
                                    metrics=self.metrics)
         self.revocations.on_change = lambda tenants: self.router.close_revoked(tenants, self.revocations.revoked)
+        self.signing_keys.on_refresh = lambda: self.router.close_lapsed(self._lapsed)
+
+    def _lapsed(self, conn) -> str | None:
+        """Why an open socket's token no longer holds, checked every second: it expired, or the
+        key that signed it retired (after a leak, `keys rotate --retire-after 0`)."""
+        now = time.time()
+        if conn.exp <= now:
+            return "the token expired"
+        if not self.tokens.key_verifies(conn.kid, now):
+            return "the token's signing key was retired"
+        return None
 
     def llm_client(self, provider: Provider):
         """One async openai client per provider and replica: its connection pool is reused."""

@@ -14,7 +14,7 @@ import re
 import secrets
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy.exc import IntegrityError
 
@@ -73,6 +73,7 @@ class SigningKeys:
         self._wanted: asyncio.Task | None = None
         self._wanted_at = -math.inf
         self.refreshes = 0
+        self.on_refresh: Callable[[], None] | None = None  # the replica closes sockets whose token lapsed
 
     async def start(self) -> None:
         await ensure_first_key(self.store)
@@ -103,6 +104,8 @@ class SigningKeys:
                 await self.refresh()
             except Exception:  # noqa: BLE001 - keep the ring it has; retried in a second
                 log.exception("signing key refresh failed")
+            if self.on_refresh is not None:
+                self.on_refresh()
 
     async def close(self) -> None:
         for task in (self._task, self._wanted):

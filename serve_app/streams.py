@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -47,8 +48,10 @@ class Connection:
     held: list[Event] = field(default_factory=list)
     closed: bool = False
     max_subscriptions: int | None = None  # the tenant's subscriptions_per_socket (None: unbounded)
-    iat: float = 0.0  # the token it opened with: a revocation of that token closes it
-    jti: str | None = None
+    iat: float = 0.0  # the token it opened with: a revocation of that token closes it, and so do
+    jti: str | None = None  # the token's expiry and the retirement of the key that signed it
+    exp: float = math.inf
+    kid: str | None = None
 
     def __post_init__(self) -> None:
         self.queue: asyncio.Queue[str] = asyncio.Queue(self.queue_size)
@@ -181,6 +184,16 @@ class StreamRouter:
                 if revoked(tenant, conn.iat, conn.jti):
                     conn.shut(CLOSE_UNAUTHORIZED, "the token was revoked")
                     closed += 1
+        return closed
+
+    def close_lapsed(self, reason_to_close: Callable[[Connection], str | None]) -> int:
+        """Close every socket whose token no longer holds (`reason_to_close` says why, or None)."""
+        closed = 0
+        for conn in list(self.connections.values()):
+            reason = reason_to_close(conn)
+            if reason is not None:
+                conn.shut(CLOSE_UNAUTHORIZED, reason)
+                closed += 1
         return closed
 
     async def _feed(self, tenant: str) -> TenantFeed:

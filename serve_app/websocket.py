@@ -72,7 +72,8 @@ async def _serve(websocket: WebSocket, runtime: Runtime, claims: Claims, flow_id
                  last_seq: int | None, max_subscriptions: int | None) -> None:
     tenant = claims.tenant
     conn = Connection(tenant, claims.user, websocket.send_text, websocket.close, runtime.settings.send_queue_size,
-                      max_subscriptions=max_subscriptions, iat=claims.iat, jti=claims.jti)
+                      max_subscriptions=max_subscriptions, iat=claims.iat, jti=claims.jti, exp=claims.exp,
+                      kid=claims.kid)
     if flow_id:
         conn.flows.add(flow_id)
     router = runtime.router

@@ -242,3 +242,28 @@ def test_cli_mints_with_the_key_ring_and_rotates(tmp_path, monkeypatch, capsys):
     listed = capsys.readouterr().out
     assert '"kid": "k0"' in listed and '"state": "retiring"' in listed
     assert cli.main(["keys", "rotate", "--retire-after", "-5"]) == 2
+
+
+async def test_a_socket_closes_when_its_token_expires(live, tenant):
+    ws = await connect(live.ws_url, live.token(tenant, ttl=2))
+    assert (await recv(ws))["type"] == "connection_established"
+    kept = await connect(live.ws_url, live.token(tenant))
+    assert (await recv(kept))["type"] == "connection_established"
+    started = time.monotonic()
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await recv(ws, timeout=5.0)
+    assert closed.value.rcvd.code == 4001 and "expired" in closed.value.rcvd.reason
+    assert time.monotonic() - started < 4.0
+    await kept.send('{"type": "ping"}')
+    assert (await recv(kept))["type"] == "pong"
+    await kept.close()
+
+
+def test_replicas_forget_revocations_once_their_tokens_expired():
+    from actors.revocation_client import RevocationClient
+    from actors.revocations import TenantRevocations
+
+    client = RevocationClient.__new__(RevocationClient)
+    client.tenants = {"a": TenantRevocations(100.0, {"j" * 32: 50.0}, 50.0), "b": TenantRevocations(0.0, {"k" * 32: 500.0}, 0.0)}
+    client.prune(100.0)
+    assert set(client.tenants) == {"b"} and client.revoked("b", 0.0, "k" * 32) and not client.revoked("a", 0.0, "j" * 32)
