@@ -50,6 +50,12 @@ class ActivationTable(Generic[S]):
         """The state if active, without touching it or loading it."""
         return self._states.get(tenant)
 
+    def forget(self, tenant: str) -> bool:
+        """Drop the tenant now, busy or not: its data was purged, or imported under it (the next
+        use loads what storage holds). Returns whether it was active."""
+        self._last_used.pop(tenant, None)
+        return self._states.pop(tenant, None) is not None
+
     def touch(self, tenant: str) -> S:
         state = self._states[tenant]
         self._states.move_to_end(tenant)

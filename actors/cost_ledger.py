@@ -1162,6 +1162,11 @@ class LedgerCore:
             })
         return {"window_days": 30, "recommendations": advice}
 
+    async def forget(self, tenant: str) -> bool:
+        """Drop the tenant from this shard's memory (its data was purged, or imported): its next
+        use loads what storage holds."""
+        return self.tenants.forget(tenant)
+
     def stats(self) -> dict[str, Any]:
         return {"active_tenants": len(self.tenants), "commits": self._commits.flushes, "isolated_commits": self._commits.isolations, "alerts_sent": self.alerts_sent}
 
@@ -1205,7 +1210,7 @@ def _usage_result(row: dict[str, Any], *, duplicate: bool) -> dict[str, Any]:
 PUBLIC_METHODS = frozenset(
     {"record_usage", "reserve", "settle", "release", "set_budget", "get_budget", "summary", "recommendations",
      "estimate", "select_model", "prices", "set_override", "delete_override", "set_cap", "month",
-     "gateway_begin", "gateway_finish", "gateway_abort", "set_level", "delete_level", "levels"}
+     "gateway_begin", "gateway_finish", "gateway_abort", "set_level", "delete_level", "levels", "forget"}
 )
 
 

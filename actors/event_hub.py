@@ -267,6 +267,12 @@ class EventHubCore:
             result[tenant] = {"connections": total, "flows": flows, "replicas": replicas}
         return result
 
+    def forget(self, tenant: str) -> bool:
+        """Drop the tenant from this shard's memory (its data was purged, or imported): its next
+        use loads what storage holds."""
+        self.limits.forget(tenant)
+        return self.tenants.forget(tenant)
+
     def stats(self) -> dict[str, Any]:
         return {
             "active_tenants": len(self.tenants),
@@ -351,6 +357,9 @@ class EventHub:
 
     async def set_limits(self, tenant: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
         return self.core.set_limits(tenant, overrides)
+
+    async def forget(self, tenant: str) -> bool:
+        return self.core.forget(tenant)
 
     async def enforce_retention(self) -> int:
         return await self.core.enforce_retention()

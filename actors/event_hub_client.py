@@ -174,6 +174,11 @@ class EventHubClient:
         shard = self.shard_of(tenant)
         return await self._retrying(lambda: self.handle(shard).set_limits.remote(tenant, overrides))
 
+    async def forget(self, tenant: str) -> bool:
+        """Drop the tenant from its shard's memory (after a purge or an import)."""
+        shard = self.shard_of(tenant)
+        return await self._retrying(lambda: self.handle(shard).forget.remote(tenant))
+
     async def stats(self) -> list[dict[str, Any]]:
         return await asyncio.gather(*(self.handle(s).stats.remote() for s in range(self.shards)))
 

@@ -26,6 +26,9 @@ class FairQueue:
     def __contains__(self, flow_id: object) -> bool:
         return flow_id in self._ids
 
+    def rows(self) -> list[dict[str, Any]]:
+        return [row for queue in self._queues.values() for row in queue]
+
     def count(self, tenant: str) -> int:
         return len(self._queues.get(tenant, ()))
 

@@ -21,7 +21,8 @@ from actors.operations import run_many
 from actors.shard_actor import ShardActor
 
 KIND = "flows"
-PUBLIC_METHODS = frozenset({"create", "get", "list", "cancel", "correct", "set_limits"})
+PUBLIC_METHODS = frozenset({"create", "get", "list", "cancel", "correct", "set_limits", "suspend", "resume_tenant",
+                            "forget"})
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,7 @@ class Run:
     row: dict[str, Any]
     context: FlowContext
     stop: threading.Event = field(default_factory=threading.Event)
+    pause: threading.Event = field(default_factory=threading.Event)  # its tenant was suspended
     phase: str | None = None
     handoffs: dict[str, list[Any]] = field(default_factory=dict)
     started: float = 0.0  # monotonic time the current phase started
@@ -102,6 +103,7 @@ class FlowRunnerCore:
         self.creating: Counter[str] = Counter()  # flows of a tenant being stored: they count as running
         self.queuing: Counter[str] = Counter()  # flows of a tenant being stored as queued: they count as queued
         self.correcting = TenantTurns()  # by flow id
+        self.suspended: set[str] = set()  # tenants the operator suspended: nothing of theirs starts
         self.counters = {"started": 0, "resumed": 0, "completed": 0, "failed": 0, "cancelled": 0}
         self.phase_seconds: dict[str, tuple[float, int]] = {}  # phase -> (total seconds, phases run)
 
@@ -138,7 +140,8 @@ class FlowRunnerCore:
         """Start queued flows while the runner has free slots: fairly across tenants (FairQueue),
         each tenant within its running limit, weighted by its flow weight."""
         while self._free_slots() > 0:
-            row = self.queued.pop(lambda t: self._running(t) < self.limits.peek(t).running_flows)
+            row = self.queued.pop(lambda t: t not in self.suspended
+                                  and self._running(t) < self.limits.peek(t).running_flows)
             if row is None:
                 return
             self._start(row)
@@ -174,6 +177,44 @@ class FlowRunnerCore:
         else:
             self._start(row)
         return answer
+
+    # -- the tenant's lifecycle (serve_app/tenants.py) -----------------------------------------------
+    async def suspend(self, tenant: str) -> dict[str, Any]:
+        """The tenant's running flows stop after the phase they are in (status `suspended`, their
+        finished phases kept) and its queued flows wait, until `resume`."""
+        self.suspended.add(tenant)
+        running = [run for run in self.runs.values() if run.row["tenant"] == tenant]
+        for run in running:
+            run.pause.set()
+        return {"tenant": tenant, "pausing": len(running), "queued": self.queued.count(tenant)}
+
+    async def resume_tenant(self, tenant: str) -> dict[str, Any]:
+        """Queue the tenant's suspended flows again (they continue after their last finished
+        phase) and let its queued flows start."""
+        self.suspended.discard(tenant)
+        resumed = 0
+        for row in await self.store.list_full(tenant, "suspended", self.options.kind):
+            if row["id"] not in self.queued and await self.store.unpark(row["id"]):
+                self.queued.push({**row, "status": "queued"})
+                resumed += 1
+        self._schedule()
+        return {"tenant": tenant, "resumed": resumed}
+
+    async def forget(self, tenant: str, wait: float = 30.0) -> dict[str, Any]:
+        """Before the tenant's data is purged: its queued flows are dropped and its running flows
+        stopped (at their next LLM call or phase boundary), waited for up to `wait` seconds."""
+        for row in [r for r in self.queued.rows() if r["tenant"] == tenant]:
+            self.queued.remove(row["id"])
+        running = [run for run in self.runs.values() if run.row["tenant"] == tenant]
+        for run in running:
+            run.stop.set()
+        tasks = [run.task for run in running if run.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=wait)
+        self.suspended.discard(tenant)
+        self.limits.forget(tenant)
+        return {"tenant": tenant, "stopped": len(running),
+                "still_running": sum(1 for run in self.runs.values() if run.row["tenant"] == tenant)}
 
     async def get(self, tenant: str, flow_id: str) -> dict[str, Any]:
         return view(await self._row(tenant, flow_id))
@@ -253,9 +294,14 @@ class FlowRunnerCore:
         or its store keeps failing) fails as `too_many_attempts` instead of being tried forever."""
         started = 0
         try:
+            self.suspended = await self.store.suspended_tenants()
             for row in await self.store.active(self.options.kind):
                 if row["id"] in self.runs or row["id"] in self.queued \
                         or shard_for(row["tenant"], self.options.shards) != self.index:
+                    continue
+                if row["status"] == "suspended":  # parked until its tenant is resumed
+                    if row["tenant"] not in self.suspended and await self.store.unpark(row["id"]):
+                        self.queued.push({**row, "status": "queued"})  # resumed, but not queued again yet
                     continue
                 if row["status"] == "queued":  # it waits again, in the order it was created
                     await self.limits.of(row["tenant"])
@@ -320,6 +366,9 @@ class FlowRunnerCore:
             now = _now()
             running = {"status": "running", "attempts": row["attempts"] + 1, "started_at": row["started_at"] or now,
                        "phase": remaining[0].name, "updated_at": now}
+            if row["tenant"] in self.suspended:
+                await self._park(run)
+                return
             if run.stop.is_set() or not await self.store.update(row["id"], **running):
                 return  # cancelled before it started
             row.update(running)
@@ -330,10 +379,15 @@ class FlowRunnerCore:
             crew = build_crew(run.context, self._llm(run), process=row["process"],
                               on_phase_done=lambda name, output: self._phase_done(run, name, output, loop))
             outcome = await run_crew(crew, {}, row["id"], phase=lambda: run.phase, executor=self.executor)
-            if run.stop.is_set() or outcome.status == "cancelled":
+            if run.stop.is_set():
                 return  # cancelled: cancel() stored and announced it
             if outcome.ok:
                 await self._complete(run, notifier)
+                return
+            if run.pause.is_set():
+                await self._park(run)
+                return
+            if outcome.status == "cancelled":
                 return
             await self._fail(row, outcome.error)
         except Exception:  # noqa: BLE001 - the store or hub failed: the sweep resumes the flow later
@@ -342,6 +396,16 @@ class FlowRunnerCore:
             self.runs.pop(row["id"], None)
             self.metrics.set("raytenant_flows_running", len(self.runs))
             self._schedule()  # its slot goes to the next queued flow
+
+    async def _park(self, run: Run) -> None:
+        """Its tenant was suspended: stored as `suspended`, to continue after its last finished phase."""
+        now = _now()
+        if not await self.store.update(run.row["id"], status="suspended", updated_at=now):
+            return  # it ended meanwhile
+        run.row.update(status="suspended", updated_at=now)
+        await self._notifier(run.row["tenant"]).send_flow_update(run.row["id"], {
+            "status": "suspended", "phase": run.row["phase"], "progress": run.row["progress"],
+            "updated_at": now.isoformat()})
 
     def _phase_done(self, run: Run, name: str, output: Any, loop: asyncio.AbstractEventLoop) -> None:
         """In the crew's thread, when phase `name`'s task has finished."""
@@ -355,6 +419,8 @@ class FlowRunnerCore:
                   "handoffs": run.handoffs.pop(name, [])}
         run.context.results[name] = result
         asyncio.run_coroutine_threadsafe(self._phase_finished(run, name), loop).result()
+        if run.pause.is_set() and len(run.context.results) < len(phases_of(run.row["kind"])):
+            raise FlowCancelled()  # suspended: stop here, the finished phase is stored
         if name == "data_validation" and result.get("status") == "failed":
             raise PhaseFailed("Data validation failed", "validation_failed", quality_score=result.get("quality_score"),
                               issues=len(result.get("issues", [])))
@@ -405,6 +471,8 @@ class FlowRunnerCore:
             }])
         except ActorError as error:
             log.warning("handoff of flow %s not sent: %s", row["id"], error.message)
+        if run.pause.is_set():
+            return  # suspended: the next phase starts, and reads its handoff, when the tenant resumes
         await self._phase_started(run, following, notifier)
 
     async def _complete(self, run: Run, notifier: StreamNotifier) -> None:

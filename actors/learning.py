@@ -380,6 +380,12 @@ class LearningCore:
     async def set_limits(self, tenant: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
         return self.limits.put(tenant, overrides).to_dict()
 
+    async def forget(self, tenant: str) -> bool:
+        """Drop the tenant from this shard's memory (its data was purged, or imported): its next
+        use loads what storage holds."""
+        self.limits.forget(tenant)
+        return self.tenants.forget(tenant)
+
     def stats(self) -> dict[str, Any]:
         return {"active_tenants": len(self.tenants), "learned": self.learned, "commits": self._commits.flushes, "isolated_commits": self._commits.isolations}
 
@@ -388,7 +394,7 @@ def _ts(value: datetime) -> float:
     return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
 
 
-PUBLIC_METHODS = frozenset({"learn", "learn_from_correction", "learn_from_success", "feedback", "recommendations",
+PUBLIC_METHODS = frozenset({"forget", "learn", "learn_from_correction", "learn_from_success", "feedback", "recommendations",
                             "recommendations_many", "corrections", "stats_for", "set_limits"})
 
 

@@ -141,6 +141,9 @@ class LimitsCache:
         found = self._cached.get(tenant)
         return found[1] if found is not None else self.defaults
 
+    def forget(self, tenant: str) -> None:
+        self._cached.pop(tenant, None)
+
     def put(self, tenant: str, overrides: dict[str, Any] | None) -> Limits:
         """The operator's change, pushed to the shard that owns the tenant: effective at once."""
         limits = self._resolve(overrides)

@@ -474,11 +474,17 @@ class MailboxCore:
         inflight = sum(1 for m in state.messages.values() if m.receiver == agent and m.state == "inflight")
         return {"agent": agent, "ready": len(state.queue(agent)), "inflight": inflight}
 
+    async def forget(self, tenant: str) -> bool:
+        """Drop the tenant from this shard's memory (its data was purged, or imported): its next
+        use loads what storage holds."""
+        self.limits.forget(tenant)
+        return self.tenants.forget(tenant)
+
     def stats(self) -> dict[str, Any]:
         return {"active_tenants": len(self.tenants), "commits": self._commits.flushes, "isolated_commits": self._commits.isolations, **self.counters}
 
 
-PUBLIC_METHODS = frozenset({"send", "broadcast", "receive", "ack", "ack_many", "set_topics", "get_topics", "request",
+PUBLIC_METHODS = frozenset({"forget", "send", "broadcast", "receive", "ack", "ack_many", "set_topics", "get_topics", "request",
                             "dead_letters", "depth", "set_limits"})
 
 

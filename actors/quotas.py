@@ -29,7 +29,7 @@ from actors.shard_actor import ShardActor
 
 KIND = "quotas"
 RATE_NAMES = frozenset({"events", *(f"requests:{c}" for c in ROUTE_CLASSES)})
-PUBLIC_METHODS = frozenset({"lease", "acquire", "release", "hold", "set_limits", "get_limits", "usage"})
+PUBLIC_METHODS = frozenset({"forget", "lease", "acquire", "release", "hold", "set_limits", "get_limits", "usage"})
 
 
 class QuotaError(ActorError):
@@ -160,6 +160,15 @@ class QuotaCore:
             if owner == tenant:
                 buckets[name] = round(min(bucket.capacity, bucket.tokens + (now - bucket.stamp) * bucket.rate), 3)
         return {"connections": self._live(tenant), "tokens": buckets}
+
+    async def forget(self, tenant: str) -> bool:
+        """Drop the tenant's buckets, slots and cached limits (it was deleted)."""
+        self.limits.forget(tenant)
+        self.slots.pop(tenant, None)
+        gone = [key for key in self.buckets if key[0] == tenant]
+        for key in gone:
+            del self.buckets[key]
+        return bool(gone)
 
     def stats(self) -> dict[str, Any]:
         return {**self.counters, "buckets": len(self.buckets), "tenants_with_sockets": len(self.slots)}

@@ -22,7 +22,7 @@ log = logging.getLogger("raytenant.revocations")
 class RevocationClient(ShardClient):
     error_class = RevocationError
     unavailable_code = "revocations_unavailable"
-    channel_methods = frozenset({"revoke", "changes", "list"})
+    channel_methods = frozenset({"revoke", "changes", "list", "suspend"})
     poll_interval = 0.25
     poll_timeout = 1.0
     prune_every = 240  # polls: about once a minute
@@ -39,6 +39,10 @@ class RevocationClient(ShardClient):
     def revoked(self, tenant: str, iat: float, jti: str | None) -> bool:
         found = self.tenants.get(tenant)
         return found is not None and found.refuses(iat, jti)
+
+    def suspended(self, tenant: str) -> bool:
+        found = self.tenants.get(tenant)
+        return found is not None and found.suspended
 
     async def start(self, timeout: float = 60.0) -> None:
         """Create the shards, take their state once (so no revoked token passes after a replica
@@ -75,8 +79,7 @@ class RevocationClient(ShardClient):
             changed = set(found["tenants"])
         else:
             for tenant, change in found["changes"]:
-                self.tenants.setdefault(tenant, TenantRevocations()).apply(change["jti"], change["before"],
-                                                                           change["until"])
+                self.tenants.setdefault(tenant, TenantRevocations()).change(change)
             changed = {tenant for tenant, _ in found["changes"]}
         self._seen[shard] = (found["incarnation"], found["epoch"])
         if changed and self.on_change is not None:

@@ -26,7 +26,7 @@ from actors.shard_actor import ShardActor
 from actors.shards import shard_for
 
 KIND = "revocations"
-PUBLIC_METHODS = frozenset({"revoke", "changes", "list"})
+PUBLIC_METHODS = frozenset({"revoke", "changes", "list", "suspend"})
 MAX_LOG = 10_000  # changes kept for incremental polls; a replica further behind takes the whole state
 
 
@@ -36,21 +36,32 @@ class RevocationError(ActorError):
 
 @dataclass
 class TenantRevocations:
-    """What is revoked of one tenant: tokens issued before `before`, and single tokens by jti."""
+    """What is revoked of one tenant: tokens issued before `before`, single tokens by jti, and all
+    of its tokens while the tenant is suspended."""
 
     before: float = 0.0
     jtis: dict[str, float] = field(default_factory=dict)  # jti -> until when the revocation holds
     before_until: float = 0.0
+    suspended: bool = False
 
     def refuses(self, iat: float, jti: str | None) -> bool:
         return iat < self.before or (jti is not None and jti in self.jtis)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"before": self.before, "before_until": self.before_until, "jtis": dict(self.jtis)}
+        return {"before": self.before, "before_until": self.before_until, "jtis": dict(self.jtis),
+                "suspended": self.suspended}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TenantRevocations":
-        return cls(float(data["before"]), {str(k): float(v) for k, v in data["jtis"].items()}, float(data["before_until"]))
+        return cls(float(data["before"]), {str(k): float(v) for k, v in data["jtis"].items()}, float(data["before_until"]),
+                   bool(data.get("suspended", False)))
+
+    def change(self, change: dict[str, Any]) -> None:
+        """Apply one entry of a shard's change log."""
+        if "suspended" in change:
+            self.suspended = bool(change["suspended"])
+        else:
+            self.apply(change["jti"], change["before"], change["until"])
 
     def apply(self, jti: str | None, before: float | None, until: float) -> None:
         if jti is not None:
@@ -63,7 +74,7 @@ class TenantRevocations:
         self.jtis = {j: until for j, until in self.jtis.items() if until > now}
         if self.before_until <= now:
             self.before, self.before_until = 0.0, 0.0
-        return not self.jtis and not self.before
+        return not self.jtis and not self.before and not self.suspended
 
 
 @dataclass(frozen=True)
@@ -78,8 +89,9 @@ def _ts(value: datetime | None) -> float | None:
 
 class RevocationCore:
     def __init__(self, store: Any, shard: int, shards: int, options: RevocationOptions, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, tenants: Any = None) -> None:
         self.store, self.shard, self.shards, self.options, self.clock = store, shard, shards, options, clock
+        self.tenant_store = tenants  # storage.tenants.TenantStore: which tenants are suspended
         self.incarnation = uuid.uuid4().hex
         self.epoch = 0
         self.log: list[tuple[int, str, dict[str, Any]]] = []  # (epoch, tenant, change)
@@ -95,6 +107,9 @@ class RevocationCore:
             if shard_for(row["tenant"], self.shards) == self.shard:
                 self.tenants.setdefault(row["tenant"], TenantRevocations()).apply(
                     row["jti"], _ts(row["issued_before"]), row["expires_at"].timestamp())
+        for tenant in await self.tenant_store.suspended() if self.tenant_store is not None else ():
+            if shard_for(tenant, self.shards) == self.shard:
+                self.tenants.setdefault(tenant, TenantRevocations()).suspended = True
         self._loaded = True
 
     async def revoke(self, tenant: str, jti: str | None, before: float | None,
@@ -111,11 +126,26 @@ class RevocationCore:
             tenant, jti, None if before is None else datetime.fromtimestamp(before, timezone.utc), stamp,
             datetime.fromtimestamp(until, timezone.utc))
         self.tenants.setdefault(tenant, TenantRevocations()).apply(jti, before, until)
-        self.epoch += 1
-        self.log.append((self.epoch, tenant, {"jti": jti, "before": before, "until": until}))
-        del self.log[:-MAX_LOG]
+        self._log(tenant, {"jti": jti, "before": before, "until": until})
         return {"id": row_id, "tenant": tenant, "jti": jti, "issued_before": before, "expires_at": until,
                 "epoch": self.epoch}
+
+    async def suspend(self, tenant: str, suspended: bool) -> dict[str, Any]:
+        """Refuse (or accept again) every token of the tenant. The caller stored the tenant's state
+        first (a restarted shard reloads it); replicas see the change at their next poll."""
+        await self._load()
+        found = self.tenants.setdefault(tenant, TenantRevocations())
+        if found.suspended != suspended:
+            found.suspended = suspended
+            self._log(tenant, {"suspended": suspended})
+        if not suspended and found.prune(self.clock()):
+            del self.tenants[tenant]
+        return {"tenant": tenant, "suspended": suspended, "epoch": self.epoch}
+
+    def _log(self, tenant: str, change: dict[str, Any]) -> None:
+        self.epoch += 1
+        self.log.append((self.epoch, tenant, change))
+        del self.log[:-MAX_LOG]
 
     async def changes(self, _tenant: str, since: int, incarnation: str | None) -> dict[str, Any]:
         """What changed after epoch `since` of `incarnation`; the whole state when the caller
@@ -151,9 +181,11 @@ class Revocations(ShardActor):
     def __init__(self, database_url: str, shards: int, options: RevocationOptions) -> None:
         from storage.credentials import CredentialsStore
         from storage.engine import create_engine
+        from storage.tenants import TenantStore
 
         name = ray.get_runtime_context().get_actor_name() or f"{KIND}-0"
         shard = int(name.rsplit("-", 1)[1])
-        self.core = RevocationCore(CredentialsStore(create_engine(database_url)), shard, shards, options)
+        engine = create_engine(database_url)
+        self.core = RevocationCore(CredentialsStore(engine), shard, shards, options, tenants=TenantStore(engine))
         self.sweep = self.core.sweep
         quiet_gc()

@@ -6,7 +6,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 
 from serve_app import (console_routes, routes, routes_admin, routes_agents, routes_costs, routes_flows, routes_learning,
-                       routes_llm)
+                       routes_llm, routes_tenants)
 from serve_app.errors import EXCEPTION_HANDLERS
 from serve_app.rate_limits import RateLimits
 from serve_app.runtime import Runtime
@@ -25,6 +25,7 @@ def create_app(runtime: Runtime) -> Starlette:
             WebSocketRoute("/v1/ws", websocket_endpoint),
             *routes_costs.ROUTES,
             *routes_admin.ROUTES,
+            *routes_tenants.ROUTES,
             *routes_llm.ROUTES,
             *routes_learning.ROUTES,
             *routes_agents.ROUTES,

@@ -37,11 +37,12 @@ TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
 class AuthError(Exception):
-    def __init__(self, code: str, message: str, claims: "Claims | None" = None) -> None:
+    def __init__(self, code: str, message: str, claims: "Claims | None" = None, status: int = 401) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
-        self.claims = claims  # a revoked token's claims: whose attempt it was, for the audit log
+        self.claims = claims  # a refused valid token's claims: whose attempt it was, for the audit log
+        self.status = status  # 401: no valid token; 403: a valid token of a suspended tenant
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class Tokens:
         # Set by the runtime: whether verified claims are revoked (the replica's view of the
         # revocation shards), and what to do about a key id this process does not know yet.
         self.revoked: Callable[[Claims], bool] | None = None
+        self.suspended: Callable[[str], bool] | None = None
         self.unknown_key: Callable[[str], None] | None = None
 
     def is_operator(self, token: str | None) -> bool:
@@ -173,6 +175,8 @@ class Tokens:
             self._verified[token] = claims
         if self.revoked is not None and self.revoked(claims):
             raise AuthError("token_revoked", "the token has been revoked", claims)
+        if self.suspended is not None and self.suspended(claims.tenant):
+            raise AuthError("tenant_suspended", "the tenant is suspended", claims, status=403)
         return claims
 
     def key_verifies(self, kid: str | None, now: float) -> bool:

@@ -59,7 +59,38 @@ def _key_ring(url: str | None = None):
         return None
 
 
+def _tenant_state(tenant: str, url: str | None = None) -> str | None:
+    """The tenant's state in the deployment's database, its record created first when the
+    deployment creates tenants on first mint; None when it has no record (or no database is here)."""
+    from storage.engine import create_engine
+    from storage.tenants import TenantStore
+
+    async def look() -> str | None:
+        engine = create_engine(url or database_url())
+        try:
+            store = TenantStore(engine)
+            auto = os.environ.get("RAYTENANT_AUTO_CREATE_TENANTS", "1") != "0"
+            found = await (store.ensure(tenant) if auto else store.get(tenant))
+            return found.get("state") if found else None
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(look())
+    except Exception as error:  # noqa: BLE001 - no database here: the service checks the tenant at use
+        print(f"warning: tenant records not readable ({type(error).__name__})", file=sys.stderr)
+        return "unknown"
+
+
 def cmd_token(args: argparse.Namespace) -> int:
+    from serve_app.auth import valid_tenant
+
+    if valid_tenant(args.tenant):
+        state = _tenant_state(args.tenant)
+        if state != "active" and state != "unknown":
+            print(f"error: tenant {args.tenant!r} " + ("is suspended" if state else "does not exist; "
+                  "create it with `raytenant tenant create`"), file=sys.stderr)
+            return 2
     tokens = Tokens(operator_token(args.operator_token), os.environ.get("RAYTENANT_JWT_SECRET", ""),
                     max_ttl=int(os.environ.get("RAYTENANT_MAX_TOKEN_TTL", MAX_TTL)), ring=_key_ring())
     scopes = args.scopes.split(",") if args.scopes else list(DEFAULT_SCOPES)
@@ -71,6 +102,56 @@ def cmd_token(args: argparse.Namespace) -> int:
     print(token)
     print(f"# tenant={args.tenant} expires={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(exp))}", file=sys.stderr)
     return 0
+
+
+def cmd_tenant(args: argparse.Namespace) -> int:
+    """`raytenant tenant create|list|show|suspend|resume|delete|export|import`: the running
+    service's /v1/admin/tenants routes, with the operator token. Export writes JSON lines to
+    stdout (or --file); import reads them from --file (or stdin)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {operator_token(args.operator_token)}"}
+    base = f"{args.url.rstrip('/')}/v1/admin/tenants"
+    needs_name = args.action not in ("list", "import")
+    if needs_name and not args.name:
+        print(f"error: `tenant {args.action}` needs a tenant name", file=sys.stderr)
+        return 2
+    with httpx.Client(headers=headers, timeout=args.timeout) as client:
+        if args.action == "export":
+            with client.stream("GET", f"{base}/{args.name}/export") as response:
+                if response.status_code != 200:
+                    response.read()
+                    return _answer(response)
+                out = open(args.file, "w", encoding="utf-8") if args.file else sys.stdout
+                try:
+                    for line in response.iter_lines():
+                        out.write(line + "\n")
+                finally:
+                    if args.file:
+                        out.close()
+            return 0
+        if args.action == "import":
+            body = Path(args.file).read_bytes() if args.file else sys.stdin.buffer.read()
+            return _answer(client.post(f"{base}/import", content=body, headers={"Content-Type": "application/x-ndjson"}))
+        calls = {
+            "create": lambda: client.post(base, json={"tenant": args.name}),
+            "list": lambda: client.get(base, params={"after": args.after or "", "limit": args.limit}),
+            "show": lambda: client.get(f"{base}/{args.name}"),
+            "suspend": lambda: client.post(f"{base}/{args.name}/suspend"),
+            "resume": lambda: client.post(f"{base}/{args.name}/resume"),
+            "delete": lambda: client.delete(f"{base}/{args.name}"),
+        }
+        return _answer(calls[args.action]())
+
+
+def _answer(response: Any) -> int:
+    """Print the service's JSON answer; exit 0 on success, 1 on a refusal (printed to stderr)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": {"code": "http_error", "message": response.text[:500]}}
+    print(json.dumps(body, indent=2), file=sys.stdout if response.is_success else sys.stderr)
+    return 0 if response.is_success else 1
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -302,6 +383,17 @@ def parser() -> argparse.ArgumentParser:
                       help="seconds the earlier keys keep verifying after the new one signs (default: the max token TTL)")
     keys.add_argument("--url", help="default: DATABASE_URL or the embedded SQLite file")
     keys.set_defaults(func=cmd_keys)
+
+    tenant = commands.add_parser("tenant", help="create, list, show, suspend, resume, delete, export or import tenants")
+    tenant.add_argument("action", choices=["create", "list", "show", "suspend", "resume", "delete", "export", "import"])
+    tenant.add_argument("name", nargs="?")
+    tenant.add_argument("--url", default="http://127.0.0.1:8000", help="the running service")
+    tenant.add_argument("--file", help="export: write here (default stdout); import: read from here (default stdin)")
+    tenant.add_argument("--after", help="list: the page after this name")
+    tenant.add_argument("--limit", type=int, default=100, help="list: tenants per page (at most 500)")
+    tenant.add_argument("--timeout", type=float, default=120.0)
+    tenant.add_argument("--operator-token")
+    tenant.set_defaults(func=cmd_tenant)
 
     load = commands.add_parser("loadtest", help="drive load from Ray tasks spread over the cluster's nodes")
     load.add_argument("--url", default="http://127.0.0.1:8000", help="the service (loopback unless --allow-remote)")

@@ -31,7 +31,7 @@ def authenticate(request: Request, scope: str) -> Claims:
     except AuthError as error:
         if error.claims is not None:  # a revoked token: whose attempt it was goes to the audit log
             runtime.audit.refused(error.claims, error.code, request.url.path)
-        raise ApiError(401, error.code, error.message) from error
+        raise ApiError(error.status, error.code, error.message) from error
     if not claims.allows(scope):
         log.warning("tenant %s user %s refused: scope %s", claims.tenant, claims.user, scope)
         raise ApiError(403, "forbidden", f"the token lacks the {scope} scope")
@@ -156,6 +156,7 @@ async def mint_token(request: Request) -> JSONResponse:
     if any(v is not None and not (isinstance(v, str) and 0 < len(v) <= 200 and v.isprintable())
            for v in (user, engagement)):
         raise ApiError(422, "invalid_claims", "user and engagement must be 1-200 printable characters")
+    await runtime.tenant_lifecycle.for_token(tenant)  # 404 unknown (when not created on first mint), 403 suspended
     try:
         token, exp = runtime.tokens.mint(tenant, user=user, engagement=engagement, scopes=scopes, ttl=ttl)
     except LookupError as error:  # no usable signing key and legacy tokens refused

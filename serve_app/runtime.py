@@ -33,9 +33,11 @@ from serve_app.auth import KeyRing, Tokens
 from serve_app.settings import Settings
 from serve_app.streams import StreamRouter
 from serve_app.signing_keys import SigningKeys
+from serve_app.tenants import TenantLifecycle
 from storage.credentials import CredentialsStore
 from storage.engine import create_engine
 from storage.limits import LimitsStore
+from storage.tenants import TenantStore
 
 log = logging.getLogger("raytenant.runtime")
 
@@ -67,6 +69,7 @@ class Runtime:
                                             RevocationOptions(max_ttl=settings.max_token_ttl),
                                             kind=settings.actor_prefix + REVOCATION_KIND)
         self.tokens.revoked = lambda claims: self.revocations.revoked(claims.tenant, claims.iat, claims.jti)
+        self.tokens.suspended = self.revocations.suspended
         self.tokens.unknown_key = self.signing_keys.wanted
         self.hub = hub or EventHubClient(
             settings.database_url,
@@ -109,11 +112,13 @@ class Runtime:
                                             kind=settings.actor_prefix + QUOTA_KIND, replica=self.replica_id,
                                             metrics=self.metrics)
         self.limits_store = LimitsStore(create_engine(settings.database_url))
+        self.tenant_lifecycle = TenantLifecycle(self, TenantStore(self.credentials.engine))
         self.providers = Providers.from_json(settings.llm_providers, settings.llm_tenant_models)
         self._llm_clients: dict[str, object] = {}
         self.router = StreamRouter(self.hub, self.replica_id, poll_timeout=settings.poll_timeout,
                                    metrics=self.metrics)
-        self.revocations.on_change = lambda tenants: self.router.close_revoked(tenants, self.revocations.revoked)
+        self.revocations.on_change = lambda tenants: self.router.close_revoked(
+            tenants, self.revocations.revoked, self.revocations.suspended)
         self.signing_keys.on_refresh = lambda: self.router.close_lapsed(self._lapsed)
 
     def _lapsed(self, conn) -> str | None:

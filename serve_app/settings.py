@@ -31,6 +31,7 @@ class Settings:
     quota_shards: int = 1
     revocation_shards: int = 1
     accept_legacy_tokens: bool = True  # RAYTENANT_ACCEPT_LEGACY_TOKENS=0: only tokens signed by the key ring
+    auto_create_tenants: bool = True  # RAYTENANT_AUTO_CREATE_TENANTS=0: minting for an unknown tenant answers 404
     limits: str = ""  # RAYTENANT_LIMITS: JSON object of default limits (actors/limits.py)
     llm: str = ""  # RAYTENANT_LLM: empty/"offline" for the OfflineLLM, else a crewai/LiteLLM model string
     llm_latency: float = 0.0  # the OfflineLLM's simulated latency per call (demos, benches)
@@ -72,6 +73,7 @@ class Settings:
             "quota_shards": _env_int("RAYTENANT_QUOTA_SHARDS", 1),
             "revocation_shards": _env_int("RAYTENANT_REVOCATION_SHARDS", 1),
             "accept_legacy_tokens": os.environ.get("RAYTENANT_ACCEPT_LEGACY_TOKENS", "1") != "0",
+            "auto_create_tenants": os.environ.get("RAYTENANT_AUTO_CREATE_TENANTS", "1") != "0",
             "limits": os.environ.get("RAYTENANT_LIMITS", ""),
             "max_token_ttl": _env_int("RAYTENANT_MAX_TOKEN_TTL", 30 * 24 * 3600),
             "llm": os.environ.get("RAYTENANT_LLM", ""),

@@ -27,6 +27,7 @@ log = logging.getLogger("raytenant.streams")
 ALL_FLOWS = "*"
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_UNAUTHORIZED = 4001  # no valid token, or its token was revoked while the socket was open
+CLOSE_SUSPENDED = 4003  # the tenant is suspended (at open, or while the socket was open)
 Sender = Callable[[str], Awaitable[None]]
 Closer = Callable[[int, str], Awaitable[None]]
 
@@ -175,13 +176,19 @@ class StreamRouter:
             if not feed.connections:
                 del self.feeds[conn.tenant]
 
-    def close_revoked(self, tenants: set[str], revoked: Callable[[str, float, str | None], bool]) -> int:
-        """Close the sockets of `tenants` whose token is now revoked; returns how many."""
+    def close_revoked(self, tenants: set[str], revoked: Callable[[str, float, str | None], bool],
+                      suspended: Callable[[str], bool] = lambda tenant: False) -> int:
+        """Close the sockets of `tenants` whose token is now revoked, or every socket of a tenant
+        now suspended; returns how many."""
         closed = 0
         for tenant in tenants:
             feed = self.feeds.get(tenant)
+            stop = suspended(tenant)
             for conn in list(feed.connections) if feed else ():
-                if revoked(tenant, conn.iat, conn.jti):
+                if stop:
+                    conn.shut(CLOSE_SUSPENDED, "the tenant is suspended")
+                    closed += 1
+                elif revoked(tenant, conn.iat, conn.jti):
                     conn.shut(CLOSE_UNAUTHORIZED, "the token was revoked")
                     closed += 1
         return closed

@@ -11,7 +11,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from serve_app.auth import SUBPROTOCOL, AuthError, Claims, socket_token
 from serve_app.rate_limits import refuse_socket
 from serve_app.runtime import Runtime
-from serve_app.streams import ALL_FLOWS, CLOSE_UNAUTHORIZED, Connection
+from serve_app.streams import ALL_FLOWS, CLOSE_SUSPENDED, CLOSE_UNAUTHORIZED, Connection
 from storage import strict_json
 
 log = logging.getLogger("raytenant.ws")
@@ -45,7 +45,8 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         if token and runtime.tokens.is_operator(token):
             error = AuthError("operator_token", "the operator token cannot open streams; use a tenant token")
         log.warning("websocket refused: %s", error.code)
-        await websocket.close(CLOSE_UNAUTHORIZED, error.message[:120])
+        await websocket.close(CLOSE_SUSPENDED if error.code == "tenant_suspended" else CLOSE_UNAUTHORIZED,
+                              error.message[:120])
         return
     if not claims.allows("events:read"):
         await websocket.close(CLOSE_UNAUTHORIZED, "the token lacks the events:read scope")
@@ -86,6 +87,10 @@ async def _serve(websocket: WebSocket, runtime: Runtime, claims: Claims, flow_id
     if runtime.revocations.revoked(tenant, claims.iat, claims.jti):  # revoked while it was being attached
         router.disconnect(conn)
         await websocket.close(CLOSE_UNAUTHORIZED, "the token was revoked")
+        return
+    if runtime.revocations.suspended(tenant):  # suspended while it was being attached
+        router.disconnect(conn)
+        await websocket.close(CLOSE_SUSPENDED, "the tenant is suspended")
         return
     conn.start_writer()
     conn.send_json({"type": "connection_established", "connection_id": conn.id, "tenant": tenant, "last_seq": head})

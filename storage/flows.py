@@ -6,9 +6,9 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.models import FlowRow
+from storage.models import FlowRow, TenantRow
 
-ACTIVE = ("queued", "initialized", "running")
+ACTIVE = ("queued", "initialized", "running", "suspended")  # not ended: a suspended flow resumes with its tenant
 SUMMARY_COLUMNS = [c for c in FlowRow.__table__.columns if c.name not in ("input", "results")]
 
 
@@ -45,9 +45,26 @@ class FlowStore:
         async with self.engine.connect() as conn:
             return [dict(r) for r in (await conn.execute(query)).mappings()]
 
+    async def list_full(self, tenant: str, status: str, runner: str) -> list[dict[str, Any]]:
+        """The tenant's flows of this runner kind in `status`, oldest first, with input and results."""
+        query = select(FlowRow).where(FlowRow.tenant == tenant, FlowRow.status == status, FlowRow.runner == runner)
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(query.order_by(FlowRow.created_at, FlowRow.id))).mappings()]
+
     async def active(self, runner: str) -> list[dict[str, Any]]:
         """Every flow of this runner kind that has not ended, oldest first: what runners resume."""
         query = (select(FlowRow).where(FlowRow.runner == runner, FlowRow.status.in_(ACTIVE))
                  .order_by(FlowRow.created_at, FlowRow.id))
         async with self.engine.connect() as conn:
             return [dict(r) for r in (await conn.execute(query)).mappings()]
+
+    async def suspended_tenants(self) -> set[str]:
+        """Tenants the operator suspended: their flows stay parked, their queued flows wait."""
+        async with self.engine.connect() as conn:
+            return set((await conn.execute(select(TenantRow.name).where(TenantRow.state == "suspended"))).scalars())
+
+    async def unpark(self, flow_id: str) -> bool:
+        """A suspended flow queued again (its tenant was resumed); False if it is not suspended."""
+        query = update(FlowRow).where(FlowRow.id == flow_id, FlowRow.status == "suspended").values(status="queued")
+        async with self.engine.begin() as conn:
+            return (await conn.execute(query)).rowcount == 1

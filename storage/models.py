@@ -272,3 +272,16 @@ class AuditRow(Base):
     tenant: Mapped[str | None] = mapped_column(String(128), nullable=True)
     outcome: Mapped[str] = mapped_column(String(32))
     detail: Mapped[dict] = mapped_column(JSONType)
+
+
+class TenantRow(Base):
+    """A tenant as the operator knows it: created (explicitly, or when a token is first minted for
+    it), active or suspended. A deleted tenant has no row and no data left; tokens issued before its
+    deletion stay refused through a revocation."""
+
+    __tablename__ = "tenants"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))  # active | suspended
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
