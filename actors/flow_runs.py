@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from actors import flow_learning
 from actors.fair_queue import FairQueue
 from actors.flow_runner import FlowOptions
 from actors.limits import LimitsCache
@@ -37,7 +38,7 @@ from crews.field_matcher import parse_schema
 from crews.flow_context import FlowContext
 from crews.metering import FlowCancelled, Meter, MeteredLLM
 from crews.offline_llm import llm_for
-from crews.phases import phases_of
+from crews.phases import phase_result, phases_of
 from crews.runs import PhaseFailed, announce_failure, run_crew
 from storage.flows import ACTIVE, FlowStore
 
@@ -70,6 +71,7 @@ class Run:
     handoffs: dict[str, list[Any]] = field(default_factory=dict)
     started: float = 0.0  # monotonic time the current phase started
     task: asyncio.Task | None = None
+    crew: Any = None  # its crewai Crew once built: a phase's task gets what the tenant taught before it runs
 
 
 def _now() -> datetime:
@@ -247,7 +249,28 @@ class FlowRunnerCore:
         to the tenant's learning engine. A flow's corrections take turns: each reads the mapping
         the one before it stored, so none is lost to another's write."""
         async with self.correcting.turn(flow_id):
+            if corrections and "phase" in corrections[0]:  # {phase, item, corrected}: any phase's decisions
+                return await self._correct_decisions(tenant, flow_id, corrections)
             return await self._correct(tenant, flow_id, corrections)
+
+    async def _correct_decisions(self, tenant: str, flow_id: str, corrections: list[dict[str, Any]]) -> dict[str, Any]:
+        """Corrections of any phase's decisions (crews/decisions.py): learned, and the stored result changed."""
+        run = self.runs.get(flow_id)
+        mine = run is not None and run.row["tenant"] == tenant
+        row = run.row if mine else await self._row(tenant, flow_id)
+        context = run.context if mine else self._context(row, row["results"])
+        try:
+            answer = await flow_learning.correct(self.services.learning, context, corrections)
+        except flow_learning.CorrectionRefused as error:
+            raise FlowError(error.status, error.code, error.message) from error
+        now = _now()
+        row.update(results=context.results, updated_at=now)
+        await self.store.update(flow_id, while_active=False, results=context.results, updated_at=now)
+        for phase in dict.fromkeys(c["phase"] for c in answer["corrected"]):
+            await self._notifier(tenant).send_agent_insight(flow_id, REGISTRY[phase].role, {
+                "type": "correction_applied", "phase": phase,
+                "corrections": [c for c in answer["corrected"] if c["phase"] == phase]})
+        return {"flow_id": flow_id, **answer}
 
     async def _correct(self, tenant: str, flow_id: str, corrections: list[dict[str, str]]) -> dict[str, Any]:
         run = self.runs.get(flow_id)
@@ -329,12 +352,13 @@ class FlowRunnerCore:
             self.metrics.inc("raytenant_flows_finished", status="failed")
             await announce_failure(self._notifier(row["tenant"]), row["id"], error)
 
+    def _context(self, row: dict[str, Any], results: dict[str, Any]) -> FlowContext:
+        return FlowContext(row["tenant"], row["id"], row["kind"], row["input"]["data"], row["input"].get("source_schema"),
+                           row["input"].get("target_schema"), row["name"], self.services.learning.call_sync,
+                           results=results)
+
     def _start(self, row: dict[str, Any]) -> None:
-        named = row["input"]["data"]
-        context = FlowContext(row["tenant"], row["id"], row["kind"], named, row["input"].get("source_schema"),
-                              row["input"].get("target_schema"), row["name"], self.services.learning.call_sync,
-                              results=dict(row["results"] or {}))
-        run = Run(row, context)
+        run = Run(row, self._context(row, dict(row["results"] or {})))
         self.runs[row["id"]] = run
         self.queued.charge(row["tenant"], self.limits.peek(row["tenant"]).flow_weight)
         self.counters["started"] += 1
@@ -376,7 +400,7 @@ class FlowRunnerCore:
                                                         "progress": row["progress"], "updated_at": now.isoformat()})
             await self._phase_started(run, remaining[0].name, notifier)
             loop = asyncio.get_running_loop()
-            crew = build_crew(run.context, self._llm(run), process=row["process"],
+            crew = run.crew = build_crew(run.context, self._llm(run), process=row["process"],
                               on_phase_done=lambda name, output: self._phase_done(run, name, output, loop))
             outcome = await run_crew(crew, {}, row["id"], phase=lambda: run.phase, executor=self.executor)
             if run.stop.is_set():
@@ -414,7 +438,7 @@ class FlowRunnerCore:
         phase = next(p for p in phases_of(run.row["kind"]) if p.name == name)
         result = run.context.output(name, phase.primary.name)
         if result is None:  # the LLM answered without running the tool: the facts are computed anyway
-            result = {**phase.primary.compute(run.context), "computed_by": "runner"}
+            result = {**phase_result(phase, run.context), "computed_by": "runner"}
         result = {**result, "answer": str(getattr(output, "raw", output))[:ANSWER_CHARS],
                   "handoffs": run.handoffs.pop(name, [])}
         run.context.results[name] = result
@@ -436,8 +460,13 @@ class FlowRunnerCore:
                 run.handoffs[name] = [m["content"] for m in messages]
         except ActorError as error:
             log.warning("mailbox unavailable for flow %s: %s", run.row["id"], error.message)
+        prompt = run.context.prompts[name] = await flow_learning.prepare(self.services.learning, run.context, name)
+        for task in run.crew.tasks if run.crew is not None else ():
+            if task.name == name:  # not started yet: the crew's thread waits for this call
+                task.description = next(p.task for p in phases_of(run.row["kind"]) if p.name == name) + prompt
         await notifier.send_agent_insight(run.row["id"], REGISTRY[name].role, {
             "type": "phase_started", "phase": name, "message": f"Starting {name.replace('_', ' ')}",
+            "recommendations": prompt.count("\n- "),
         })
 
     async def _phase_finished(self, run: Run, name: str) -> None:
@@ -460,6 +489,7 @@ class FlowRunnerCore:
         })
         await notifier.send_flow_update(row["id"], {"status": "running", "phase": name, "progress": progress,
                                                     "updated_at": now.isoformat()})
+        await flow_learning.learn_successes(self.services.learning, run.context, name)
         following = phases[phases.index(name) + 1] if phases.index(name) + 1 < len(phases) else None
         if following is None or (name == "data_validation" and result.get("status") == "failed"):
             return

@@ -142,6 +142,23 @@ class TenantPatterns:
     # what a correction of a field mapping teaches (Learned.keys_of) -> the corrections teaching it;
     # built on the tenant's first mapping (activation stays as cheap for tenants that never map)
     by_mapping_key: dict[str, list[Pattern]] | None = None
+    # the patterns' contexts alone, indexed on the tenant's first recommendation by context (the
+    # agents' decisions, crews/decisions.py: items are alike when their contexts are, whatever
+    # was decided about them)
+    context_index: PatternIndex | None = None
+    by_context_row: list[Pattern] = field(default_factory=list)
+
+    def contexts(self, refit_growth: float) -> PatternIndex:
+        if self.context_index is None:
+            self.context_index, self.by_context_row = PatternIndex(refit_growth), []
+            self.index_contexts(self.by_row)
+        return self.context_index
+
+    def index_contexts(self, patterns: list[Pattern]) -> None:
+        if self.context_index is None:
+            return
+        self.context_index.add([context_text(p.data.get("context") or {}) for p in patterns])
+        self.by_context_row.extend(patterns)
 
     def mapping_index(self) -> dict[str, list[Pattern]]:
         if self.by_mapping_key is None:
@@ -204,6 +221,7 @@ class LearningCore:
             pattern.row = row
             state.by_row.append(pattern)
         state.index_mappings(patterns)
+        state.index_contexts(patterns)
 
     async def _flush(self, pending: list[PendingPatterns]) -> list[None]:
         rows: dict[str, dict[str, Any]] = {}
@@ -311,11 +329,17 @@ class LearningCore:
         return pattern.view(self.options.prior_weight)
 
     # -- recommendations --------------------------------------------------------------------------
-    def _recommend(self, state: TenantPatterns, context: dict[str, Any], threshold: float, limit: int):
+    def _recommend(self, state: TenantPatterns, context: dict[str, Any], threshold: float, limit: int,
+                   by: str = "pattern"):
+        """`by="pattern"` compares the context with each pattern's whole text (the original's way);
+        `by="context"` with each pattern's context alone, so that a correction and a success about
+        alike items compare alike, whatever values they carry."""
         prior = self.options.prior_weight
         out = []
-        for match in state.index.query(context_text(context), threshold, limit * 10):
-            pattern = state.by_row[match.row]
+        index, rows = ((state.contexts(self.options.refit_growth), state.by_context_row) if by == "context"
+                       else (state.index, state.by_row))
+        for match in index.query(context_text(context), threshold, limit * 10):
+            pattern = rows[match.row]
             confidence = pattern.confidence(prior)
             if confidence < self.options.min_confidence:
                 continue
@@ -342,13 +366,15 @@ class LearningCore:
         return found
 
     async def recommendations_many(self, tenant: str, contexts: list[dict[str, Any]], threshold: float | None = None,
-                                   limit: int | None = None) -> list[list[dict[str, Any]]]:
+                                   limit: int | None = None, by: str = "pattern") -> list[list[dict[str, Any]]]:
+        if by not in ("pattern", "context"):
+            raise LearningError(422, "invalid_by", "by must be pattern or context")
         state = await self._state(tenant)
         threshold = self.options.threshold if threshold is None else threshold
         found = []
         for context in contexts:
             started = time.perf_counter()
-            found.append(self._recommend(state, context, threshold, limit or self.options.limit))
+            found.append(self._recommend(state, context, threshold, limit or self.options.limit, by))
             self.metrics.observe("raytenant_recommendation_ms", (time.perf_counter() - started) * 1000)
         return found
 

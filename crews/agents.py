@@ -15,7 +15,7 @@ from crewai.tools import BaseTool
 from pydantic import BaseModel, ConfigDict
 
 from crews.flow_context import FlowContext
-from crews.phases import KINDS, Phase, ToolSpec
+from crews.phases import KINDS, Phase, ToolSpec, phase_result
 
 OBSERVATION_CHARS = 3_000  # what a tool hands back to the LLM; the full output is kept in the context
 
@@ -74,7 +74,8 @@ class FlowTool(BaseTool):
         return cls(name=spec.name, description=spec.description, spec=spec, phase=phase, flow=flow)
 
     def _run(self, **_: Any) -> str:
-        output = self.spec.compute(self.flow)
+        phase = phase_of(self.phase)
+        output = phase_result(phase, self.flow) if phase.primary is self.spec else self.spec.compute(self.flow)
         self.flow.record(self.phase, self.name, output)
         return observation(output)
 

@@ -37,7 +37,8 @@ def build_crew(flow: FlowContext, llm_for: LLMFactory, *, process: str = "sequen
             callback = (lambda name: lambda output: on_phase_done(name, output))(phase.name)
         with warnings.catch_warnings():  # phases are persisted by the runner, not by crewai checkpoints
             warnings.filterwarnings("ignore", message=".*callbacks cannot be serialized.*")
-            task = Task(name=phase.name, description=phase.task, expected_output=phase.expected_output, agent=agent,
+            task = Task(name=phase.name, description=phase.task + flow.prompts.get(phase.name, ""),
+                        expected_output=phase.expected_output, agent=agent,
                         context=list(tasks), callback=callback)
         if phase.name in flow.results:
             task.output = TaskOutput(description=phase.task, raw=str(flow.results[phase.name].get("summary", "")),

@@ -27,6 +27,10 @@ class FlowContext:
     learning: LearningCall | None = None
     results: dict[str, dict[str, Any]] = field(default_factory=dict)  # finished phases, stored
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # phase -> tool -> output, this run
+    # phase -> what the tenant taught that applies to it (crews/decisions.py), found before it ran,
+    # and the lines it adds to the agent's task
+    guidance: dict[str, Any] = field(default_factory=dict)
+    prompts: dict[str, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record(self, phase: str, tool: str, output: dict[str, Any]) -> None:

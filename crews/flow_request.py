@@ -49,19 +49,38 @@ def parse_flow_request(body: Any) -> dict[str, Any]:
     return {"name": name.strip(), "kind": kind, "process": process, "data": named, **schemas}
 
 
-def parse_corrections(body: Any) -> list[dict[str, str]]:
-    """{source_field, target_field} or {"corrections": [...]} -> the list of corrections."""
+def parse_corrections(body: Any) -> list[dict[str, Any]]:
+    """One correction or {"corrections": [...]}, each either {source_field, target_field} (the
+    field mapping, as before) or {phase, item, corrected} for any phase (crews/decisions.py); one
+    request holds one form. `{phase: "field_mapping", item: source, corrected: {target_field}}` is
+    the mapping form. Returns the list; refuses anything else before an actor call."""
     items = body.get("corrections") if isinstance(body, dict) and "corrections" in body else [body]
     if not isinstance(items, list) or not 0 < len(items) <= MAX_CORRECTIONS:
         raise FlowRequestError("invalid_body", f"send one correction or 1-{MAX_CORRECTIONS} as corrections")
-    parsed = []
-    for item in items:
-        if not isinstance(item, dict) or set(item) - {"source_field", "target_field"}:
-            raise FlowRequestError("invalid_correction", "a correction is {source_field, target_field}")
-        source, target = item.get("source_field"), item.get("target_field")
-        if not isinstance(source, str) or not source or not isinstance(target, str) or not target:
-            raise FlowRequestError("invalid_correction", "source_field and target_field must be non-empty strings")
-        parsed.append({"source_field": source, "target_field": target})
-    if len({c["source_field"] for c in parsed}) != len(parsed):
-        raise FlowRequestError("invalid_correction", "each source field may be corrected once per request")
+    parsed = [_correction(item) for item in items]
+    if len({"phase" in c for c in parsed}) > 1:
+        raise FlowRequestError("invalid_correction", "send field-mapping corrections and other phases' corrections "
+                               "in separate requests")
+    keys = [(c.get("phase"), c.get("item") or c.get("source_field"), tuple(c.get("corrected", {}))) for c in parsed]
+    if len(set(keys)) != len(keys):
+        raise FlowRequestError("invalid_correction", "each item may be corrected once per request")
     return parsed
+
+
+def _correction(item: Any) -> dict[str, Any]:
+    if isinstance(item, dict) and "phase" in item:
+        phase, name, corrected = item.get("phase"), item.get("item"), item.get("corrected")
+        if set(item) != {"phase", "item", "corrected"} or not isinstance(phase, str) \
+                or not isinstance(name, str) or not 0 < len(name) <= 500 or not isinstance(corrected, dict):
+            raise FlowRequestError("invalid_correction", "a correction is {phase, item, corrected: {...}}")
+        if phase != "field_mapping":
+            return {"phase": phase, "item": name, "corrected": corrected}
+        if set(corrected) != {"target_field"}:
+            raise FlowRequestError("invalid_correction", "a field_mapping correction is {\"target_field\": name}")
+        item = {"source_field": name, "target_field": corrected["target_field"]}
+    if not isinstance(item, dict) or set(item) - {"source_field", "target_field"}:
+        raise FlowRequestError("invalid_correction", "a correction is {source_field, target_field} or {phase, item, corrected}")
+    source, target = item.get("source_field"), item.get("target_field")
+    if not isinstance(source, str) or not source or not isinstance(target, str) or not target:
+        raise FlowRequestError("invalid_correction", "source_field and target_field must be non-empty strings")
+    return {"source_field": source, "target_field": target}

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from crews.decisions import Guidance, apply_guidance
 from crews.field_mapping import map_fields_sync
 from crews.flow_context import FlowContext
 from crews.inventory import discover
@@ -89,8 +90,17 @@ def strategies(ctx: FlowContext) -> dict[str, Any]:
     return found
 
 
+def _taught(ctx: FlowContext, phase: str, decision: str) -> dict[str, Any]:
+    """Per application, the value of `decision` the tenant taught for this flow's phase."""
+    guidance: Guidance | None = ctx.guidance.get(phase)
+    if guidance is None:
+        return {}
+    return {item: guidance.value(name, item) for name, item in guidance.applies if name == decision}
+
+
 def costs(ctx: FlowContext) -> dict[str, Any]:
-    found = cost_model(applications(ctx), ctx.result("migration_strategy"))
+    found = cost_model(applications(ctx), ctx.result("migration_strategy"),
+                       target_factors=_taught(ctx, "cost_optimization", "target_factor"))
     totals = found["totals"]
     found["summary"] = (f"run cost ${totals['current_monthly']:,.0f}/month -> ${totals['target_monthly']:,.0f}/month; "
                         f"migration ${totals['migration_cost']:,.0f}; payback "
@@ -99,7 +109,9 @@ def costs(ctx: FlowContext) -> dict[str, Any]:
 
 
 def timeline(ctx: FlowContext) -> dict[str, Any]:
-    found = plan_timeline(applications(ctx), ctx.result("migration_strategy"))
+    found = plan_timeline(applications(ctx), ctx.result("migration_strategy"),
+                          duration_factors=_taught(ctx, "timeline_planning", "duration_factor"),
+                          min_waves=_taught(ctx, "timeline_planning", "min_wave"))
     found["summary"] = (f"{found['total_weeks']} weeks in {found['waves']} wave(s); critical path: "
                         + " -> ".join(found["critical_path"]))
     return found
@@ -177,3 +189,22 @@ KINDS: dict[str, tuple[Phase, ...]] = {"discovery": DISCOVERY, "optimization": O
 
 def phases_of(kind: str) -> tuple[Phase, ...]:
     return KINDS[kind]
+
+
+def apps_of(ctx: FlowContext, phase: str) -> dict[str, dict[str, Any]]:
+    """The flow's applications by name, for the profiles of a phase's decisions (none needed for
+    data validation, whose items are columns)."""
+    if phase == "data_validation":
+        return {}
+    return {a["name"]: a for a in applications(ctx)["applications"]}
+
+
+def phase_result(phase: Phase, ctx: FlowContext) -> dict[str, Any]:
+    """The phase's result: its primary tool's output with what the tenant taught applied to it,
+    listed under `learned` (each with the pattern it came from)."""
+    result = phase.primary.compute(ctx)
+    learned = apply_guidance(phase.name, result, ctx.guidance.get(phase.name), apps_of(ctx, phase.name))
+    result["learned"] = learned
+    if learned:
+        result["summary"] = f"{result.get('summary', '')}; {len(learned)} decision(s) from what this tenant taught"
+    return result

@@ -25,7 +25,7 @@ def assess_risk(validation: dict[str, Any], discovery: dict[str, Any], mapping: 
     """Per application and overall: data, technical and mapping risks with mitigations."""
     quality = float(validation.get("quality_score", 1.0))
     pii = bool(validation.get("pii_columns"))
-    sensitive = any(i.get("issue") == "sensitive_data" for i in validation.get("issues", []))
+    sensitive = any(i.get("issue") == "sensitive_data" and not i.get("accepted") for i in validation.get("issues", []))
     mappings = mapping.get("mappings", [])
     unmapped = mapping.get("unmapped_source_fields", [])
     low_confidence = [m["source_field"] for m in mappings if m.get("confidence", 1) < 0.6]
@@ -141,8 +141,12 @@ def effort_weeks(strategy: str, complexity: float) -> float:
     return round(base * (1 + complexity), 1) if base else 0.0
 
 
-def cost_model(discovery: dict[str, Any], strategies: dict[str, Any], rates: CostRates = CostRates()) -> dict[str, Any]:
-    """Run cost now and after, one-time migration cost, payback and optimisation advice."""
+def cost_model(discovery: dict[str, Any], strategies: dict[str, Any], rates: CostRates = CostRates(),
+               target_factors: dict[str, float] | None = None) -> dict[str, Any]:
+    """Run cost now and after, one-time migration cost, payback and optimisation advice.
+    `target_factors` (what the tenant taught, crews/decisions.py) set an application's target run
+    cost as a share of its current one, instead of the rules'."""
+    target_factors = target_factors or {}
     chosen = {s["application"]: s["strategy"] for s in strategies.get("strategies", [])}
     rows, advice = [], []
     for app in discovery.get("applications", []):
@@ -156,6 +160,8 @@ def cost_model(discovery: dict[str, Any], strategies: dict[str, Any], rates: Cos
             after *= 0.7
             advice.append({"application": app["name"], "advice": "rightsize: average CPU use is "
                            f"{utilisation:.0%}; start on a smaller instance", "monthly_saving": round(now * RUN_FACTOR[strategy] * 0.3, 2)})
+        if app["name"] in target_factors:
+            after = now * target_factors[app["name"]]
         weeks = effort_weeks(strategy, app["complexity"])
         one_time = weeks * rates.engineer_week
         saving = now - after
@@ -174,12 +180,22 @@ def cost_model(discovery: dict[str, Any], strategies: dict[str, Any], rates: Cos
     return {"applications": rows, "totals": totals, "optimisations": advice, "rates": rates.__dict__}
 
 
-def plan_timeline(discovery: dict[str, Any], strategies: dict[str, Any], *, test_weeks: float = 1.0) -> dict[str, Any]:
+def planned_weeks(app: dict[str, Any], strategy: str, test_weeks: float = 1.0) -> float:
+    return effort_weeks(strategy, app["complexity"]) + (test_weeks if strategy != "retain" else 0)
+
+
+def plan_timeline(discovery: dict[str, Any], strategies: dict[str, Any], *, test_weeks: float = 1.0,
+                  duration_factors: dict[str, float] | None = None,
+                  min_waves: dict[str, int] | None = None) -> dict[str, Any]:
     """Schedule: an application starts when the applications it depends on are migrated; mutual
-    dependencies (cycles) move together as one group. The critical path is the longest chain."""
+    dependencies (cycles) move together as one group. The critical path is the longest chain.
+    What the tenant taught (crews/decisions.py) scales an application's duration
+    (`duration_factors`) and holds it back to a wave (`min_waves`: it starts once every earlier
+    wave has finished)."""
+    duration_factors, min_waves = duration_factors or {}, min_waves or {}
     chosen = {s["application"]: s["strategy"] for s in strategies.get("strategies", [])}
     apps = {a["name"]: a for a in discovery.get("applications", [])}
-    duration = {name: effort_weeks(chosen.get(name, "rehost"), app["complexity"]) + (test_weeks if chosen.get(name) != "retain" else 0)
+    duration = {name: round(planned_weeks(app, chosen.get(name, "rehost"), test_weeks) * duration_factors.get(name, 1.0), 1)
                 for name, app in apps.items()}
     edges = {name: [d for d in app["depends_on"] if d in apps] for name, app in apps.items()}
     groups = strongly_connected(edges)
@@ -189,10 +205,16 @@ def plan_timeline(discovery: dict[str, Any], strategies: dict[str, Any], *, test
     finish: dict[int, float] = {}
     before: dict[int, int | None] = {}
     wave: dict[int, int] = {}
-    for i in topological(group_deps):
+    held = {i: max((min_waves.get(n, 1) for n in g), default=1) for i, g in enumerate(groups)}
+    for i in _held_last(topological(group_deps), held, group_deps):
         start = max((finish[d] for d in group_deps[i]), default=0.0)
         before[i] = max(group_deps[i], key=lambda d: finish[d], default=None)
-        wave[i] = 1 + max((wave[d] for d in group_deps[i]), default=0)
+        wave[i] = max(held[i], 1 + max((wave[d] for d in group_deps[i]), default=0))
+        if held[i] > 1:  # held back: it starts once every earlier wave has finished
+            earlier = [j for j in finish if wave[j] < wave[i]]
+            if earlier:
+                start = max(start, max(finish[j] for j in earlier))
+                before[i] = max(earlier, key=lambda j: finish[j])
         finish[i] = start + group_weeks[i]
     schedule = []
     for i, group in enumerate(groups):
@@ -212,6 +234,19 @@ def plan_timeline(discovery: dict[str, Any], strategies: dict[str, Any], *, test
                   for w in range(1, waves + 1)]
     return {"schedule": schedule, "critical_path": path, "total_weeks": total, "waves": waves,
             "milestones": milestones, "move_groups": [sorted(g) for g in groups if len(g) > 1]}
+
+
+def _held_last(order: list[int], held: dict[int, int], deps: dict[int, list[int]]) -> list[int]:
+    """The topological order with held-back groups, and what depends on them, after the rest (a
+    held group waits for every earlier wave, so those are scheduled first); dependencies still
+    come before their dependents."""
+    if all(h <= 1 for h in held.values()):
+        return order
+    effective: dict[int, int] = {}
+    for i in order:
+        effective[i] = max([held[i]] + [effective[d] for d in deps[i]])
+    position = {i: n for n, i in enumerate(order)}
+    return sorted(order, key=lambda i: (effective[i], position[i]))
 
 
 def strongly_connected(edges: dict[str, list[str]]) -> list[set[str]]:

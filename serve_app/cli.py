@@ -323,8 +323,9 @@ def run_service(args: argparse.Namespace, stop: threading.Event | None = None) -
             return 0
         print("\nPress Ctrl-C to stop.")
         stop = stop or threading.Event()
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
         stop.wait()
         print("stopping...")
         return 0

@@ -81,6 +81,12 @@ async def test_console_in_headless_chromium(flows, tenant, backend):
         assert "(yours)" in await row.locator(".proposed").text_content()
         await page.get_by_role("button", name="Accept application").click()
         await page.get_by_text("Learned: application → application_name").wait_for()
+        # Correct a risk level as a mapping: the row says the decision is yours now.
+        await page.locator("tr[data-phase='risk_assessment'][data-item='hr-payroll']").wait_for()
+        await page.get_by_label("Correct risk level of hr-payroll", exact=True).select_option("critical")
+        await page.get_by_role("button", name="Correct risk level of hr-payroll: save", exact=True).click()
+        await page.wait_for_function("document.querySelector(\"tr[data-phase='risk_assessment'][data-item='hr-payroll']"
+                                     " .now\").textContent === 'critical (yours)'")
         await page.screenshot(path=str(ARTIFACTS / "console.png"), full_page=True)
 
         # The socket drops: the console says so, reconnects and resumes.
@@ -103,6 +109,14 @@ async def test_console_in_headless_chromium(flows, tenant, backend):
         await page.set_viewport_size({"width": 375, "height": 800})
         assert await page.evaluate("document.documentElement.scrollWidth") <= 376
         await page.screenshot(path=str(ARTIFACTS / "console-narrow.png"), full_page=True)
+
+        # An optimisation flow: correct a 6R strategy the same way.
+        await page.get_by_role("button", name="Start optimisation flow (sample inventory)").click()
+        strategy = "tr[data-phase='migration_strategy'][data-item='hr-payroll']"
+        await page.locator(strategy).wait_for(timeout=90_000)
+        await page.get_by_label("Correct 6R strategy of hr-payroll", exact=True).select_option("retire")
+        await page.get_by_role("button", name="Correct 6R strategy of hr-payroll: save", exact=True).click()
+        await page.wait_for_function(f"document.querySelector(\"{strategy} .now\").textContent === 'retire (yours)'")
         assert errors == []
         await browser.close()
     assert (ARTIFACTS / "console.png").stat().st_size > 10_000

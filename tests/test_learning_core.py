@@ -202,3 +202,28 @@ async def test_a_relevant_correction_is_found_beyond_the_most_trusted_limit(engi
 
     [found] = await core.corrections(tenant, 5, Learned.keys_for(["hostname"], ["hostname", "host_name"]))
     assert found["corrected"] == {"source_field": "hostname", "target_field": "host_name"}
+
+
+async def test_by_context_a_correction_outranks_the_success_it_overrules(engine, tenant):
+    """Compared by whole pattern text, a correction's rare value words make it look less like the
+    item than the success it overrules; compared by context, both match fully and the correction's
+    confidence decides (the agents' decisions ask this way)."""
+    core = core_on(engine)
+    context = {"agent": "data_validation", "decision": "personal_data", "column": "badge id", "type": "type_string"}
+    await core.learn(tenant, [{"type": "success", "result": {"personal_data": False}, "context": context}])
+    await core.learn(tenant, [{"type": "correction", "original": {"personal_data": False},
+                               "corrected": {"personal_data": True}, "context": context}])
+    [by_text] = await core.recommendations_many(tenant, [context], 0.3, 2)
+    assert by_text[0]["type"] == "success_recommendation"
+    [by_context] = await core.recommendations_many(tenant, [context], 0.3, 2, "context")
+    assert [r["type"] for r in by_context] == ["correction_recommendation", "success_recommendation"]
+    assert by_context[0]["similarity"] == pytest.approx(1.0) and by_context[0]["recommendation"] == {"personal_data": True}
+    # Learned after the context index exists, a pattern joins it.
+    other = {**context, "column": "employee badge"}
+    await core.learn(tenant, [{"type": "correction", "original": {"personal_data": False},
+                               "corrected": {"personal_data": True}, "context": other}])
+    [found] = await core.recommendations_many(tenant, [other], 0.9, 1, "context")
+    assert found[0]["similarity"] == pytest.approx(1.0)
+    with pytest.raises(Exception) as refused:
+        await core.recommendations_many(tenant, [context], 0.3, 2, "nope")
+    assert refused.value.code == "invalid_by"

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
+import time
 
 import httpx
 import pytest
@@ -86,9 +88,21 @@ def test_cli_run_starts_shows_and_stops(ray_session, tmp_path, monkeypatch, caps
     assert "cost ledger      : gpt-4o-mini 1200 in / 300 out = $0.000360" in out
     assert "completed (100 %)" in out and "application_discovery  11 application(s)" in out
     assert (tmp_path / "operator_token").stat().st_mode & 0o777 == 0o600
-    # Without --check it serves until told to stop.
+    # Without --check it serves until told to stop: it answers while it runs, then returns.
     stop = threading.Event()
     args = cli.parser().parse_args(["run", "--port", "8011"])
+    outcome: list[int] = []
+    runner = threading.Thread(target=lambda: outcome.append(cli.run_service(args, stop)), daemon=True)
+    runner.start()
+    printed = ""
+    deadline = time.monotonic() + 180
+    while "Press Ctrl-C to stop." not in printed and time.monotonic() < deadline and runner.is_alive():
+        printed += capsys.readouterr().out
+        time.sleep(0.5)
+    url = re.search(r"HTTP \+ WebSocket : (\S+)", printed).group(1)
+    time.sleep(1.5)
+    assert runner.is_alive() and not outcome  # still serving: nobody told it to stop
+    assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
     stop.set()
-    assert cli.run_service(args, stop) == 0
-    assert "Press Ctrl-C to stop." in capsys.readouterr().out
+    runner.join(60)
+    assert outcome == [0] and "stopping..." in capsys.readouterr().out

@@ -112,6 +112,7 @@ const insightText = (data) => {
   if (insight.type === "phase_started") return `${data.agent_name}: started ${insight.phase}`;
   if (insight.type === "phase_completed") return `${data.agent_name}: ${insight.phase} done — ${insight.results_summary || ""}`;
   if (insight.type === "mapping_corrected") return `${data.agent_name}: mapping corrected (${insight.corrections.length})`;
+  if (insight.type === "correction_applied") return `${data.agent_name}: ${insight.phase} corrected (${insight.corrections.length})`;
   return `${data.agent_name}: ${JSON.stringify(insight)}`;
 };
 const errorText = (error) => `${error.reason || "error"}${error.phase ? ` in ${error.phase}` : ""}: ${error.message || ""}`;
@@ -136,6 +137,8 @@ function onInsight(message) {
   const insight = message.data.insight || {};
   if (message.flow_id === state.selected && insight.phase === "field_mapping"
       && ["phase_completed", "mapping_corrected"].includes(insight.type)) loadMapping(message.flow_id);
+  if (message.flow_id === state.selected && DECISIONS.some((d) => d.phase === insight.phase)
+      && ["phase_completed", "correction_applied"].includes(insight.type)) loadDecisions(message.flow_id);
 }
 
 function renderFlows() {
@@ -156,11 +159,11 @@ function renderFlows() {
   }
 }
 
-async function startFlow() {
+async function startFlow(kind = "discovery") {
   $("flow-error").textContent = "";
   try {
     const sample = await (await fetch("/v1/samples/inventory")).json();
-    const flow = await api("POST", "/v1/flows", { name: sample.name, kind: "discovery", data: sample.data,
+    const flow = await api("POST", "/v1/flows", { name: sample.name, kind, data: sample.data,
                                                  target_schema: sample.target_schema });
     state.flows.set(flow.flow_id, flow);
     select(flow.flow_id);
@@ -176,6 +179,7 @@ function select(flowId) {
   renderFeed();
   loadFeed(flowId);
   loadMapping(flowId);
+  loadDecisions(flowId);
 }
 
 // A feed entry of a stream event, or null for events the feed does not show.
@@ -279,6 +283,55 @@ async function decide(source, target) {
   }
 }
 
+// -- the agents' decisions: correct a risk level or a 6R strategy, as a mapping -------------------
+const DECISIONS = [
+  { phase: "risk_assessment", label: "risk level", field: "level", rows: (r) => r.applications,
+    value: (row) => row.level, decision: "risk_level", values: ["low", "medium", "high", "critical"] },
+  { phase: "migration_strategy", label: "6R strategy", field: "strategy", rows: (r) => r.strategies,
+    value: (row) => row.strategy, decision: "strategy",
+    values: ["retire", "retain", "repurchase", "rehost", "replatform", "refactor"] },
+];
+
+async function loadDecisions(flowId) {
+  const flow = await api("GET", `/v1/flows/${flowId}`);
+  if (flowId !== state.selected) return;
+  $("decisions-flow").textContent = `· ${flow.name} ${flowId.slice(0, 8)}`;
+  const rows = [];
+  for (const kind of DECISIONS) {
+    const result = flow.results && flow.results[kind.phase];
+    if (!result) continue;
+    const mine = new Set((result.corrections || []).filter((c) => c.decision === kind.decision).map((c) => c.item));
+    const taught = new Set((result.learned || []).filter((l) => l.decision === kind.decision).map((l) => l.item));
+    for (const row of kind.rows(result)) {
+      const app = row.application;
+      const now = kind.value(row);
+      const select = el("select", { "aria-label": `Correct ${kind.label} of ${app}` },
+        ...kind.values.map((v) => el("option", { value: v, selected: v === now }, v)));
+      const note = mine.has(app) ? " (yours)" : taught.has(app) ? " (taught)" : "";
+      rows.push(el("tr", { "data-item": app, "data-phase": kind.phase },
+        el("th", { scope: "row", text: app }),
+        el("td", { text: kind.label }),
+        el("td", { class: "now", text: `${now}${note}` }),
+        el("td", {}, el("div", { class: "decision" }, select,
+          el("button", { type: "button", "aria-label": `Correct ${kind.label} of ${app}: save`,
+                         onclick: () => correctDecision(flowId, kind, app, select.value) }, "Correct")))));
+    }
+  }
+  $("decisions").querySelector("tbody").replaceChildren(...rows);
+  $("decisions").hidden = rows.length === 0; $("decisions-empty").hidden = rows.length > 0;
+}
+
+async function correctDecision(flowId, kind, item, value) {
+  $("decisions-status").textContent = `Teaching ${item}: ${kind.label} ${value}…`;
+  try {
+    await api("POST", `/v1/flows/${flowId}/corrections`, { phase: kind.phase, item, corrected: { [kind.field]: value } });
+    await loadDecisions(flowId);
+    $("decisions-status").textContent = `Learned: ${item} → ${kind.label} ${value}`;
+  } catch (error) {
+    $("decisions-status").textContent = `Not saved: ${error.message}`;
+  }
+}
+
 // -- costs ----------------------------------------------------------------------------------------
 let costSoon = null;
 function refreshCostsSoon() { clearTimeout(costSoon); costSoon = setTimeout(refreshCosts, 700); }
@@ -341,5 +394,6 @@ function addMailbox(data) {
 // -- start ----------------------------------------------------------------------------------------
 $("sign-in-form").addEventListener("submit", (event) => { event.preventDefault(); signIn($("token-input").value); });
 $("sign-out").addEventListener("click", signOut);
-$("start-flow").addEventListener("click", startFlow);
+$("start-flow").addEventListener("click", () => startFlow("discovery"));
+$("start-optimisation").addEventListener("click", () => startFlow("optimization"));
 if (state.token) signIn(state.token);
