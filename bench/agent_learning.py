@@ -1,0 +1,218 @@
+"""Does every agent learn a tenant's policy from its corrections? (issue 15 part 5)
+
+Inventories are generated from a seed (12 applications each, names, stacks and sizes drawn at
+random), and every tenant has the same hidden policy, which the rules do not know:
+
+| agent | the tenant's policy | a policy item |
+|---|---|---|
+| data_validation | badge columns (`badge_id`, `staff_badge`, ...) are personal data | the badge column |
+| application_discovery | anything on JBoss is legacy | an application on JBoss |
+| field_mapping | `hostname` maps to `host_name` | the hostname column |
+| risk_assessment | an Oracle database makes an application high risk (or critical) | an application on Oracle |
+| migration_strategy | fewer than 5 users: retire | an application with 1-4 users |
+| cost_optimization | under 10 % CPU: run at 40 % of today's cost | an application under 10 % CPU |
+| timeline_planning | business-critical applications take 1.5x the planned weeks | a critical application |
+
+For each k in --ks, a fresh tenant runs a discovery and an optimisation flow on each of k training
+inventories, and a user corrects every decision that breaks the policy through the API, as the
+console does. Then the tenant runs --held-out inventories it never saw (other seeds, other names)
+and the bench measures each agent's agreement: the share of policy items whose decision follows
+the policy. A last tenant teaches nothing and runs the same held-out inventories after every other
+tenant taught: its agreement must equal k=0's (isolation).
+
+It prints JSON lines `{"bench": "agent_learning", "agent", "k", "agreement", "items"}` and one
+`{"bench": "agent_learning_summary", "agreement_before", "agreement_after", "isolated", ...}`.
+
+    python -m bench.agent_learning                    # k = 0, 1, 2, 5, 10; 4 held-out inventories
+    python -m bench.agent_learning --ks 0,2 --held-out 2
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+from typing import Any
+
+import aiohttp
+
+from bench.common import OPERATOR, bench_database, emit, raytenant_service
+from crews.inventory import discover
+from crews.planning import planned_weeks
+from crews.profiling import datasets
+from crews.samples import sample_inventory
+from serve_app.auth import Tokens
+
+AGENTS = ("data_validation", "application_discovery", "field_mapping", "risk_assessment", "migration_strategy",
+          "cost_optimization", "timeline_planning")
+WORDS = ("billing", "orders", "crm", "ledger", "portal", "search", "payments", "catalog", "reports", "identity",
+         "shipping", "pricing", "loyalty", "claims", "assets", "booking", "tickets", "survey", "archive", "fleet")
+SUFFIXES = ("api", "web", "svc", "batch", "db", "app", "hub", "engine")
+STACKS = ("java 17, spring", "python 3.11, django", "node 20", "go 1.21", ".net 8", "jboss 6, java 8",
+          "jboss eap 7, java 11", "php 8", "ruby 3, rails")
+DATABASES = ("postgres 15", "mysql 8", "oracle 19c", "oracle 12c", "sql server 2019", "mongodb 6", "")
+OSES = ("rhel 8", "ubuntu 22.04", "windows server 2019", "debian 12", "rhel 9")
+BADGES = ("badge_id", "staff_badge", "badge_number", "employee_badge", "badge_no", "badge_code")
+TARGET_SCHEMA = sample_inventory()["target_schema"]
+
+
+def inventory(seed: int) -> dict[str, Any]:
+    """Twelve applications drawn from `seed`, with a badge column named one of several ways."""
+    rng = random.Random(seed)
+    badge = BADGES[seed % len(BADGES)]
+    names = rng.sample([f"{w}-{s}" for w in WORDS for s in SUFFIXES], 12)
+    records = []
+    for i, name in enumerate(names):
+        users = rng.choice([rng.randint(1, 4), rng.randint(5, 80), rng.randint(100, 5000)])
+        cpu_util = rng.choice([round(rng.uniform(0.02, 0.09), 2), round(rng.uniform(0.15, 0.85), 2)])
+        records.append({
+            "application": name, "hostname": f"srv{seed:03d}{i:02d}.corp.local", "os": rng.choice(OSES),
+            "technology": rng.choice(STACKS), "database": rng.choice(DATABASES),
+            "dependencies": ", ".join(rng.sample([n for n in names if n != name], rng.randint(0, 2))),
+            "criticality": rng.choice(["low", "medium", "high", "critical"]),
+            "owner_email": f"owner{i}@example.com", "users": users, "cpu_cores": rng.choice([2, 4, 8, 16]),
+            "memory_gb": rng.choice([4, 8, 16, 32, 64]), "storage_gb": rng.choice([50, 100, 500, 1000]),
+            "monthly_cost": rng.choice([150, 400, 900, 2500]), "cpu_utilization": cpu_util,
+            badge: f"B-{rng.randint(10000, 99999)}",
+        })
+    return {"name": f"inventory {seed}", "data": {"inventory": records}, "target_schema": TARGET_SCHEMA, "badge": badge}
+
+
+def policy_checks(inv: dict[str, Any], discovery: dict[str, Any], optimisation: dict[str, Any]) -> dict[str, list]:
+    """Per agent: (item, follows the policy, the correction that would make it follow) for every
+    policy item of one inventory's two flows."""
+    apps = {a["name"]: a for a in discover(datasets(inv["data"]))["applications"]}
+    records = {r["application"]: r for r in inv["data"]["inventory"]}
+    d, o = discovery["results"], optimisation["results"]
+    checks: dict[str, list] = {agent: [] for agent in AGENTS}
+    column = f"inventory.{inv['badge']}"
+    checks["data_validation"].append((column, column in d["data_validation"]["pii_columns"],
+                                      {"phase": "data_validation", "item": column, "corrected": {"personal_data": True}}))
+    mapped = {m["source_field"]: m["target_field"] for m in d["field_mapping"]["mappings"]}
+    checks["field_mapping"].append(("hostname", mapped.get("hostname") == "host_name",
+                                    {"source_field": "hostname", "target_field": "host_name"}))
+    legacy = set(d["application_discovery"]["legacy_applications"])
+    risk = {r["application"]: r["level"] for r in d["risk_assessment"]["applications"]}
+    strategy = {s["application"]: s["strategy"] for s in o["migration_strategy"]["strategies"]}
+    costs = {r["application"]: r for r in o["cost_optimization"]["applications"]}
+    schedule = {s["application"]: s for s in o["timeline_planning"]["schedule"]}
+    for name, record in records.items():
+        if "jboss" in record["technology"]:
+            checks["application_discovery"].append((name, name in legacy, {
+                "phase": "application_discovery", "item": name, "corrected": {"legacy": True}}))
+        if "oracle" in record["database"]:
+            checks["risk_assessment"].append((name, risk.get(name) in ("high", "critical"), {
+                "phase": "risk_assessment", "item": name, "corrected": {"level": "high"}}))
+        if record["users"] < 5:
+            checks["migration_strategy"].append((name, strategy.get(name) == "retire", {
+                "phase": "migration_strategy", "item": name, "corrected": {"strategy": "retire"}}))
+        row = costs.get(name)
+        if record["cpu_utilization"] < 0.1 and row and row["current_monthly"] > 0:
+            share = row["target_monthly"] / row["current_monthly"]
+            checks["cost_optimization"].append((name, abs(share - 0.4) <= 0.02, {
+                "phase": "cost_optimization", "item": name,
+                "corrected": {"target_monthly": round(0.4 * row["current_monthly"], 2)}}))
+        slot = schedule.get(name)
+        if record["criticality"] == "critical" and slot and name in apps:
+            planned = planned_weeks(apps[name], slot["strategy"])
+            weeks = slot["end_week"] - slot["start_week"]
+            if planned > 0:
+                checks["timeline_planning"].append((name, abs(weeks / planned - 1.5) <= 0.1, {
+                    "phase": "timeline_planning", "item": name, "corrected": {"weeks": round(1.5 * planned, 1)}}))
+    return checks
+
+
+class Client:
+    def __init__(self, session: aiohttp.ClientSession, url: str, tenant: str) -> None:
+        self.session, self.url = session, url
+        self.headers = {"Authorization": f"Bearer {Tokens(OPERATOR).mint(tenant, ttl=3600)[0]}"}
+
+    async def flow(self, body: dict[str, Any]) -> dict[str, Any]:
+        async with self.session.post(f"{self.url}/v1/flows", json=body, headers=self.headers) as response:
+            created = await response.json()
+            assert response.status == 202, created
+        for _ in range(3000):
+            async with self.session.get(f"{self.url}/v1/flows/{created['flow_id']}", headers=self.headers) as response:
+                flow = await response.json()
+            if flow["status"] in ("completed", "failed", "cancelled"):
+                assert flow["status"] == "completed", flow
+                return flow
+            await asyncio.sleep(0.2)
+        raise RuntimeError("a flow did not end")
+
+    async def both(self, inv: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        body = {k: inv[k] for k in ("name", "data", "target_schema")}
+        return await asyncio.gather(self.flow({**body, "kind": "discovery"}), self.flow({**body, "kind": "optimization"}))
+
+    async def correct(self, flow_id: str, corrections: list[dict[str, Any]]) -> None:
+        async with self.session.post(f"{self.url}/v1/flows/{flow_id}/corrections", json={"corrections": corrections},
+                                     headers=self.headers) as response:
+            assert response.status == 200, await response.text()
+
+
+async def teach(client: Client, seeds: list[int]) -> int:
+    """Run the training inventories and correct what breaks the policy; returns corrections sent."""
+    runs = await asyncio.gather(*(client.both(inventory(seed)) for seed in seeds))
+    sent = 0
+    for seed, (discovery, optimisation) in zip(seeds, runs):
+        checks = policy_checks(inventory(seed), discovery, optimisation)
+        wrong = [fix for agent in AGENTS for _, ok, fix in checks[agent] if not ok]
+        mapping = [fix for fix in wrong if "source_field" in fix]
+        for flow, fixes in ((discovery, [f for f in wrong if "phase" in f and f["phase"] in
+                                         ("data_validation", "application_discovery", "risk_assessment")]),
+                            (discovery, mapping),
+                            (optimisation, [f for f in wrong if "phase" in f and f["phase"] in
+                                            ("migration_strategy", "cost_optimization", "timeline_planning")])):
+            if fixes:
+                await client.correct(flow["flow_id"], fixes)
+                sent += len(fixes)
+    return sent
+
+
+async def measure(client: Client, seeds: list[int]) -> dict[str, tuple[float | None, int]]:
+    runs = await asyncio.gather(*(client.both(inventory(seed)) for seed in seeds))
+    totals = {agent: [0, 0] for agent in AGENTS}
+    for seed, (discovery, optimisation) in zip(seeds, runs):
+        for agent, checks in policy_checks(inventory(seed), discovery, optimisation).items():
+            totals[agent][0] += sum(1 for _, ok, _ in checks if ok)
+            totals[agent][1] += len(checks)
+    return {agent: (round(ok / n, 4) if n else None, n) for agent, (ok, n) in totals.items()}
+
+
+async def run(url: str, ks: list[int], held_out: int) -> None:
+    stamp = int(time.time()) % 10**6
+    held = [1000 + i for i in range(held_out)]
+    found: dict[int, dict[str, tuple[float | None, int]]] = {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        for k in ks:
+            client = Client(session, url, f"al-{stamp}-k{k}")
+            started = time.perf_counter()
+            corrections = await teach(client, list(range(k))) if k else 0
+            found[k] = await measure(client, held)
+            for agent in AGENTS:
+                agreement, items = found[k][agent]
+                emit({"bench": "agent_learning", "agent": agent, "k": k, "agreement": agreement, "items": items,
+                      "corrections_sent": corrections, "seconds": round(time.perf_counter() - started, 1)})
+        quiet = await measure(Client(session, url, f"al-{stamp}-quiet"), held)
+    before, after = found[min(ks)], found[max(ks)]
+    emit({"bench": "agent_learning_summary", "ks": ks, "held_out": held_out,
+          "agreement_before": {a: before[a][0] for a in AGENTS}, "agreement_after": {a: after[a][0] for a in AGENTS},
+          "quiet_tenant_agreement": {a: quiet[a][0] for a in AGENTS},
+          "isolated": all(quiet[a][0] == found[0][a][0] for a in AGENTS) if 0 in found else None,
+          "target": "every agent from its k=0 value to at least 0.9 by k=10; a quiet tenant keeps its k=0 values"})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ks", default="0,1,2,5,10")
+    parser.add_argument("--held-out", type=int, default=4)
+    parser.add_argument("--database-url")
+    args = parser.parse_args()
+    ks = sorted({int(k) for k in args.ks.split(",")})
+    database = bench_database(args.database_url)
+    with raytenant_service(database, settings={"flow_limit": 16}) as urls:
+        asyncio.run(run(urls[0], ks, args.held_out))
+
+
+if __name__ == "__main__":
+    main()
