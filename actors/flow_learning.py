@@ -18,8 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from actors.operations import ActorError
-from crews.decisions import (PER_ITEM, THRESHOLD, CorrectionError, Decision, contexts_of, decision_for, guidance_for,
-                             successes)
+from crews.decisions import CorrectionError, Decision, contexts_of, decision_for, guidance_for, successes
 from crews.field_mapping import SIMILAR_THRESHOLD
 from crews.field_matcher import field_context, parse_schema
 from crews.flow_context import FlowContext
@@ -52,8 +51,7 @@ async def prepare(learning: Any, ctx: FlowContext, name: str) -> str:
         items = contexts_of(name, base, apps)[:MAX_ITEMS]
         if not items:
             return ""
-        found = await learning.call("recommendations_many", ctx.tenant, [c for *_, c in items], THRESHOLD, PER_ITEM,
-                                    "context")
+        found = await _read(learning, "decide", ctx.tenant, [c for *_, c in items])
     except ActorError as error:
         log.warning("no recommendations for flow %s phase %s: %s", ctx.flow_id, name, error.message)
         return ""
@@ -65,14 +63,25 @@ async def prepare(learning: Any, ctx: FlowContext, name: str) -> str:
     return guidance.prompt()
 
 
+async def _read(learning: Any, method: str, tenant: str, *args: Any, attempts: int = 4) -> Any:
+    """A read of the learning shard, asked again while the shard restarts (reads change nothing)."""
+    for attempt in range(attempts):
+        try:
+            return await learning.call(method, tenant, *args)
+        except ActorError as error:
+            if error.status != 503 or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.5 * 2**attempt)
+
+
 async def _mapping_lines(learning: Any, ctx: FlowContext) -> str:
     loop = asyncio.get_running_loop()
     fields = await loop.run_in_executor(None, lambda: parse_schema(ctx.source_schema or columns_of(ctx.data),
                                                                    "source_schema"))
     if not fields:
         return ""
-    found = await learning.call("recommendations_many", ctx.tenant, [field_context(f, ctx.source_name) for f in fields],
-                                SIMILAR_THRESHOLD, 1)
+    found = await _read(learning, "recommendations_many", ctx.tenant,
+                        [field_context(f, ctx.source_name) for f in fields], SIMILAR_THRESHOLD, 1)
     lines = []
     for f, recs in zip(fields, found):
         rec = recs[0] if recs else None

@@ -405,6 +405,10 @@ class FlowRunnerCore:
             outcome = await run_crew(crew, {}, row["id"], phase=lambda: run.phase, executor=self.executor)
             if run.stop.is_set():
                 return  # cancelled: cancel() stored and announced it
+            missing = [p.name for p in phases if p.name not in run.context.results]
+            if outcome.ok and missing:  # never complete without every phase's result: resumed from the last
+                log.error("the crew of flow %s ended before %s finished; it will be resumed", row["id"], missing)
+                return
             if outcome.ok:
                 await self._complete(run, notifier)
                 return

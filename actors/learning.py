@@ -38,6 +38,8 @@ from actors.gc_policy import quiet_gc
 from actors.operations import ActorError
 from actors.shard_actor import ShardActor
 from actors.limits import Limits, LimitsCache
+from actors.decision_model import KEEP, Example
+from actors.decision_model import decide as decide_values
 from actors.pattern_index import PatternIndex
 from crews.field_matcher import Learned
 from storage.engine import create_engine
@@ -88,6 +90,11 @@ def pattern_text(body: dict[str, Any]) -> str:
 
 def context_text(context: dict[str, Any]) -> str:
     return " ".join(flatten({"context": context}))
+
+
+def _canonical(context: dict[str, Any]) -> str:
+    """A context's text in key order: PostgreSQL's JSONB gives keys back in its own order."""
+    return context_text(dict(sorted(context.items())))
 
 
 def fingerprint(body: dict[str, Any]) -> str:
@@ -262,6 +269,7 @@ class LearningCore:
         touched: dict[str, Pattern] = {}
         created: list[Pattern] = []
         merged: list[tuple[Pattern, float]] = []
+        rejected: list[tuple[Pattern, float]] = []  # successes a correction overruled
         results = []
         for item in items:
             kind = item["type"]
@@ -281,8 +289,19 @@ class LearningCore:
                 pattern.updated_at = now
                 results.append({**pattern.view(self.options.prior_weight), "merged": True})
             touched[pattern.id] = pattern
+            if kind == CORRECTION:  # the user overruled what was learned as a success here: it counts against it
+                refuted = state.by_fingerprint.get(fingerprint({"type": SUCCESS, "result": item["original"],
+                                                                "context": item["context"]}))
+                if refuted is not None and refuted.id not in touched:
+                    refuted.rejected += 1
+                    rejected.append((refuted, refuted.updated_at))
+                    refuted.updated_at = now
+                    touched[refuted.id] = refuted
 
         def undo() -> None:
+            for pattern, updated_at in reversed(rejected):
+                pattern.rejected -= 1
+                pattern.updated_at = updated_at
             for pattern, updated_at in reversed(merged):
                 pattern.support -= 1
                 pattern.updated_at = updated_at
@@ -353,7 +372,8 @@ class LearningCore:
                               f"with {match.similarity:.2%} similarity (support {pattern.support})"),
                 "pattern_id": pattern.id,
             })
-        out.sort(key=lambda r: r["confidence"], reverse=True)
+        # By context the nearest come first (the agents' decisions vote among neighbours, crews/decisions.py).
+        out.sort(key=lambda r: r["similarity" if by == "context" else "confidence"], reverse=True)
         return out[:limit]
 
     async def recommendations(self, tenant: str, context: dict[str, Any], threshold: float | None = None,
@@ -376,6 +396,40 @@ class LearningCore:
             started = time.perf_counter()
             found.append(self._recommend(state, context, threshold, limit or self.options.limit, by))
             self.metrics.observe("raytenant_recommendation_ms", (time.perf_counter() - started) * 1000)
+        return found
+
+    async def decide(self, tenant: str, contexts: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+        """For the agents' decisions (crews/decisions.py): per context, the corrected value the
+        tenant's patterns of that agent and decision teach for it, or None (keep the rules), from a
+        classifier fitted on those patterns now (actors/decision_model.py)."""
+        state = await self._state(tenant)
+        prior = self.options.prior_weight
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, context in enumerate(contexts):
+            groups.setdefault((str(context.get("agent")), str(context.get("decision"))), []).append(i)
+        found: list[dict[str, Any] | None] = [None] * len(contexts)
+        for (agent, decision), positions in groups.items():
+            examples = []
+            for pattern in state.patterns.values():
+                context = pattern.data.get("context") or {}
+                confidence = pattern.confidence(prior)
+                if context.get("agent") != agent or context.get("decision") != decision \
+                        or confidence < self.options.min_confidence:
+                    continue
+                if pattern.type == CORRECTION:
+                    value = (pattern.data.get("corrected") or {}).get(decision)
+                    if value is None:
+                        continue
+                    examples.append(Example(_canonical(context), repr(value), value, pattern.id, confidence))
+                else:
+                    examples.append(Example(_canonical(context), KEEP, None, pattern.id, confidence))
+            answers = decide_values(examples, [_canonical(contexts[i]) for i in positions])
+            for i, answer in zip(positions, answers):
+                if answer is not None:
+                    value, probability, pattern_id = answer
+                    found[i] = {"type": "correction_recommendation", "recommendation": {decision: value},
+                                "confidence": probability, "similarity": probability, "pattern_id": pattern_id,
+                                "reasoning": f"Taught by this tenant's corrections of {decision} (p={probability:.2f})"}
         return found
 
     async def corrections(self, tenant: str, limit: int = 5_000, keys: list[str] | None = None) -> list[dict[str, Any]]:
@@ -420,7 +474,7 @@ def _ts(value: datetime) -> float:
     return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
 
 
-PUBLIC_METHODS = frozenset({"forget", "learn", "learn_from_correction", "learn_from_success", "feedback", "recommendations",
+PUBLIC_METHODS = frozenset({"decide", "forget", "learn", "learn_from_correction", "learn_from_success", "feedback", "recommendations",
                             "recommendations_many", "corrections", "stats_for", "set_limits"})
 
 

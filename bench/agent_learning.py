@@ -11,17 +11,24 @@ random), and every tenant has the same hidden policy, which the rules do not kno
 | risk_assessment | an Oracle database makes an application high risk (or critical) | an application on Oracle |
 | migration_strategy | fewer than 5 users: retire | an application with 1-4 users |
 | cost_optimization | under 10 % CPU: run at 40 % of today's cost | an application under 10 % CPU |
-| timeline_planning | business-critical applications take 1.5x the planned weeks | a critical application |
+| timeline_planning | business-critical applications take 1.5x the planned weeks | a critical application (not in a move group) |
 
 For each k in --ks, a fresh tenant runs a discovery and an optimisation flow on each of k training
 inventories, and a user corrects every decision that breaks the policy through the API, as the
 console does. Then the tenant runs --held-out inventories it never saw (other seeds, other names)
 and the bench measures each agent's agreement: the share of policy items whose decision follows
-the policy. A last tenant teaches nothing and runs the same held-out inventories after every other
-tenant taught: its agreement must equal k=0's (isolation).
+the policy. A quiet tenant teaches nothing and runs the same held-out inventories before and after
+every other tenant taught: its decisions must not change (isolation).
 
-It prints JSON lines `{"bench": "agent_learning", "agent", "k", "agreement", "items"}` and one
-`{"bench": "agent_learning_summary", "agreement_before", "agreement_after", "isolated", ...}`.
+Agreement alone would reward a tenant's lesson spreading everywhere, so each line also says
+`kept_elsewhere`: of the items the policy does not speak about, the share that nothing taught was
+applied to (for the mapping, whose target is the quiet tenant's). A lesson reaching a later phase
+through an earlier one (a retired application costs less) is the lesson working, not spreading.
+
+It prints JSON lines `{"bench": "agent_learning", "agent", "k", "agreement", "items",
+"kept_elsewhere"}` and one `{"bench": "agent_learning_summary", "agreement_before",
+"agreement_after", "kept_elsewhere_after", "isolated", ...}`; `isolated` is true when nothing was
+ever applied to the quiet tenant and its decisions after all the teaching equal those before it.
 
     python -m bench.agent_learning                    # k = 0, 1, 2, 5, 10; 4 held-out inventories
     python -m bench.agent_learning --ks 0,2 --held-out 2
@@ -113,7 +120,8 @@ def policy_checks(inv: dict[str, Any], discovery: dict[str, Any], optimisation: 
                 "phase": "cost_optimization", "item": name,
                 "corrected": {"target_monthly": round(0.4 * row["current_monthly"], 2)}}))
         slot = schedule.get(name)
-        if record["criticality"] == "critical" and slot and name in apps:
+        if record["criticality"] == "critical" and slot and name in apps and not slot["move_group"]:
+            # (in a move group, an application's weeks are the whole group's)
             planned = planned_weeks(apps[name], slot["strategy"])
             weeks = slot["end_week"] - slot["start_week"]
             if planned > 0:
@@ -136,6 +144,8 @@ class Client:
                 flow = await response.json()
             if flow["status"] in ("completed", "failed", "cancelled"):
                 assert flow["status"] == "completed", flow
+                missing = set(flow["phases"]) - set(flow["results"])
+                assert not missing, f"flow {flow['flow_id']} completed without {sorted(missing)}: {flow}"
                 return flow
             await asyncio.sleep(0.2)
         raise RuntimeError("a flow did not end")
@@ -169,37 +179,96 @@ async def teach(client: Client, seeds: list[int]) -> int:
     return sent
 
 
-async def measure(client: Client, seeds: list[int]) -> dict[str, tuple[float | None, int]]:
+PHASE_OF = {"data_validation": "discovery", "application_discovery": "discovery", "risk_assessment": "discovery",
+            "field_mapping": "discovery", "migration_strategy": "optimisation", "cost_optimization": "optimisation",
+            "timeline_planning": "optimisation"}
+
+
+def decisions(discovery: dict[str, Any], optimisation: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per agent, every item and whether something the tenant taught was applied to it (for the
+    field mapping: its target, compared with the quiet tenant's). A lesson that changes a later
+    phase through an earlier one (a retired application costs less) is not counted as applied."""
+    flows = {"discovery": discovery["results"], "optimisation": optimisation["results"]}
+    found: dict[str, dict[str, Any]] = {}
+    for agent in AGENTS:
+        result = flows[PHASE_OF[agent]][agent]
+        if agent == "field_mapping":
+            found[agent] = {m["source_field"]: m["target_field"] for m in result["mappings"]}
+            continue
+        taught = {entry["item"] for entry in result.get("learned", [])}
+        if agent == "data_validation":
+            items = [f"{n}.{c}" for n, report in result["datasets"].items() for c in report["columns"]]
+        elif agent == "migration_strategy":
+            items = [s["application"] for s in result["strategies"]]
+        elif agent == "timeline_planning":
+            items = [s["application"] for s in result["schedule"]]
+        else:
+            items = [a.get("name") or a.get("application") for a in result["applications"]]
+        found[agent] = {item: item in taught for item in items}
+    return found
+
+
+async def measure(client: Client, seeds: list[int]) -> dict[str, Any]:
+    """Per agent: agreement (policy items that follow the policy) and, per inventory, every item's
+    decision and which items the policy speaks about."""
     runs = await asyncio.gather(*(client.both(inventory(seed)) for seed in seeds))
     totals = {agent: [0, 0] for agent in AGENTS}
+    found: dict[str, Any] = {"decisions": [], "policy_items": []}
     for seed, (discovery, optimisation) in zip(seeds, runs):
-        for agent, checks in policy_checks(inventory(seed), discovery, optimisation).items():
-            totals[agent][0] += sum(1 for _, ok, _ in checks if ok)
-            totals[agent][1] += len(checks)
-    return {agent: (round(ok / n, 4) if n else None, n) for agent, (ok, n) in totals.items()}
+        checks = policy_checks(inventory(seed), discovery, optimisation)
+        for agent, items in checks.items():
+            totals[agent][0] += sum(1 for _, ok, _ in items if ok)
+            totals[agent][1] += len(items)
+        found["decisions"].append(decisions(discovery, optimisation))
+        found["policy_items"].append({agent: {item for item, _, _ in items} for agent, items in checks.items()})
+    found["agreement"] = {agent: (round(ok / n, 4) if n else None, n) for agent, (ok, n) in totals.items()}
+    return found
+
+
+def kept(taught: dict[str, Any], quiet: dict[str, Any]) -> dict[str, float | None]:
+    """Per agent, the share of items the policy does not speak about that nothing taught was
+    applied to (for the mapping: whose target is the quiet tenant's): the lessons did not spread
+    where they do not belong."""
+    out = {}
+    for agent in AGENTS:
+        same = total = 0
+        for mine, rules, policy in zip(taught["decisions"], quiet["decisions"], taught["policy_items"]):
+            for item, value in mine[agent].items():
+                if item in policy[agent]:
+                    continue
+                total += 1
+                same += (value == rules[agent].get(item)) if agent == "field_mapping" else not value
+        out[agent] = round(same / total, 4) if total else None
+    return out
 
 
 async def run(url: str, ks: list[int], held_out: int) -> None:
     stamp = int(time.time()) % 10**6
     held = [1000 + i for i in range(held_out)]
-    found: dict[int, dict[str, tuple[float | None, int]]] = {}
+    found: dict[int, dict[str, Any]] = {}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        quiet = Client(session, url, f"al-{stamp}-quiet")
+        rules = await measure(quiet, held)  # a tenant that never teaches: the rules alone
         for k in ks:
             client = Client(session, url, f"al-{stamp}-k{k}")
             started = time.perf_counter()
             corrections = await teach(client, list(range(k))) if k else 0
             found[k] = await measure(client, held)
+            spread = kept(found[k], rules)
             for agent in AGENTS:
-                agreement, items = found[k][agent]
+                agreement, items = found[k]["agreement"][agent]
                 emit({"bench": "agent_learning", "agent": agent, "k": k, "agreement": agreement, "items": items,
-                      "corrections_sent": corrections, "seconds": round(time.perf_counter() - started, 1)})
-        quiet = await measure(Client(session, url, f"al-{stamp}-quiet"), held)
-    before, after = found[min(ks)], found[max(ks)]
+                      "kept_elsewhere": spread[agent], "corrections_sent": corrections,
+                      "seconds": round(time.perf_counter() - started, 1)})
+        after_all = await measure(quiet, held)  # after every other tenant taught
+    first, last = found[min(ks)]["agreement"], found[max(ks)]["agreement"]
     emit({"bench": "agent_learning_summary", "ks": ks, "held_out": held_out,
-          "agreement_before": {a: before[a][0] for a in AGENTS}, "agreement_after": {a: after[a][0] for a in AGENTS},
-          "quiet_tenant_agreement": {a: quiet[a][0] for a in AGENTS},
-          "isolated": all(quiet[a][0] == found[0][a][0] for a in AGENTS) if 0 in found else None,
-          "target": "every agent from its k=0 value to at least 0.9 by k=10; a quiet tenant keeps its k=0 values"})
+          "agreement_before": {a: first[a][0] for a in AGENTS}, "agreement_after": {a: last[a][0] for a in AGENTS},
+          "kept_elsewhere_after": kept(found[max(ks)], rules),
+          "quiet_tenant_agreement": {a: after_all["agreement"][a][0] for a in AGENTS},
+          "isolated": after_all["decisions"] == rules["decisions"] and not any(
+              v for d in after_all["decisions"] for a in AGENTS if a != "field_mapping" for v in d[a].values()),
+          "target": "every agent from its k=0 value to at least 0.9 by k=10; a quiet tenant's decisions unchanged"})
 
 
 def main() -> None:

@@ -7,9 +7,10 @@ a result with their current value and a *context* (the item's profile as words: 
 criticality, column name, ...), and applies a value to a result. The learning engine stores a
 user's correction as `{original: {decision: old}, corrected: {decision: new}, context}` (confidence
 0.95) and a finished phase's decisions as successes (0.8); before a phase runs, the runner asks it
-for recommendations for the contexts of the phase's items, puts them in the agent's task (the
-prompt the LLM sees) and the phase's tool applies those that fit. Contexts are compared by TF-IDF
-similarity (actors/learning.py), so a correction carries over to items with a similar profile.
+what the tenant's corrections teach for the contexts of the phase's items (a classifier over the
+contexts' words: corrections against the successes, actors/decision_model.py), puts the answers
+in the agent's task (the prompt the LLM sees) and the phase's tool applies them. So a correction
+carries over to the items that share what set the corrected ones apart.
 
 Numbers generalise as ratios: a corrected run cost is learned as a factor of the application's
 current run cost, a corrected duration as a factor of the computed one. Pure: no Ray, no crewai.
@@ -22,8 +23,6 @@ from typing import Any, Callable
 from crews.planning import STRATEGIES
 
 LEVEL_NAMES = ("low", "medium", "high", "critical")
-THRESHOLD = 0.5  # similarity of contexts worth considering; the engine ranks by similarity x confidence
-PER_ITEM = 5  # recommendations asked per item
 MAX_SUCCESSES = 200  # items of one phase learned as successes (the first, in the result's order)
 MAX_FACTOR = 100.0
 
@@ -87,7 +86,7 @@ class Decision:
     apply: Callable[[dict[str, Any], str, Any], bool]
     parse: Callable[[dict[str, Any], Any, dict[str, Any]], Any]
     describe: str  # what a correction sends, for the error message and the docs
-    numeric: bool = False  # a factor or a wave: applied by the phase's planner, never learned as a success
+    numeric: bool = False  # a factor or a wave: applied by the phase's planner
 
     def context(self, profile: dict[str, str]) -> dict[str, str]:
         return {"agent": self.phase, "decision": self.name, **profile}
@@ -111,8 +110,9 @@ def _flag(field: str):
     return parse
 
 
-def _factor(field: str, baseline_key: str, *, positive: bool):
-    """A corrected number, learned as a factor of the item's baseline (`extra[baseline_key]`)."""
+def _factor(field: str, baseline_key: str, *, positive: bool, digits: int):
+    """A corrected number, learned as a factor of the item's baseline (`extra[baseline_key]`),
+    rounded to `digits`: corrections of several items meaning the same factor teach one value."""
     def parse(corrected: dict[str, Any], _current: Any, extra: dict[str, Any]) -> float:
         value = corrected.get(field)
         if set(corrected) != {field} or isinstance(value, bool) or not isinstance(value, (int, float)) \
@@ -121,7 +121,7 @@ def _factor(field: str, baseline_key: str, *, positive: bool):
         baseline = extra.get(baseline_key) or 0
         if baseline <= 0:
             raise CorrectionError("uncorrectable_item", f"this item has no {baseline_key} to scale")
-        return round(min(MAX_FACTOR, value / baseline), 6)
+        return round(min(MAX_FACTOR, value / baseline), digits)
     return parse
 
 
@@ -274,11 +274,11 @@ DECISIONS: tuple[Decision, ...] = (
     Decision("cost_optimization", "target_factor",
              _factors_of("applications", lambda r: round(r["target_monthly"] / r["current_monthly"], 6)
                          if r.get("current_monthly") else None),
-             _recorded("target_factors"), _factor("target_monthly", "current_monthly", positive=False),
+             _recorded("target_factors"), _factor("target_monthly", "current_monthly", positive=False, digits=2),
              "{\"target_monthly\": USD} for an application (learned as a share of its current run cost)", True),
     Decision("timeline_planning", "duration_factor",
              _factors_of("schedule", lambda r: 1.0), _recorded("duration_factors"),
-             _factor("weeks", "weeks", positive=True),
+             _factor("weeks", "weeks", positive=True, digits=1),
              "{\"weeks\": duration} for an application (learned as a factor of the planned duration)", True),
     Decision("timeline_planning", "min_wave",
              _factors_of("schedule", lambda r: r["wave"]), _recorded("min_waves"),
@@ -369,14 +369,12 @@ class Guidance:
 
 
 def guidance_for(items: list[tuple[Decision, str, Any, dict[str, str]]],
-                 recommendations: list[list[dict[str, Any]]]) -> Guidance:
-    """Per item, the most trusted fitting recommendation, applied when it is a user's correction.
-    A success ranked first means the rules were kept for the items most like this one: the rules
-    stand (so a correction made for unlike items does not spread by a weak resemblance)."""
+                 decided: list[dict[str, Any] | None]) -> Guidance:
+    """Per item, the value the tenant's corrections teach for it (the learning engine's `decide`,
+    actors/decision_model.py), when it is one this decision can take; None keeps the rules."""
     applies = {}
-    for (decision, item, _value, _context), recs in zip(items, recommendations):
-        rec = fitting(decision, recs)
-        if rec is not None and rec.get("type") == "correction_recommendation":
+    for (decision, item, _value, _context), rec in zip(items, decided):
+        if rec is not None and fitting(decision, [rec]) is not None:
             applies[(decision.name, item)] = rec
     return Guidance(applies)
 
@@ -397,9 +395,10 @@ def apply_guidance(phase: str, result: dict[str, Any], guidance: Guidance | None
 
 
 def successes(phase: str, result: dict[str, Any], apps: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """A finished phase's decisions as learning items (successes, confidence 0.8)."""
+    """A finished phase's decisions as learning items (successes, confidence 0.8). A success is never
+    applied: it votes for keeping the rules for items like it (guidance_for)."""
     items = []
     for decision, _item, value, context in contexts_of(phase, result, apps)[:MAX_SUCCESSES]:
-        if value is not None and not decision.numeric:
+        if value is not None:
             items.append({"type": "success", "result": {decision.name: value}, "context": context})
     return items

@@ -54,12 +54,11 @@ def _rec(decision: str, value, pattern: str = "p1", confidence: float = 0.9, kin
 
 
 def _run(flow, phases, recommend):
-    """Run the phases' tools as the runner does: guidance first (from `recommend(decision, item)`),
-    then the result with it applied."""
+    """Run the phases' tools as the runner does: guidance first (from `recommend(decision, item)`,
+    standing in for the learning engine's `decide`), then the result with it applied."""
     for phase in phases:
         items = contexts_of(phase.name, phase.primary.compute(flow), apps_of(flow, phase.name))
-        flow.guidance[phase.name] = guidance_for(items, [[r] if (r := recommend(d.name, item)) else []
-                                                         for d, item, _, _ in items])
+        flow.guidance[phase.name] = guidance_for(items, [recommend(d.name, item) for d, item, _, _ in items])
         flow.results[phase.name] = phase_result(phase, flow)
     return flow.results
 
@@ -83,13 +82,10 @@ def test_every_phase_applies_what_fits_and_learns_successes():
     assert risk["level"] == "critical" and "crm" in results["risk_assessment"]["high_risk_applications"]
     # A recommendation about another decision, or with a value the decision cannot take, does not fit.
     items = contexts_of("risk_assessment", results["risk_assessment"], apps_of(flow, "risk_assessment"))
-    assert guidance_for(items, [[_rec("strategy", "retire")], [_rec("risk_level", "apocalyptic")]] +
-                        [[] for _ in items[2:]]).applies == {}
-    # A success ranked above a correction keeps the rules; a correction ranked first applies.
-    success_first = [_rec("risk_level", "low", "s", 0.8, "success"), _rec("risk_level", "critical", "c", 0.7)]
-    assert guidance_for(items[:1], [success_first]).applies == {}
-    assert guidance_for(items[:1], [success_first[::-1]]).value("risk_level", items[0][1]) == "critical"
-    # Successes: every categorical decision, never a number.
+    assert guidance_for(items, [_rec("strategy", "retire"), _rec("risk_level", "apocalyptic")] +
+                        [None for _ in items[2:]]).applies == {}
+    assert guidance_for(items[:1], [_rec("risk_level", "critical", "c", 0.7)]).value("risk_level", items[0][1]) == "critical"
+    # Successes: every decision of every item, as the rules left it.
     learned = successes("application_discovery", results["application_discovery"], apps_of(flow, "application_discovery"))
     assert learned and all(i["type"] == "success" and set(i["result"]) <= {"legacy", "dependency"} for i in learned)
     assert all(i["context"]["agent"] == "application_discovery" for i in learned)
@@ -113,7 +109,8 @@ def test_strategy_cost_and_timeline_apply_taught_values_and_factors():
     assert crm["wave"] >= 4
     earlier = [s for s in results["timeline_planning"]["schedule"] if s["wave"] < crm["wave"]]
     assert crm["start_week"] >= max(s["end_week"] for s in earlier)  # held back until earlier waves end
-    assert not successes("cost_optimization", results["cost_optimization"], apps_of(flow, "cost_optimization"))
+    assert {"target_factor"} == {next(iter(i["result"])) for i in successes(
+        "cost_optimization", results["cost_optimization"], apps_of(flow, "cost_optimization"))}
     # Nothing taught: the rules' results, nothing listed as learned.
     assert all(not r["learned"] for r in base.values())
 
@@ -137,6 +134,7 @@ def test_guidance_lines_and_correction_schemas():
         strategy.parse({"strategy": "x"}, "rehost", {})
     cost = decision_for("cost_optimization", {"target_monthly": 1})
     assert cost.parse({"target_monthly": 50}, 0.8, {"current_monthly": 200}) == 0.25
+    assert decision_for("timeline_planning", {"weeks": 3}).parse({"weeks": 3.1}, 1.0, {"weeks": 2.1}) == 1.5
     for bad in (-1, True, "5", float("inf")):
         with pytest.raises(CorrectionError):
             cost.parse({"target_monthly": bad}, 0.8, {"current_monthly": 200})
@@ -163,3 +161,23 @@ def test_corrections_parse_both_forms_strictly():
                                   {"phase": "x", "item": "i", "corrected": {"a": 2}}]}):
         with pytest.raises(FlowRequestError):
             parse_corrections(body)
+
+
+def test_the_decision_model_learns_a_policy_from_a_few_corrections():
+    from actors.decision_model import KEEP, Example, decide
+
+    def profile(name: str, users: str, stack: str) -> str:
+        return f"context_agent migration_strategy context_decision strategy {name} {users} {stack}"
+
+    examples = [Example(profile(f"app{i} svc", "users_5_50", s), KEEP, None, f"s{i}", 0.8)
+                for i, s in enumerate(["java", "python", "node", "go", "java", "php"])]
+    examples += [Example(profile("old crm", "users_lt5", "java"), repr("retire"), "retire", "c1", 0.95),
+                 Example(profile("tiny wiki", "users_lt5", "python"), repr("retire"), "retire", "c2", 0.95)]
+    found = decide(examples, [profile("fresh api", "users_lt5", "go"), profile("big api", "users_5_50", "java"),
+                              profile("old crm", "users_lt5", "java")])
+    assert found[0][0] == "retire" and found[0][1] >= 0.5  # unseen, but it has what the corrected ones share
+    assert found[1] is None  # like the kept ones
+    assert found[2] == ("retire", 1.0, "c1")  # its own correction
+    assert decide(examples[:6], [profile("x", "users_lt5", "go")]) == [None]  # nothing corrected: the rules
+    only = [Example("a b", repr(1.5), 1.5, "c", 0.95)]
+    assert decide(only, ["a b", "a c"]) == [(1.5, 1.0, "c"), None]  # one class: only the very item

@@ -204,26 +204,30 @@ async def test_a_relevant_correction_is_found_beyond_the_most_trusted_limit(engi
     assert found["corrected"] == {"source_field": "hostname", "target_field": "host_name"}
 
 
-async def test_by_context_a_correction_outranks_the_success_it_overrules(engine, tenant):
-    """Compared by whole pattern text, a correction's rare value words make it look less like the
-    item than the success it overrules; compared by context, both match fully and the correction's
-    confidence decides (the agents' decisions ask this way)."""
+async def test_a_correction_overrules_its_success_and_decide_generalises_it(engine, tenant):
+    """A correction of what was learned as a success for the same context counts against that
+    success (it is no longer recommended); `decide` fits the tenant's corrections of a decision
+    against its successes and answers for unseen items (actors/decision_model.py)."""
     core = core_on(engine)
-    context = {"agent": "data_validation", "decision": "personal_data", "column": "badge id", "type": "type_string"}
-    await core.learn(tenant, [{"type": "success", "result": {"personal_data": False}, "context": context}])
-    await core.learn(tenant, [{"type": "correction", "original": {"personal_data": False},
-                               "corrected": {"personal_data": True}, "context": context}])
-    [by_text] = await core.recommendations_many(tenant, [context], 0.3, 2)
-    assert by_text[0]["type"] == "success_recommendation"
-    [by_context] = await core.recommendations_many(tenant, [context], 0.3, 2, "context")
-    assert [r["type"] for r in by_context] == ["correction_recommendation", "success_recommendation"]
+
+    def context(column: str, kind: str = "type_string") -> dict:
+        return {"agent": "data_validation", "decision": "personal_data", "column": column, "type": kind}
+
+    columns = ["badge id", "host name", "os", "owner email", "cpu cores", "monthly cost", "staff badge", "region"]
+    await core.learn(tenant, [{"type": "success", "result": {"personal_data": False}, "context": context(c)}
+                              for c in columns])
+    learned = await core.learn(tenant, [{"type": "correction", "original": {"personal_data": False},
+                                         "corrected": {"personal_data": True}, "context": context(c)}
+                                        for c in ("badge id", "staff badge")])
+    [by_text] = await core.recommendations_many(tenant, [context("badge id")], 0.3, 5)
+    assert by_text[0]["type"] == "correction_recommendation"  # its own success, overruled, ranks no more
+    [by_context] = await core.recommendations_many(tenant, [context("badge id")], 0.3, 2, "context")
     assert by_context[0]["similarity"] == pytest.approx(1.0) and by_context[0]["recommendation"] == {"personal_data": True}
-    # Learned after the context index exists, a pattern joins it.
-    other = {**context, "column": "employee badge"}
-    await core.learn(tenant, [{"type": "correction", "original": {"personal_data": False},
-                               "corrected": {"personal_data": True}, "context": other}])
-    [found] = await core.recommendations_many(tenant, [other], 0.9, 1, "context")
-    assert found[0]["similarity"] == pytest.approx(1.0)
+    found = await core.decide(tenant, [context("badge id"), context("badge number"), context("region"),
+                                       {**context("badge id"), "decision": "issue_accepted"}])
+    assert found[0]["recommendation"] == {"personal_data": True} and found[0]["pattern_id"] == learned[0]["pattern_id"]
+    assert found[1]["recommendation"] == {"personal_data": True}  # an unseen badge column
+    assert found[2] is None and found[3] is None  # another column keeps the rules; another decision knows nothing
     with pytest.raises(Exception) as refused:
-        await core.recommendations_many(tenant, [context], 0.3, 2, "nope")
+        await core.recommendations_many(tenant, [context("os")], 0.3, 2, "nope")
     assert refused.value.code == "invalid_by"
