@@ -287,10 +287,10 @@ class FlowRunnerCore:
             source, target = item["source_field"], item["target_field"]
             if source not in sources:
                 raise FlowError(422, "unknown_source_field", f"{source!r} is not a field of this flow's source schema")
-            if target not in targets:
+            if target is not None and target not in targets:
                 raise FlowError(422, "unknown_target_field", f"{target!r} is not a field of this flow's target schema")
             was = proposed.get(source)
-            items.append(acceptance(sources[source], target, row["name"]) if was == target
+            items.append(acceptance(sources[source], target, row["name"]) if was == target and target is not None
                          else correction(sources[source], was, target, row["name"]))
         learned = await self.services.learning.call("learn", tenant, items)
         updated = apply_corrections(mapping, corrections, list(sources), targets)
@@ -532,10 +532,13 @@ class FlowRunnerCore:
 def apply_corrections(mapping: dict[str, Any], corrections: list[dict[str, str]], sources: list[str],
                       targets: list[str]) -> dict[str, Any]:
     """The mapping with the user's choices: one target per source and one source per target, so a
-    target taken from another source leaves that source unmapped."""
+    target taken from another source leaves that source unmapped; a null target unmaps its source."""
     by_source = {m["source_field"]: m for m in mapping["mappings"]}
     for item in corrections:
         source, target = item["source_field"], item["target_field"]
+        if target is None:  # the user says this field has no counterpart
+            by_source.pop(source, None)
+            continue
         for other, entry in list(by_source.items()):
             if entry["target_field"] == target and other != source:
                 del by_source[other]

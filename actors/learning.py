@@ -177,10 +177,17 @@ class TenantPatterns:
         if self.by_mapping_key is None:
             return
         for pattern in patterns:
-            corrected = pattern.data.get("corrected") if pattern.type == CORRECTION else None
-            if isinstance(corrected, dict) and isinstance(corrected.get("source_field"), str) \
-                    and isinstance(corrected.get("target_field"), str):
-                for key in Learned.keys_of(corrected["source_field"], corrected["target_field"]):
+            mapping = pattern.data.get("corrected" if pattern.type == CORRECTION else "result")
+            if isinstance(mapping, dict) and isinstance(mapping.get("source_field"), str) \
+                    and "target_field" in mapping \
+                    and (mapping["target_field"] is None or isinstance(mapping["target_field"], str)):
+                if pattern.type == CORRECTION:
+                    keys = Learned.keys_of(mapping["source_field"], mapping["target_field"])
+                elif mapping["target_field"] is not None:  # an accepted mapping: an alias of its target
+                    keys = Learned.keys_of_accepted(mapping["source_field"], mapping["target_field"])
+                else:
+                    continue
+                for key in keys:
                     self.by_mapping_key.setdefault(key, []).append(pattern)
 
 
@@ -436,7 +443,8 @@ class LearningCore:
         """The tenant's recommendable corrections, most trusted first (what a field matcher applies).
 
         With `keys` (Learned.keys_for the schemas being mapped), only the corrections of a field
-        mapping that teach one of them, found through the shard's key index instead of a scan of
+        mapping that teach one of them, and the accepted mappings (successes, `type` "success",
+        their result as `corrected`) of the targets among them, found through the shard's key index instead of a scan of
         every pattern: a mapping costs what its fields need, however much the tenant taught, and
         no correction that decides it is cut off by the limit behind thousands that do not."""
         state = await self._state(tenant)
@@ -448,7 +456,8 @@ class LearningCore:
             candidates = list({id(p): p for key in keys for p in index.get(key, ())}.values())
         rated = [(c, p) for p in candidates if (c := p.confidence(prior)) >= self.options.min_confidence]
         rated.sort(key=lambda cp: (cp[0], cp[1].support, cp[1].updated_at, cp[1].created_at, cp[1].id), reverse=True)
-        return [{"pattern_id": p.id, "original": p.data["original"], "corrected": p.data["corrected"],
+        return [{"pattern_id": p.id, "type": p.type, "original": p.data.get("original"),
+                 "corrected": p.data["corrected"] if p.type == CORRECTION else p.data["result"],
                  "context": p.data["context"], "confidence": c, "support": p.support} for c, p in rated[:limit]]
 
     async def stats_for(self, tenant: str) -> dict[str, Any]:

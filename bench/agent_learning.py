@@ -7,7 +7,7 @@ random), and every tenant has the same hidden policy, which the rules do not kno
 |---|---|---|
 | data_validation | badge columns (`badge_id`, `staff_badge`, ...) are personal data | the badge column |
 | application_discovery | anything on JBoss is legacy | an application on JBoss |
-| field_mapping | `hostname` maps to `host_name` | the hostname column |
+| field_mapping | `storage_gb` maps to `disk_gb` | the storage column |
 | risk_assessment | an Oracle database makes an application high risk (or critical) | an application on Oracle |
 | migration_strategy | fewer than 5 users: retire | an application with 1-4 users |
 | cost_optimization | under 10 % CPU: run at 40 % of today's cost | an application under 10 % CPU |
@@ -96,8 +96,8 @@ def policy_checks(inv: dict[str, Any], discovery: dict[str, Any], optimisation: 
     checks["data_validation"].append((column, column in d["data_validation"]["pii_columns"],
                                       {"phase": "data_validation", "item": column, "corrected": {"personal_data": True}}))
     mapped = {m["source_field"]: m["target_field"] for m in d["field_mapping"]["mappings"]}
-    checks["field_mapping"].append(("hostname", mapped.get("hostname") == "host_name",
-                                    {"source_field": "hostname", "target_field": "host_name"}))
+    checks["field_mapping"].append(("storage_gb", mapped.get("storage_gb") == "disk_gb",
+                                    {"source_field": "storage_gb", "target_field": "disk_gb"}))
     legacy = set(d["application_discovery"]["legacy_applications"])
     risk = {r["application"]: r["level"] for r in d["risk_assessment"]["applications"]}
     strategy = {s["application"]: s["strategy"] for s in o["migration_strategy"]["strategies"]}

@@ -1,41 +1,60 @@
-"""Does learning from corrections improve field mapping on schemas it has not seen?
+"""Does field mapping generalise to schemas it was not built with, and does teaching help there?
 
-Data: bench/data/schema_matching.json, 10 source/target pairs built from public schemas (their
-provenance and licences are in the file and in docs/learning.md), 131 ground-truth correspondences.
+Two data sets of public schemas (provenance and licences in the files and docs/learning.md):
+- `shipped` (bench/data/schema_matching.json): 10 source/target pairs. Two folds, even and odd
+  pairs swapping roles: the training pairs are taught, the held-out pairs measured.
+- `families` (bench/data/schema_families.json): families of one target schema and three source
+  variants each, built apart from the matcher. One tenant teaches variant 0 of every family; the
+  held-out variants 1 and 2 are measured.
 
-Protocol (2 folds: even and odd pairs swap roles):
-1. Held-out pairs are mapped by the FieldMatcher with nothing learned: precision, recall and F1
-   of the top-1 mappings against the ground truth.
-2. Training pairs are taught one at a time, as a user would in the console: the matcher proposes
-   mappings with what it has learned so far, and every proposal that differs from the ground truth
-   is corrected through the real learning engine (LearningCore on a SQLite database).
-3. After each training pair, the held-out pairs are mapped again. The curve is printed as one JSON
-   line per point; the last line is the summary. The held-out pairs are never taught.
+Teaching is what a user does in the console: the matcher proposes, and every proposal that differs
+from the ground truth is corrected through the real learning engine (LearningCore on SQLite): a
+wrong or missing target is set, a field mapped that has no counterpart is taught to have none.
 
-    python -m bench.learning_eval
+Peers, on the same pairs, in the same run: Valentine's Coma, Cupid and SimilarityFlooding
+(bench/peers.py, installed by bench/setup_eval.sh; `--no-peers` leaves them out). They do not learn.
+
+Prints one JSON line per set and matcher: `bench: "learning_eval"`, `set`, `matcher`, `precision`,
+`recall`, `f1_alone` (held-out pairs, nothing taught), `f1_after` (raytenant only, after teaching),
+`precision_after`, `recall_after`, `ms_per_pair`, `pairs`, `correspondences`.
+
+    python -m bench.learning_eval [--no-peers]
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
-import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from actors.learning import LearningCore
 from bench.common import emit
-from crews.field_mapping import correction, map_fields
+from crews.field_mapping import acceptance, correction, map_fields
 from crews.field_matcher import Field
 from storage.engine import create_engine
 from storage.migrate import upgrade
 from storage.patterns import PatternStore
 
 DATA = Path(__file__).parent / "data" / "schema_matching.json"
+FAMILIES = Path(__file__).parent / "data" / "schema_families.json"
 
 
 def load_pairs() -> list[dict[str, Any]]:
     return json.loads(DATA.read_text())["pairs"]
+
+
+def load_families() -> list[dict[str, Any]]:
+    """Each family's variants as pairs of the shipped set's shape, with their family's name."""
+    pairs = []
+    for family in json.loads(FAMILIES.read_text())["families"]:
+        for number, variant in enumerate(family["variants"]):
+            pairs.append({"family": family["family"], "variant": number, "source": variant["source"],
+                          "target": family["target"], "source_fields": variant["source_fields"],
+                          "target_fields": family["target_fields"], "matches": variant["matches"]})
+    return pairs
 
 
 def schema(fields: list[list[str]]) -> list[dict[str, str]]:
@@ -72,59 +91,85 @@ class Tenant:
         return {m["source_field"]: m["target_field"] for m in result["mappings"]}
 
     async def teach(self, pair: dict[str, Any]) -> int:
-        """Correct every proposal of this pair that differs from the ground truth."""
+        """Review every proposal of this pair against the ground truth, as a user in the console
+        would: a right one is accepted (a success), a wrong or missing target is set, and a field
+        mapped that has no counterpart is unmapped (taught as "no counterpart")."""
         proposed = await self.map(pair)
-        types = dict((name, kind) for name, kind in pair["source_fields"])
-        items = [correction(Field(source, types[source]), proposed.get(source), target, pair["source"]["name"])
-                 for source, target in pair["matches"].items() if proposed.get(source) != target]
+        items = []
+        for source, kind in pair["source_fields"]:
+            was, right = proposed.get(source), pair["matches"].get(source)
+            if was != right:
+                items.append(correction(Field(source, kind), was, right, pair["source"]["name"]))
+            elif right is not None:
+                items.append(acceptance(Field(source, kind), right, pair["source"]["name"]))
         if items:
             await self.core.learn(self.name, items)
         return len(items)
 
 
-async def evaluate(tenant: Tenant, pairs: list[dict[str, Any]]) -> tuple[dict[str, float], list[dict[str, float]]]:
+async def evaluate(tenant: Tenant, pairs: list[dict[str, Any]]) -> tuple[dict[str, float], float]:
+    """Micro-averaged scores over the pairs, and the mean milliseconds per pair."""
+    started = time.perf_counter()
     scores = [score(await tenant.map(p), p["matches"]) for p in pairs]
-    return micro(scores), scores
+    return micro(scores), (time.perf_counter() - started) * 1000 / len(pairs)
 
 
-async def run(url: str) -> None:
-    pairs = load_pairs()
-    folds = [(pairs[0::2], pairs[1::2]), (pairs[1::2], pairs[0::2])]
+def folds(name: str, pairs: list[dict[str, Any]]) -> list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+    """(taught, held out) splits of a set."""
+    if name == "shipped":
+        return [(pairs[0::2], pairs[1::2]), (pairs[1::2], pairs[0::2])]
+    return [([p for p in pairs if p["variant"] == 0], [p for p in pairs if p["variant"] != 0])]
+
+
+async def raytenant(url: str, name: str, pairs: list[dict[str, Any]]) -> dict[str, Any]:
     engine = create_engine(url)
-    curves: list[list[dict[str, Any]]] = []
-    for number, (train, test) in enumerate(folds):
-        tenant = Tenant(LearningCore(PatternStore(engine)), f"eval-fold-{number}")
-        curve = []
-        taught = 0
-        for k in range(len(train) + 1):
-            if k:
-                taught += await tenant.teach(train[k - 1])
-            held_out, _ = await evaluate(tenant, test)
-            point = {"bench": "learning_eval", "fold": number, "training_pairs_taught": k,
-                     "corrections_taught": taught, "held_out_pairs": len(test), **held_out}
-            emit(point)
-            curve.append(point)
-        curves.append(curve)
+    alone, after, elapsed, held = [], [], [], []
+    for number, (taught, held_out) in enumerate(folds(name, pairs)):
+        tenant = Tenant(LearningCore(PatternStore(engine)), f"eval-{name}-{number}")
+        scores, ms = await evaluate(tenant, held_out)
+        alone.append(scores)
+        elapsed.append(ms)
+        for pair in taught:
+            await tenant.teach(pair)
+        after.append((await evaluate(tenant, held_out))[0])
+        held += held_out
     await engine.dispose()
-    before = [c[0]["f1"] for c in curves]
-    after = [c[-1]["f1"] for c in curves]
-    emit({
-        "bench": "learning_eval_summary",
-        "pairs": len(pairs),
-        "correspondences": sum(len(p["matches"]) for p in pairs),
-        "curve_mean_f1": [round(statistics.mean(c[k]["f1"] for c in curves), 4) for k in range(len(curves[0]))],
-        "held_out_f1_matcher_alone": round(statistics.mean(before), 4),
-        "held_out_f1_after_learning": round(statistics.mean(after), 4),
-        "f1_gain": round(statistics.mean(after) - statistics.mean(before), 4),
-        "per_fold": [{"fold": i, "before": b, "after": a} for i, (b, a) in enumerate(zip(before, after))],
-    })
+    mean = lambda rows, key: round(sum(r[key] for r in rows) / len(rows), 4)  # noqa: E731
+    return {"precision": mean(alone, "precision"), "recall": mean(alone, "recall"), "f1_alone": mean(alone, "f1"),
+            "f1_after": mean(after, "f1"), "precision_after": mean(after, "precision"),
+            "recall_after": mean(after, "recall"), "ms_per_pair": round(sum(elapsed) / len(elapsed), 2),
+            "pairs": len(held), "correspondences": sum(len(p["matches"]) for p in held)}
+
+
+def peer(matcher: str, name: str, pairs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A peer on the held-out pairs of every fold (it learns nothing, so f1_after is null)."""
+    from bench import peers
+
+    held = [p for _, held_out in folds(name, pairs) for p in held_out]
+    started = time.perf_counter()
+    found = peers.match_many(matcher, [(p["source_fields"], p["target_fields"]) for p in held])
+    ms = (time.perf_counter() - started) * 1000 / len(held)
+    scores = micro([score(predicted, p["matches"]) for predicted, p in zip(found, held)])
+    return {"precision": scores["precision"], "recall": scores["recall"], "f1_alone": scores["f1"], "f1_after": None,
+            "ms_per_pair": round(ms, 2), "pairs": len(held), "correspondences": sum(len(p["matches"]) for p in held)}
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-peers", action="store_true", help="measure raytenant only")
+    args = parser.parse_args()
+    sets = {"shipped": load_pairs(), "families": load_families()}
     with tempfile.TemporaryDirectory() as folder:
         url = f"sqlite+aiosqlite:///{folder}/eval.db"
         upgrade(url)
-        asyncio.run(run(url))
+        for name, pairs in sets.items():
+            emit({"bench": "learning_eval", "set": name, "matcher": "raytenant", **asyncio.run(raytenant(url, name, pairs))})
+            if args.no_peers:
+                continue
+            from bench.peers import PEERS
+
+            for matcher in PEERS:
+                emit({"bench": "learning_eval", "set": name, "matcher": matcher, **peer(matcher, name, pairs)})
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ CORRECTIONS_LIMIT = 5_000  # of the corrections teaching something these schemas
 def _parse(source_schema: Any, target_schema: Any, source_name: str | None):
     sources = parse_schema(source_schema, "source_schema")
     targets = parse_schema(target_schema, "target_schema")  # refused before any actor call
-    keys = Learned.keys_for([f.name for f in sources], [f.name for f in sources + targets])  # what to fetch
+    keys = Learned.keys_for([f.name for f in sources], [f.name for f in sources + targets],
+                            [f.name for f in targets])  # what to fetch
     return sources, targets, [field_context(s, source_name) for s in sources], keys
 
 
@@ -42,8 +43,10 @@ def map_fields_sync(learning: Callable[..., Any], tenant: str, source_schema: An
                                              recommendations=similar)
 
 
-def correction(source: Field, proposed: str | None, correct: str, source_name: str | None = None) -> dict[str, Any]:
-    """The learning item for a user's correction of one proposed mapping."""
+def correction(source: Field, proposed: str | None, correct: str | None,
+               source_name: str | None = None) -> dict[str, Any]:
+    """The learning item for a user's correction of one proposed mapping (`correct` None: the
+    source field has no counterpart)."""
     return {
         "type": "correction",
         "original": {"source_field": source.name, "target_field": proposed},

@@ -19,29 +19,20 @@ evaluation bench all use it.
 """
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Iterable
 
-ABBREVIATIONS = {
-    "acct": "account", "addr": "address", "amt": "amount", "avg": "average", "bal": "balance", "cd": "code",
-    "cnt": "count", "ctry": "country", "cntry": "country", "cust": "customer", "desc": "description",
-    "dept": "department", "dob": "birth date", "dt": "date", "emp": "employee", "eml": "email", "fname": "first name",
-    "lname": "last name", "mname": "middle name", "ln": "line", "mgr": "manager", "msg": "message", "nbr": "number",
-    "no": "number", "num": "number", "nm": "name", "org": "organization", "pct": "percent", "ph": "phone",
-    "phn": "phone", "tel": "telephone", "prod": "product", "qty": "quantity", "ref": "reference", "st": "street",
-    "str": "street", "zip": "postal code", "zipcode": "postal code", "postcode": "postal code", "ts": "timestamp",
-    "tm": "time", "txn": "transaction", "trx": "transaction", "usr": "user", "yr": "year", "mo": "month",
-    "id": "identifier", "ident": "identifier", "uid": "user identifier", "sku": "stock keeping unit",
-    "e": "e", "mail": "email", "tstamp": "timestamp", "upd": "updated", "crt": "created", "loc": "location",
-    "lat": "latitude", "lng": "longitude", "lon": "longitude", "inv": "invoice", "ord": "order", "pmt": "payment",
-    "sal": "salary", "ssn": "social security number", "vnd": "vendor", "cat": "category", "img": "image",
-    "url": "url", "uri": "url", "web": "website", "co": "company", "fax": "fax", "gender": "gender", "sex": "gender",
-}
+from crews.field_words import (
+    ABBREVIATIONS, NAME_CACHE, STOP_WORDS, dice, leaf_of, name_parts, split_name, trigrams, word_similarity,
+    words_of,
+)
+
 KNOWN_WORDS = {w for expansion in ABBREVIATIONS.values() for w in expansion.split()}
-STOP_WORDS = {"the", "of", "a", "an", "tbl", "fld", "col", "field", "value", "val"}
+
 TYPE_GROUPS = {
     "text": {"string", "str", "text", "varchar", "char", "nvarchar", "nchar", "character", "clob", "enum", "uuid"},
     "integer": {"int", "integer", "bigint", "smallint", "tinyint", "long", "int32", "int64", "serial"},
@@ -114,44 +105,9 @@ def _field(name: str, spec: dict[str, Any]) -> Field:
                  spec.get("description") if isinstance(spec.get("description"), str) else None)
 
 
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
-_SPLIT = re.compile(r"[^A-Za-z0-9]+|(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
-
-
-# Field names recur (every mapping of a tenant reads its corrections' names again): their words
-# are computed once per process, for this many names.
-NAME_CACHE = 65_536
-
-
-def split_name(name: str) -> list[str]:
-    """`custAddrLine1` -> ["cust", "addr", "line", "1"]; `CUST_NM` -> ["cust", "nm"]."""
-    return list(_split_name(name))
-
-
-@lru_cache(maxsize=NAME_CACHE)
-def _split_name(name: str) -> tuple[str, ...]:
-    words = []
-    for part in _SPLIT.split(_CAMEL.sub(" ", name)):
-        words += [w.lower() for w in part.split() if w]
-    return tuple(words)
-
-
 def normalise(name: str, synonyms: dict[str, str] | None = None) -> list[str]:
-    """Words of a field name with abbreviations (and the tenant's learned synonyms) expanded."""
-    return list(_expand(name, synonyms) if synonyms else _normalise(name))
-
-
-@lru_cache(maxsize=NAME_CACHE)
-def _normalise(name: str) -> tuple[str, ...]:
-    return _expand(name, None)
-
-
-def _expand(name: str, synonyms: dict[str, str] | None) -> tuple[str, ...]:
-    out: list[str] = []
-    for word in _split_name(name):
-        expanded = (synonyms or {}).get(word) or ABBREVIATIONS.get(word, word)
-        out += [w for w in expanded.split() if w not in STOP_WORDS]
-    return tuple(out) or _split_name(name)
+    """Words of a field name as the matcher compares them (crews/field_words.py)."""
+    return list(words_of(name, synonyms))
 
 
 def type_group(kind: str | None) -> str | None:
@@ -191,54 +147,71 @@ def sample_kind(samples: Iterable[str]) -> str | None:
     return kind if count * 2 >= len(list(samples)) else None
 
 
-def _trigrams(text: str) -> set[str]:
-    padded = f"  {text} "
-    return {padded[i : i + 3] for i in range(len(padded) - 2)}
+@dataclass(frozen=True)
+class Taught:
+    """One correction as the matcher uses it: this source field maps to `target` (None: it has no
+    counterpart in any target schema)."""
 
-
-def _dice(a: set, b: set) -> float:
-    return 2 * len(a & b) / (len(a) + len(b)) if a and b else 0.0
+    source: str
+    target: str | None
+    confidence: float
 
 
 @dataclass
 class Learned:
     """What a tenant taught, in the matcher's terms."""
 
-    exact: dict[str, tuple[str, float]] = field(default_factory=dict)  # normalised source -> (target, confidence)
+    exact: dict[str, tuple[str | None, float]] = field(default_factory=dict)  # normalised source -> (target, confidence)
     synonyms: dict[str, str] = field(default_factory=dict)  # source word -> target word(s)
+    taught: list[Taught] = field(default_factory=list)  # for carry-over to similar source fields
 
     @classmethod
     def from_corrections(cls, corrections: list[dict[str, Any]]) -> "Learned":
-        """From the learning engine's corrections of field mappings ({source_field, target_field}),
-        most trusted first: the first word of a source field seen keeps its synonym."""
+        """From the learning engine's corrections of field mappings ({source_field, target_field},
+        target_field null for "no counterpart"), most trusted first: the first word of a source
+        field seen keeps its synonym."""
         learned = cls()
         for item in corrections:
             corrected = item.get("corrected")
-            if not isinstance(corrected, dict):
+            if not isinstance(corrected, dict) or "target_field" not in corrected:
                 continue
-            source, target = corrected.get("source_field"), corrected.get("target_field")
-            if not isinstance(source, str) or not isinstance(target, str):
+            source, target = corrected.get("source_field"), corrected["target_field"]
+            if not isinstance(source, str) or not (target is None or isinstance(target, str)):
                 continue
-            key = " ".join(normalise(source))
-            learned.exact.setdefault(key, (target, float(item.get("confidence", 0.95))))
-            for word, meaning in align_words(source, target).items():
-                learned.synonyms.setdefault(word, meaning)
+            confidence = float(item.get("confidence", 0.95))
+            learned.exact.setdefault(" ".join(normalise(source)), (target, confidence))
+            learned.taught.append(Taught(source, target, confidence))
+            if target is not None and item.get("type", "correction") == "correction":
+                for word, meaning in align_words(source, target).items():
+                    learned.synonyms.setdefault(word, meaning)
         return learned
 
     @staticmethod
-    def keys_of(source: str, target: str) -> set[str]:
+    def keys_of(source: str, target: str | None) -> set[str]:
         """What one correction `source -> target` teaches, as lookup keys: the exact mapping of
-        the source's normalised words, and each word synonym it implies (the learning engine
-        indexes corrections by them)."""
-        return {"exact:" + " ".join(normalise(source))} | {"word:" + w for w in align_words(source, target)}
+        the source's normalised words, each word synonym it implies, the target it names (so a
+        later schema with that target finds it, for similar source fields), or `none` for a
+        field taught to have no counterpart. The learning engine indexes corrections by them."""
+        if target is None:
+            return {"exact:" + " ".join(normalise(source)), "none"}
+        return ({"exact:" + " ".join(normalise(source)), "target:" + " ".join(normalise(target))}
+                | {"word:" + w for w in align_words(source, target)})
 
     @staticmethod
-    def keys_for(sources: Iterable[str], names: Iterable[str]) -> list[str]:
-        """The keys a mapping of these source fields can use: their exact mappings, and synonyms
-        of any word of these field names (sources and targets). The corrections with one of these
-        keys decide the mapping exactly as all of the tenant's corrections would."""
+    def keys_of_accepted(source: str, target: str) -> set[str]:
+        """What an accepted mapping teaches: its exact mapping and the target it names (an accepted
+        source field is another name of that target for similar fields later)."""
+        return {"exact:" + " ".join(normalise(source)), "target:" + " ".join(normalise(target))}
+
+    @staticmethod
+    def keys_for(sources: Iterable[str], names: Iterable[str], targets: Iterable[str] = ()) -> list[str]:
+        """The keys a mapping of these source fields can use: their exact mappings, synonyms of
+        any word of these field names (sources and targets), corrections to these targets and the
+        fields taught to have no counterpart. The corrections with one of these keys decide the
+        mapping exactly as all of the tenant's corrections would."""
         return sorted({"exact:" + " ".join(normalise(s)) for s in sources}
-                      | {"word:" + w for name in names for w in split_name(name)})
+                      | {"word:" + w for name in names for w in name_parts(name)}
+                      | {"target:" + " ".join(normalise(t)) for t in targets} | {"none"})
 
 
 def align_words(source: str, target: str) -> dict[str, str]:
@@ -249,8 +222,8 @@ def align_words(source: str, target: str) -> dict[str, str]:
 
 @lru_cache(maxsize=NAME_CACHE)
 def _align_words(source: str, target: str) -> tuple[tuple[str, str], ...]:
-    src_words = _split_name(source)
-    tgt_words = [w for w in _split_name(target) if w not in STOP_WORDS]
+    src_words = name_parts(source)
+    tgt_words = [w for w in name_parts(target) if w not in STOP_WORDS]
     explained = set()
     for word in src_words:
         explained.update(ABBREVIATIONS.get(word, word).split())
@@ -277,6 +250,54 @@ def field_context(source: Field | str, source_schema: str | None = None) -> dict
     return context
 
 
+def name_similarity(a: tuple[str, ...], b: tuple[str, ...], weight: dict[str, float] | None = None) -> float:
+    """Two names' words compared: a soft Dice over words, each word matched to its most similar
+    word on the other side (`word_similarity`) and weighed by how rare it is among the schemas'
+    fields (`weight`), so a shared generic word (`name`, `id`) counts for less than a specific
+    one; blended with the character 3-grams of the run-together words."""
+    if a == b or set(a) == set(b):
+        return 1.0
+    if not a or not b:
+        return 0.0
+    weight = weight or {}
+    wa = [weight.get(w, RARE_WEIGHT) for w in a]
+    wb = [weight.get(w, RARE_WEIGHT) for w in b]
+    matched = sum(w * max(word_similarity(x, y) for y in b) for x, w in zip(a, wa))
+    matched += sum(w * max(word_similarity(x, y) for x in a) for y, w in zip(b, wb))
+    soft = matched / (sum(wa) + sum(wb))
+    chars = dice(trigrams("".join(a)), trigrams("".join(b)))
+    return 0.8 * soft + 0.2 * chars
+
+
+# Taught names compared per target (most trusted first): bounds a mapping's work however many
+# times a tenant taught the same targets.
+ALIASES_PER_TARGET = 20
+LEAF_SHARE = 0.85  # of a nested field's name similarity, the part its last segment decides
+
+
+def path_similarity(a: str, b: str, synonyms: dict[str, str] | None = None,
+                    weight: dict[str, float] | None = None) -> float:
+    """Names compared whole, and, when either is a path (`volumeInfo.title`), mostly by their
+    last segments: the objects a field is nested in say less about it than its own name."""
+    whole = name_similarity(words_of(a, synonyms), words_of(b, synonyms), weight)
+    leaf_a, leaf_b = leaf_of(a), leaf_of(b)
+    if leaf_a == a and leaf_b == b:
+        return whole
+    leaves = name_similarity(words_of(leaf_a, synonyms), words_of(leaf_b, synonyms), weight)
+    return max(whole, LEAF_SHARE * leaves + (1 - LEAF_SHARE) * whole)
+
+
+RARE_WEIGHT = 4.0  # weight of a word no field of the schemas has (1 + ln of a typical field count)
+
+
+def rarity(names: Iterable[tuple[str, ...]]) -> dict[str, float]:
+    """Each word's weight, 1 + ln(fields / fields holding it): an inverse document frequency over
+    the fields of both schemas."""
+    names = list(names)
+    df = Counter(w for words in names for w in set(words))
+    return {w: 1.0 + math.log(len(names) / n) for w, n in df.items()}
+
+
 @dataclass
 class Mapping:
     source: str
@@ -291,18 +312,20 @@ class Mapping:
 
 
 class FieldMatcher:
-    def __init__(self, min_score: float = 0.45, weights: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> None:
+    """`carry_over` is the similarity a source field needs to a taught one for the taught target
+    to apply to it; `no_counterpart` the same for a field taught to have none (stricter, as it
+    hides a field)."""
+
+    def __init__(self, min_score: float = 0.45, weights: tuple[float, float, float] = (0.7, 0.15, 0.15),
+                 carry_over: float = 0.7, no_counterpart: float = 0.85) -> None:
         self.min_score = min_score
         self.weights = weights
+        self.carry_over, self.no_counterpart = carry_over, no_counterpart
 
-    def score(self, source: Field, target: Field, synonyms: dict[str, str] | None = None) -> dict[str, float]:
-        src_words, tgt_words = normalise(source.name, synonyms), normalise(target.name, synonyms)
-        if src_words == tgt_words:
-            name = 1.0
-        else:
-            words = _dice(set(src_words), set(tgt_words))
-            chars = _dice(_trigrams(" ".join(src_words)), _trigrams(" ".join(tgt_words)))
-            name = 0.6 * words + 0.4 * chars
+    def score(self, source: Field, target: Field, synonyms: dict[str, str] | None = None,
+              weight: dict[str, float] | None = None) -> dict[str, float]:
+        src_words, tgt_words = words_of(source.name, synonyms), words_of(target.name, synonyms)
+        name = path_similarity(source.name, target.name, synonyms, weight)
         kind = sample_kind(source.samples)
         if kind is None:
             hint = 0.5
@@ -317,19 +340,29 @@ class FieldMatcher:
     def match(self, source_schema: Any, target_schema: Any, *, learned: Learned | None = None,
               recommendations: list[list[dict[str, Any]]] | None = None) -> dict[str, Any]:
         """`recommendations[i]` are the learning engine's recommendations for source field i's
-        `field_context`. Returns mappings, unmapped fields and how many learned items were applied."""
+        `field_context`. Returns mappings, unmapped fields (with those the tenant taught to have no
+        counterpart) and how many learned items were applied."""
         sources = parse_schema(source_schema, "source_schema")
         targets = parse_schema(target_schema, "target_schema")
         learned = learned or Learned()
+        synonyms = learned.synonyms
+        weight = rarity(words_of(f.name, synonyms) for f in sources + targets)
         by_norm = {" ".join(normalise(t.name)): t.name for t in targets}
         by_norm.update({t.name.lower(): t.name for t in targets})
-        renamed_targets = {t.name for t in targets if normalise(t.name, learned.synonyms) != normalise(t.name)}
-        candidates: list[tuple[float, str, str, str, dict[str, float]]] = []
-        applied_for: set[str] = set()
+        renamed_targets = {t.name for t in targets if normalise(t.name, synonyms) != normalise(t.name)}
+        aliases: dict[str | None, list[tuple[str, float]]] = {}  # target -> taught source names
+        for taught in learned.taught:
+            target = None if taught.target is None else self._resolve(taught.target, by_norm)
+            known = aliases.setdefault(target, [])
+            if (taught.target is None or target is not None) and len(known) < ALIASES_PER_TARGET:
+                known.append((taught.source, taught.confidence))
+        candidates: list[tuple[float, str, str | None, str, dict[str, float]]] = []
         for i, source in enumerate(sources):
-            boosts: dict[str, tuple[float, str]] = {}
+            boosts = self._carried(source.name, aliases, synonyms, weight)
             taught = learned.exact.get(" ".join(normalise(source.name)))
-            if taught and (target := self._resolve(taught[0], by_norm)):
+            if taught and taught[0] is None:
+                boosts[None] = (0.5 + 0.5 * taught[1], "learned_no_counterpart")
+            elif taught and (target := self._resolve(taught[0], by_norm)):
                 boosts[target] = (0.5 + 0.5 * taught[1], "learned")
             for rec in (recommendations[i] if recommendations and i < len(recommendations) else []):
                 corrected = rec.get("recommendation")
@@ -338,25 +371,33 @@ class FieldMatcher:
                 target = self._resolve(corrected.get("target_field"), by_norm)
                 if target and rec.get("confidence", 0) > boosts.get(target, (0, ""))[0]:
                     boosts[target] = (float(rec["confidence"]), "learned_similar")
-            source_changed = normalise(source.name, learned.synonyms) != normalise(source.name)
+            if None in boosts:
+                candidates.append((boosts[None][0], source.name, None, boosts[None][1], {}))
+            source_changed = normalise(source.name, synonyms) != normalise(source.name)
             for target in targets:
-                signals = self.score(source, target, learned.synonyms)
+                signals = self.score(source, target, synonyms, weight)
                 total, method = signals["total"], "matcher"
                 # Only when a synonym changed a name's words can it have changed the score.
                 changed = source_changed or target.name in renamed_targets
-                if changed and signals["total"] > self.score(source, target)["total"] + 1e-9:
+                if changed and signals["total"] > self.score(source, target, None, weight)["total"] + 1e-9:
                     method = "learned_synonyms"
                 if target.name in boosts and boosts[target.name][0] > total:
                     total, method = boosts[target.name]
                     signals = {**signals, "learned": total}
                 candidates.append((total, source.name, target.name, method, signals))
-        candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
+        candidates.sort(key=lambda c: (-c[0], c[1], c[2] or ""))
         mapped_sources: dict[str, Mapping] = {}
+        no_counterpart: set[str] = set()
         used_targets: set[str] = set()
+        applied_for: set[str] = set()
         for total, source, target, method, signals in candidates:
             if total < self.min_score:
                 break
-            if source in mapped_sources or target in used_targets:
+            if source in mapped_sources or source in no_counterpart or target in used_targets:
+                continue
+            if target is None:
+                no_counterpart.add(source)
+                applied_for.add(source)
                 continue
             mapped_sources[source] = Mapping(source, target, min(1.0, total), method, signals)
             used_targets.add(target)
@@ -367,9 +408,27 @@ class FieldMatcher:
             "mappings": mappings,
             "unmapped_source_fields": [s.name for s in sources if s.name not in mapped_sources],
             "unmapped_target_fields": [t.name for t in targets if t.name not in used_targets],
+            "no_counterpart": [s.name for s in sources if s.name in no_counterpart],
             "match_rate": round(len(mappings) / len(sources), 4),
             "recommendations_applied": len(applied_for),
         }
+
+    def _carried(self, name: str, aliases: dict[str | None, list[tuple[str, float]]], synonyms: dict[str, str],
+                 weight: dict[str, float]) -> dict[str | None, tuple[float, str]]:
+        """Corrections carried over by similarity: a source field much like one the tenant
+        corrected gets that correction's target (or its "no counterpart"), scaled by how alike
+        the two names are."""
+        boosts: dict[str | None, tuple[float, str]] = {}
+        for target, taught in aliases.items():
+            needed = self.no_counterpart if target is None else self.carry_over
+            best = 0.0
+            for alias, confidence in taught:
+                similarity = path_similarity(name, alias, synonyms, weight)
+                if similarity >= needed:
+                    best = max(best, confidence * similarity)
+            if best:
+                boosts[target] = (best, "learned_no_counterpart" if target is None else "learned_similar")
+        return boosts
 
     @staticmethod
     def _resolve(name: Any, by_norm: dict[str, str]) -> str | None:

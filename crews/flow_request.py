@@ -51,7 +51,7 @@ def parse_flow_request(body: Any) -> dict[str, Any]:
 
 def parse_corrections(body: Any) -> list[dict[str, Any]]:
     """One correction or {"corrections": [...]}, each either {source_field, target_field} (the
-    field mapping, as before) or {phase, item, corrected} for any phase (crews/decisions.py); one
+    field mapping, as before; target_field null says the field has no counterpart) or {phase, item, corrected} for any phase (crews/decisions.py); one
     request holds one form. `{phase: "field_mapping", item: source, corrected: {target_field}}` is
     the mapping form. Returns the list; refuses anything else before an actor call."""
     items = body.get("corrections") if isinstance(body, dict) and "corrections" in body else [body]
@@ -80,7 +80,10 @@ def _correction(item: Any) -> dict[str, Any]:
         item = {"source_field": name, "target_field": corrected["target_field"]}
     if not isinstance(item, dict) or set(item) - {"source_field", "target_field"}:
         raise FlowRequestError("invalid_correction", "a correction is {source_field, target_field} or {phase, item, corrected}")
-    source, target = item.get("source_field"), item.get("target_field")
-    if not isinstance(source, str) or not source or not isinstance(target, str) or not target:
-        raise FlowRequestError("invalid_correction", "source_field and target_field must be non-empty strings")
+    if "target_field" not in item:
+        raise FlowRequestError("invalid_correction", "a correction names its target_field (null: no counterpart)")
+    source, target = item.get("source_field"), item["target_field"]
+    if not isinstance(source, str) or not source or not (target is None or isinstance(target, str) and target):
+        raise FlowRequestError("invalid_correction", "source_field must be a non-empty string and target_field a "
+                               "non-empty string or null (the field has no counterpart)")
     return {"source_field": source, "target_field": target}

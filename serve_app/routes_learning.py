@@ -125,22 +125,25 @@ def _source_name(payload: dict[str, Any]) -> str | None:
 
 
 async def correct_mapping(request: Request) -> JSONResponse:
-    """A user's correction of one proposed mapping, learned in the matcher's context shape."""
+    """A user's correction of one proposed mapping, learned in the matcher's context shape;
+    `target_field: null` teaches that the source field has no counterpart."""
     claims = authenticate(request, "learning:write")
     payload = _object(await read_json(request))
-    names = {}
-    for name in ("source_field", "target_field"):
-        value = payload.get(name)
-        if not isinstance(value, str) or not 0 < len(value) <= 200:
-            raise ApiError(422, f"invalid_{name}", f"{name} must be a field name")
-        names[name] = value
+    source = payload.get("source_field")
+    if not isinstance(source, str) or not 0 < len(source) <= 200:
+        raise ApiError(422, "invalid_source_field", "source_field must be a field name")
+    if "target_field" not in payload:
+        raise ApiError(422, "invalid_target_field", "target_field must be a field name, or null for no counterpart")
+    target = payload["target_field"]
+    if target is not None and (not isinstance(target, str) or not 0 < len(target) <= 200):
+        raise ApiError(422, "invalid_target_field", "target_field must be a field name, or null for no counterpart")
     proposed = payload.get("proposed_target")
     if proposed is not None and (not isinstance(proposed, str) or len(proposed) > 200):
         raise ApiError(422, "invalid_proposed_target", "proposed_target must be a field name")
     source_type = payload.get("source_type")
     if source_type is not None and not isinstance(source_type, str):
         raise ApiError(422, "invalid_source_type", "source_type must be a string")
-    item = correction(Field(names["source_field"], source_type), proposed, names["target_field"], _source_name(payload))
+    item = correction(Field(source, source_type), proposed, target, _source_name(payload))
     [result] = await runtime_of(request).learning.call("learn", claims.tenant, [item])
     return JSONResponse(result, status_code=201)
 

@@ -73,7 +73,7 @@ async def test_every_phase_learns_from_corrections_and_the_next_flow_applies_the
         ])
         assert len(answer["corrected"]) == 5 and len(answer["learned"]) == 5 and answer["feedback"] == []
         mapped = await client.post(f"/v1/flows/{first['flow_id']}/corrections", headers=auth, json={
-            "phase": "field_mapping", "item": "hostname", "corrected": {"target_field": "host_name"}})
+            "phase": "field_mapping", "item": "storage_gb", "corrected": {"target_field": "disk_gb"}})
         assert mapped.status_code == 200, mapped.text
         stored = (await client.get(f"/v1/flows/{first['flow_id']}", headers=auth)).json()["results"]
         assert "inventory.hostname" in stored["data_validation"]["pii_columns"]
@@ -88,7 +88,7 @@ async def test_every_phase_learns_from_corrections_and_the_next_flow_applies_the
         crm = by_app(second["application_discovery"]["applications"], "name")["crm"]
         assert crm["legacy"] and "identity" in crm["external_dependencies"]
         assert by_app(second["risk_assessment"]["applications"])["hr-payroll"]["level"] == "critical"
-        assert {m["source_field"]: m["target_field"] for m in second["field_mapping"]["mappings"]}["hostname"] == "host_name"
+        assert {m["source_field"]: m["target_field"] for m in second["field_mapping"]["mappings"]}["storage_gb"] == "disk_gb"
         for phase in ("data_validation", "application_discovery", "risk_assessment"):
             assert second[phase]["learned"] and all(a["pattern_id"] for a in second[phase]["learned"]), phase
         events = (await client.get("/v1/events", headers=auth, params={"limit": 1000})).json()["events"]

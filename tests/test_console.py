@@ -71,16 +71,19 @@ async def test_console_in_headless_chromium(flows, tenant, backend):
         assert await page.locator("#mailbox li").count() >= 3  # the agents' handoffs
 
         # Correct a mapping: the recommendation for that field changes to what was taught.
-        row = page.locator("tr[data-source='hostname']")
+        row = page.locator("tr[data-source='storage_gb']")
         await row.wait_for()
         assert (await row.locator(".recommendation").text_content()) == "—"
-        await page.get_by_label("Correct target for hostname").select_option("host_name")
-        await page.get_by_role("button", name="Correct hostname").click()
+        await page.get_by_label("Correct target for storage_gb").select_option("disk_gb")
+        await page.get_by_role("button", name="Correct storage_gb").click()
         await page.wait_for_function(
-            "document.querySelector(\"tr[data-source='hostname'] .recommendation\").textContent.startsWith('host_name')")
+            "document.querySelector(\"tr[data-source='storage_gb'] .recommendation\").textContent.startsWith('disk_gb')")
         assert "(yours)" in await row.locator(".proposed").text_content()
         await page.get_by_role("button", name="Accept application").click()
         await page.get_by_text("Learned: application → application_name").wait_for()
+        await page.get_by_label("Correct target for cpu_utilization").select_option(label="no counterpart")
+        await page.get_by_role("button", name="Correct cpu_utilization").click()
+        await page.get_by_text("Learned: cpu_utilization has no counterpart").wait_for()
         # Correct a risk level as a mapping: the row says the decision is yours now.
         await page.locator("tr[data-phase='risk_assessment'][data-item='hr-payroll']").wait_for()
         await page.get_by_label("Correct risk level of hr-payroll", exact=True).select_option("critical")

@@ -110,24 +110,33 @@ async def test_optimisation_flow_and_corrections_teach_learning(flows, tenant):
         assert timeline["critical_path"][0] == "ledger-db" and timeline["total_weeks"] > 0
         assert optimised["results"]["migration_strategy"]["counts"]["retain"] == 1
         mapping = {m["source_field"]: m["target_field"] for m in flow["results"]["field_mapping"]["mappings"]}
-        assert "hostname" not in mapping  # the matcher alone does not see it
+        assert "storage_gb" not in mapping  # the matcher alone does not see it
         flow_id = flow["flow_id"]
         corrected = await client.post(f"/v1/flows/{flow_id}/corrections", headers=auth,
-                                      json={"corrections": [{"source_field": "hostname", "target_field": "host_name"},
+                                      json={"corrections": [{"source_field": "storage_gb", "target_field": "disk_gb"},
                                                             {"source_field": "application",
                                                              "target_field": mapping["application"]}]})
         assert corrected.status_code == 200, corrected.text
         body = corrected.json()
-        assert {"source_field": "hostname", "target_field": "host_name", "confidence": 1.0, "method": "user"} \
+        assert {"source_field": "storage_gb", "target_field": "disk_gb", "confidence": 1.0, "method": "user"} \
             in body["mapping"]["mappings"]
-        assert "hostname" not in body["mapping"]["unmapped_source_fields"] and len(body["learned"]) == 2
+        assert "storage_gb" not in body["mapping"]["unmapped_source_fields"] and len(body["learned"]) == 2
         stored = (await client.get(f"/v1/flows/{flow_id}", headers=auth)).json()
         assert stored["results"]["field_mapping"] == body["mapping"]
+        # "No counterpart" unmaps a field, and is learned.
+        assert mapping["technology"] == "tech_stack"
+        unmapped = await client.post(f"/v1/flows/{flow_id}/corrections", headers=auth,
+                                     json={"source_field": "technology", "target_field": None})
+        assert unmapped.status_code == 200, unmapped.text
+        assert "technology" in unmapped.json()["mapping"]["unmapped_source_fields"]
+        assert unmapped.json()["learned"][0]["type"] == "correction"
+        stored = (await client.get(f"/v1/flows/{flow_id}", headers=auth)).json()
         # What was taught changes the next mapping of a similar schema.
         again = await client.post("/v1/flows", headers=auth, json=flow_body(name="Second import"))
         second = await wait_flow(client, auth, again.json()["flow_id"])
         learned = {m["source_field"]: m for m in second["results"]["field_mapping"]["mappings"]}
-        assert learned["hostname"]["target_field"] == "host_name" and learned["hostname"]["method"] != "matcher"
+        assert learned["storage_gb"]["target_field"] == "disk_gb" and learned["storage_gb"]["method"] != "matcher"
+        assert "technology" not in learned and second["results"]["field_mapping"]["no_counterpart"] == ["technology"]
         assert second["results"]["field_mapping"]["recommendations_applied"] >= 1
         # Bad corrections change nothing.
         for payload, code in (({"source_field": "nope", "target_field": "host_name"}, "unknown_source_field"),

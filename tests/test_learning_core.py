@@ -146,7 +146,7 @@ def test_index_matches_exact_tfidf_after_refit():
     assert index.query("", 0.1, 5) == [] and PatternIndex().query("w1", 0.1, 5) == []
 
 
-def mapping_correction(source: str, target: str, proposed: str | None = None) -> dict:
+def mapping_correction(source: str, target: str | None, proposed: str | None = None) -> dict:
     return {"type": "correction", "original": {"source_field": source, "target_field": proposed},
             "corrected": {"source_field": source, "target_field": target}, "context": {"source_field": source}}
 
@@ -202,6 +202,35 @@ async def test_a_relevant_correction_is_found_beyond_the_most_trusted_limit(engi
 
     [found] = await core.corrections(tenant, 5, Learned.keys_for(["hostname"], ["hostname", "host_name"]))
     assert found["corrected"] == {"source_field": "hostname", "target_field": "host_name"}
+
+
+async def test_accepted_mappings_and_no_counterparts_are_found_by_target(engine, tenant):
+    """An accepted mapping is found through the key of its target (it names that target for
+    similar fields later), a field taught to have no counterpart through `none`; unrelated
+    successes and other targets are not."""
+    from crews.field_matcher import Learned
+
+    core = core_on(engine)
+    await core.learn(tenant, [
+        {"type": "success", "result": {"source_field": "volumeInfo.title", "target_field": "name"},
+         "context": {"source_field": "volumeInfo.title"}},
+        {"type": "success", "result": {"source_field": "isbn", "target_field": "isbn"}, "context": {"source_field": "isbn"}},
+        {"type": "success", "result": {"source_field": "x", "target_field": None}, "context": {"source_field": "x"}},
+        mapping_correction("etag", None, "identifier"),
+    ])
+    keys = Learned.keys_for(["title"], ["title", "name"], ["name"])
+    found = await core.corrections(tenant, 5_000, keys)
+    assert sorted((c["type"], c["corrected"]["source_field"], c["corrected"]["target_field"]) for c in found) == [
+        ("correction", "etag", None), ("success", "volumeInfo.title", "name")]
+    learned = Learned.from_corrections(found)
+    assert learned.exact["etag"] == (None, pytest.approx(found[[c["type"] for c in found].index("correction")]["confidence"]))
+    assert learned.synonyms == {}  # an acceptance teaches no word synonym
+    from crews.field_matcher import FieldMatcher
+
+    mapped = FieldMatcher().match(["book.title", "etag"], ["name", "identifier"], learned=learned)
+    assert [(m["source_field"], m["target_field"], m["method"]) for m in mapped["mappings"]] == [
+        ("book.title", "name", "learned_similar")]
+    assert mapped["no_counterpart"] == ["etag"]
 
 
 async def test_a_correction_overrules_its_success_and_decide_generalises_it(engine, tenant):

@@ -110,6 +110,15 @@ async def test_mapping_applies_what_the_tenant_taught(live, tenant):
             "target_schema": {"order_legacy_reference": "text", "order_region": "text"}})).json()
         assert other["mappings"][0]["target_field"] == "order_legacy_reference"
         assert other["mappings"][0]["method"] == "learned_synonyms"
+        # "No counterpart" is taught with a null target: the field stays unmapped from then on.
+        none = await client.post("/v1/mappings/corrections", headers=auth, json={
+            "source_field": "eml", "target_field": None, "proposed_target": "email_address"})
+        assert none.status_code == 201 and none.json()["type"] == "correction"
+        third = (await client.post("/v1/mappings", headers=auth,
+                                   json={"source_schema": SOURCE, "target_schema": TARGET})).json()
+        assert "eml" not in {m["source_field"] for m in third["mappings"]} and third["no_counterpart"] == ["eml"]
+        assert_error(await client.post("/v1/mappings/corrections", headers=auth, json={"source_field": "eml"}),
+                     422, "invalid_target_field")
         # Another tenant's mappings are untouched by this tenant's teaching.
         stranger = (await client.post("/v1/mappings", headers=live.auth(f"t-{uuid.uuid4().hex[:12]}"),
                                       json={"source_schema": SOURCE, "target_schema": TARGET})).json()

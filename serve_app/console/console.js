@@ -253,7 +253,8 @@ function renderMapping() {
     const rec = now.get(source);
     const select = el("select", { "aria-label": `Correct target for ${source}` },
       ...(current ? [] : [el("option", { value: "", selected: true }, "choose a target")]),
-      ...targets.map((t) => el("option", { value: t, selected: current && current.target_field === t }, t)));
+      ...targets.map((t) => el("option", { value: t, selected: current && current.target_field === t }, t)),
+      el("option", { value: "", "data-none": "true" }, "no counterpart"));
     const recText = rec ? `${rec.target_field}${rec.method === "matcher" ? "" : ` (${rec.method.replace("_", " ")})`}` : "—";
     return el("tr", { "data-source": source },
       el("th", { scope: "row", text: source }),
@@ -263,21 +264,23 @@ function renderMapping() {
         el("button", { type: "button", class: "secondary", disabled: !current, "aria-label": `Accept ${source}`,
                        onclick: () => decide(source, current.target_field) }, "Accept"),
         select,
-        el("button", { type: "button", "aria-label": `Correct ${source}`, onclick: () => decide(source, select.value) },
+        el("button", { type: "button", "aria-label": `Correct ${source}`, onclick: () => decide(source, select.value, select.selectedOptions[0]?.dataset.none === "true") },
            "Correct"))));
   });
   $("mapping").querySelector("tbody").replaceChildren(...rows);
   $("mapping").hidden = false; $("mapping-empty").hidden = true;
 }
 
-async function decide(source, target) {
+// `none`: the user says the field has no counterpart (sent as target_field null, and learned).
+async function decide(source, target, none = false) {
   const { flowId } = state.mapping;
-  if (!target) { $("mapping-status").textContent = `Choose a target for ${source} first`; return; }
-  $("mapping-status").textContent = `Teaching ${source} → ${target}…`;
+  if (!target && !none) { $("mapping-status").textContent = `Choose a target for ${source} first`; return; }
+  const lesson = none ? `${source} has no counterpart` : `${source} → ${target}`;
+  $("mapping-status").textContent = `Teaching ${lesson}…`;
   try {
-    await api("POST", `/v1/flows/${flowId}/corrections`, { source_field: source, target_field: target });
+    await api("POST", `/v1/flows/${flowId}/corrections`, { source_field: source, target_field: none ? null : target });
     await loadMapping(flowId);
-    $("mapping-status").textContent = `Learned: ${source} → ${target}`;
+    $("mapping-status").textContent = `Learned: ${lesson}`;
   } catch (error) {
     $("mapping-status").textContent = `Not saved: ${error.message}`;
   }
