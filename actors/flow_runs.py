@@ -545,6 +545,9 @@ def apply_corrections(mapping: dict[str, Any], corrections: list[dict[str, str]]
         by_source[source] = {"source_field": source, "target_field": target, "confidence": 1.0, "method": "user"}
     mapped = [by_source[s] for s in sources if s in by_source]
     used = {m["target_field"] for m in mapped}
+    none = set(mapping.get("no_counterpart") or ()) | {c["source_field"] for c in corrections if c["target_field"] is None}
+    none -= {c["source_field"] for c in corrections if c["target_field"] is not None}
     return {**mapping, "mappings": mapped, "unmapped_source_fields": [s for s in sources if s not in by_source],
+            "no_counterpart": [s for s in sources if s in none],
             "unmapped_target_fields": [t for t in targets if t not in used],
             "match_rate": round(len(mapped) / len(sources), 4) if sources else 0.0}

@@ -7,6 +7,7 @@ LearningModel shard: async (`LearningClient.call`) for `map_fields`, synchronous
 """
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Awaitable, Callable
 
 from crews.field_matcher import Field, FieldMatcher, Learned, field_context, parse_schema
@@ -28,16 +29,30 @@ async def map_fields(learning: LearningCall, tenant: str, source_schema: Any, ta
                      source_name: str | None = None, matcher: FieldMatcher | None = None) -> dict[str, Any]:
     """Raises crews.field_matcher.SchemaError for an unusable schema."""
     sources, targets, contexts, keys = _parse(source_schema, target_schema, source_name)
-    corrections = await learning("corrections", tenant, CORRECTIONS_LIMIT, keys)
+    deciding, carried = _split_keys(keys)
+    corrections = await learning("corrections", tenant, CORRECTIONS_LIMIT, deciding)
+    corrections += await learning("corrections", tenant, CORRECTIONS_LIMIT, carried)
     similar = await learning("recommendations_many", tenant, contexts, SIMILAR_THRESHOLD, 3)
-    return (matcher or FieldMatcher()).match(sources, targets, learned=Learned.from_corrections(corrections),
-                                             recommendations=similar)
+    learned = Learned.from_corrections(corrections)
+    # The matching itself is CPU work: off the event loop, which serves every tenant's requests.
+    return await asyncio.to_thread((matcher or FieldMatcher()).match, sources, targets, learned=learned,
+                                   recommendations=similar)
+
+
+def _split_keys(keys: list[str]) -> tuple[list[str], list[str]]:
+    """The keys whose lessons decide a field (its exact mapping, word synonyms), fetched first and
+    apart from the ones carried over by similarity (`target:`, `none`), so that no lesson deciding
+    a field is cut off by the limit behind many lessons about other fields of the same targets."""
+    deciding = [k for k in keys if k.startswith(("exact:", "word:"))]
+    return deciding, [k for k in keys if not k.startswith(("exact:", "word:"))]
 
 
 def map_fields_sync(learning: Callable[..., Any], tenant: str, source_schema: Any, target_schema: Any,
                     source_name: str | None = None, matcher: FieldMatcher | None = None) -> dict[str, Any]:
     sources, targets, contexts, keys = _parse(source_schema, target_schema, source_name)
-    corrections = learning("corrections", tenant, CORRECTIONS_LIMIT, keys)
+    deciding, carried = _split_keys(keys)
+    corrections = learning("corrections", tenant, CORRECTIONS_LIMIT, deciding)
+    corrections += learning("corrections", tenant, CORRECTIONS_LIMIT, carried)
     similar = learning("recommendations_many", tenant, contexts, SIMILAR_THRESHOLD, 3)
     return (matcher or FieldMatcher()).match(sources, targets, learned=Learned.from_corrections(corrections),
                                              recommendations=similar)

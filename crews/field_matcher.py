@@ -31,6 +31,7 @@ from crews.field_words import (
     words_of,
 )
 
+MAX_FIELDS = 1_000  # per schema: a mapping compares every source field with every target field
 KNOWN_WORDS = {w for expansion in ABBREVIATIONS.values() for w in expansion.split()}
 
 TYPE_GROUPS = {
@@ -88,6 +89,8 @@ def parse_schema(schema: Any, label: str) -> list[Field]:
         raise SchemaError(f"{label} must be an object or a list of fields")
     if not fields:
         raise SchemaError(f"{label} has no fields")
+    if len(fields) > MAX_FIELDS:
+        raise SchemaError(f"{label} has more than {MAX_FIELDS} fields")
     names = [f.name for f in fields]
     if any(not 0 < len(n) <= 200 for n in names):
         raise SchemaError(f"{label}: field names must be 1-200 characters")
@@ -171,6 +174,7 @@ class Learned:
         target_field null for "no counterpart"), most trusted first: the first word of a source
         field seen keeps its synonym."""
         learned = cls()
+        seen: set[str] = set()
         for item in corrections:
             corrected = item.get("corrected")
             if not isinstance(corrected, dict) or "target_field" not in corrected:
@@ -179,7 +183,11 @@ class Learned:
             if not isinstance(source, str) or not (target is None or isinstance(target, str)):
                 continue
             confidence = float(item.get("confidence", 0.95))
-            learned.exact.setdefault(" ".join(normalise(source)), (target, confidence))
+            key = " ".join(normalise(source))
+            if not key or key in seen:  # the most trusted lesson of a source field decides it
+                continue
+            seen.add(key)
+            learned.exact[key] = (target, confidence)
             learned.taught.append(Taught(source, target, confidence))
             if target is not None and item.get("type", "correction") == "correction":
                 for word, meaning in align_words(source, target).items():
@@ -192,16 +200,17 @@ class Learned:
         the source's normalised words, each word synonym it implies, the target it names (so a
         later schema with that target finds it, for similar source fields), or `none` for a
         field taught to have no counterpart. The learning engine indexes corrections by them."""
+        exact = {"exact:" + key} if (key := " ".join(normalise(source))) else set()
         if target is None:
-            return {"exact:" + " ".join(normalise(source)), "none"}
-        return ({"exact:" + " ".join(normalise(source)), "target:" + " ".join(normalise(target))}
-                | {"word:" + w for w in align_words(source, target)})
+            return exact | {"none"}
+        return exact | {"target:" + " ".join(normalise(target))} | {"word:" + w for w in align_words(source, target)}
 
     @staticmethod
     def keys_of_accepted(source: str, target: str) -> set[str]:
         """What an accepted mapping teaches: its exact mapping and the target it names (an accepted
         source field is another name of that target for similar fields later)."""
-        return {"exact:" + " ".join(normalise(source)), "target:" + " ".join(normalise(target))}
+        exact = {"exact:" + key} if (key := " ".join(normalise(source))) else set()
+        return exact | {"target:" + " ".join(normalise(target))}
 
     @staticmethod
     def keys_for(sources: Iterable[str], names: Iterable[str], targets: Iterable[str] = ()) -> list[str]:
@@ -255,10 +264,10 @@ def name_similarity(a: tuple[str, ...], b: tuple[str, ...], weight: dict[str, fl
     word on the other side (`word_similarity`) and weighed by how rare it is among the schemas'
     fields (`weight`), so a shared generic word (`name`, `id`) counts for less than a specific
     one; blended with the character 3-grams of the run-together words."""
+    if not a or not b:  # a name with no words (`...`) resembles nothing
+        return 0.0
     if a == b or set(a) == set(b):
         return 1.0
-    if not a or not b:
-        return 0.0
     weight = weight or {}
     wa = [weight.get(w, RARE_WEIGHT) for w in a]
     wb = [weight.get(w, RARE_WEIGHT) for w in b]
@@ -385,7 +394,8 @@ class FieldMatcher:
                     total, method = boosts[target.name]
                     signals = {**signals, "learned": total}
                 candidates.append((total, source.name, target.name, method, signals))
-        candidates.sort(key=lambda c: (-c[0], c[1], c[2] or ""))
+        # on a tie a real target goes before "no counterpart"
+        candidates.sort(key=lambda c: (-c[0], c[1], c[2] is None, c[2] or ""))
         mapped_sources: dict[str, Mapping] = {}
         no_counterpart: set[str] = set()
         used_targets: set[str] = set()

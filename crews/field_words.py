@@ -67,9 +67,14 @@ PART_RANK = 30_000  # parts of a split must be at least this frequent...
 SHORT_PART_RANK = 8_000  # ...and three-letter parts this frequent
 VOCABULARY_SIZE = 80_000
 NAME_CACHE = 65_536
+# What of a name is read: a tenant's lesson or schema can hold longer names, and the work of a
+# comparison grows with its words, so each name counts its first characters and words only.
+MAX_NAME = 200
+MAX_WORDS = 16
+MAX_SEGMENTED = 40  # longer run-together words are left whole (segmentation is quadratic)
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
-_SPLIT = re.compile(r"[^A-Za-z0-9]+|(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z])")
+_SPLIT = re.compile(r"[\W_]+|(?<=[^\W\d_])(?=\d)|(?<=\d)(?=[^\W\d_])")
 _IRREGULAR = {"people": "person", "children": "child", "men": "man", "women": "woman", "indices": "index",
               "matrices": "matrix", "criteria": "criterion", "data": "data", "media": "media", "analyses": "analysis"}
 _KEEP = {"status", "address", "alias", "bus", "gas", "series", "news", "analysis", "basis", "canvas", "campus",
@@ -100,8 +105,8 @@ def split_name(name: str) -> list[str]:
 @lru_cache(maxsize=NAME_CACHE)
 def _split_name(name: str) -> tuple[str, ...]:
     words = []
-    for part in _SPLIT.split(_CAMEL.sub(" ", name)):
-        words += [w.lower() for w in part.split() if w]
+    for part in _SPLIT.split(_CAMEL.sub(" ", name[:MAX_NAME])):
+        words += [w.casefold() for w in part.split() if w]
     return tuple(words)
 
 
@@ -109,27 +114,35 @@ def _split_name(name: str) -> tuple[str, ...]:
 def segment(word: str) -> tuple[str, ...]:
     """A run-together word's parts (`totalamount` -> total amount), or the word alone."""
     ranks = vocabulary()
-    if len(word) < 5 or not word.isalpha() or word in ABBREVIATIONS or ranks.get(word, COMMON_RANK) < COMMON_RANK:
+    if not 5 <= len(word) <= MAX_SEGMENTED or not word.isascii() or not word.isalpha() or word in ABBREVIATIONS \
+            or ranks.get(word, COMMON_RANK) < COMMON_RANK:
         return (word,)
     total = log(len(ranks))
-    # best[i] = (cost, parts) of the cheapest split of word[:i] into allowed parts
-    best: list[tuple[float, tuple[str, ...]] | None] = [(0.0, ())] + [None] * len(word)
+    # cost[i], start[i]: the cheapest split of word[:i] into allowed parts, and where its last part starts
+    cost: list[float | None] = [0.0] + [None] * len(word)
+    start: list[int] = [0] * (len(word) + 1)
     for end in range(2, len(word) + 1):
-        for start in range(max(0, end - 20), end - 1):
-            previous = best[start]
-            part = word[start:end]
-            if previous is None or not _allowed_part(part, ranks):
+        for begin in range(max(0, end - 20), end - 1):
+            part = word[begin:end]
+            if cost[begin] is None or not _allowed_part(part, ranks):
                 continue
             # a known abbreviation or short part (`id`, `qty`) costs as a very common word does
             rank = 100 if part in ABBREVIATIONS or part in SHORT_PARTS else ranks.get(part, 0)
-            cost = previous[0] + log((rank + 1) * total)
-            if best[end] is None or cost < best[end][0]:
-                best[end] = (cost, previous[1] + (part,))
-    found = best[len(word)]
-    return found[1] if found is not None and len(found[1]) > 1 else (word,)
+            found = cost[begin] + log((rank + 1) * total)
+            if cost[end] is None or found < cost[end]:
+                cost[end], start[end] = found, begin
+    if cost[len(word)] is None:
+        return (word,)
+    parts, end = [], len(word)
+    while end:
+        parts.append(word[start[end] : end])
+        end = start[end]
+    return tuple(reversed(parts)) if len(parts) > 1 else (word,)
 
 
 def _allowed_part(part: str, ranks: dict[str, int]) -> bool:
+    if len(part) >= 3 and part in ABBREVIATIONS:  # `custname` -> cust name
+        return True
     if len(part) == 2:
         return part in SHORT_PARTS
     rank = ranks.get(part)
@@ -167,7 +180,10 @@ def lemma(word: str) -> str:
 
 def words_of(name: str, synonyms: dict[str, str] | None = None) -> tuple[str, ...]:
     """The compared words of a field name: split, segmented, expanded and lemmatised."""
-    return _words(name, tuple(sorted(synonyms.items())) if synonyms else ())
+    if not synonyms:
+        return _words(name, ())
+    # only the synonyms of this name's own words are part of the cache key
+    return _words(name, tuple((part, synonyms[part]) for part in name_parts(name) if part in synonyms))
 
 
 @lru_cache(maxsize=NAME_CACHE)
@@ -180,7 +196,7 @@ def _words(name: str, synonyms: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
             word = "count"
         expanded = learned.get(word) or ABBREVIATIONS.get(word, word)
         out += [lemma(w) for w in expanded.split() if w not in STOP_WORDS]
-    return tuple(out) or _split_name(name)
+    return tuple(out[:MAX_WORDS]) or _split_name(name)[:MAX_WORDS]
 
 
 def _parts(token: str, learned: dict[str, str]) -> tuple[str, ...]:

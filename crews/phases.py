@@ -71,9 +71,11 @@ def field_mapping(ctx: FlowContext) -> dict[str, Any]:
     found = map_fields_sync(ctx.learning, ctx.tenant, source, target, ctx.source_name)
     found["source_schema"] = source
     found["target_schema"] = target
+    unmapped = [f for f in found["unmapped_source_fields"] if f not in found["no_counterpart"]]
     found["summary"] = (f"mapped {len(found['mappings'])} of {len(found['mappings']) + len(found['unmapped_source_fields'])}"
                         f" source fields; {found['recommendations_applied']} from what this tenant taught; unmapped: "
-                        + (", ".join(found["unmapped_source_fields"]) or "none"))
+                        + (", ".join(unmapped) or "none")
+                        + (f"; no counterpart: {', '.join(found['no_counterpart'])}" if found["no_counterpart"] else ""))
     return found
 
 

@@ -27,7 +27,9 @@ def assess_risk(validation: dict[str, Any], discovery: dict[str, Any], mapping: 
     pii = bool(validation.get("pii_columns"))
     sensitive = any(i.get("issue") == "sensitive_data" and not i.get("accepted") for i in validation.get("issues", []))
     mappings = mapping.get("mappings", [])
-    unmapped = mapping.get("unmapped_source_fields", [])
+    # a field the tenant says has no counterpart is decided, not a mapping risk
+    decided = set(mapping.get("no_counterpart") or ())
+    unmapped = [f for f in mapping.get("unmapped_source_fields", []) if f not in decided]
     low_confidence = [m["source_field"] for m in mappings if m.get("confidence", 1) < 0.6]
     mapped_share = len(mappings) / max(1, len(mappings) + len(unmapped))
     data_risk = min(1.0, (1 - quality) * 0.6 + (0.2 if pii else 0) + (0.2 if sensitive else 0))

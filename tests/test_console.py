@@ -84,6 +84,7 @@ async def test_console_in_headless_chromium(flows, tenant, backend):
         await page.get_by_label("Correct target for cpu_utilization").select_option(label="no counterpart")
         await page.get_by_role("button", name="Correct cpu_utilization").click()
         await page.get_by_text("Learned: cpu_utilization has no counterpart").wait_for()
+        assert await page.locator("tr[data-source='cpu_utilization'] .proposed").text_content() == "no counterpart"
         # Correct a risk level as a mapping: the row says the decision is yours now.
         await page.locator("tr[data-phase='risk_assessment'][data-item='hr-payroll']").wait_for()
         await page.get_by_label("Correct risk level of hr-payroll", exact=True).select_option("critical")

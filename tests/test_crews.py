@@ -119,6 +119,8 @@ def test_risk_scores_weigh_data_mapping_and_technology():
     assert any("Encrypt" in m for m in risk["applications"][0]["mitigations"])
     clean = assess_risk({"quality_score": 1.0}, {"applications": [app("calm")]}, {"mappings": [{"source_field": "a"}]})
     assert clean["overall_level"] == "low" and clean["applications"][0]["mitigations"] == ["Standard migration runbook."]
+    decided = assess_risk(validation, {"applications": [risky]}, {**mapping, "no_counterpart": ["b"]})
+    assert decided["unmapped_fields"] == []  # a field with no counterpart is decided, not a risk
 
 
 def test_tools_compute_from_the_flow_and_record_it():

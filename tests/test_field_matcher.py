@@ -165,3 +165,36 @@ def test_families_data_set_is_consistent():
             assert len(set(variant["matches"].values())) == len(variant["matches"])
     [(taught, held_out)] = folds("families", load_families())
     assert {p["variant"] for p in taught} == {0} and {p["variant"] for p in held_out} == {1, 2}
+
+
+def test_hostile_names_cost_bounded_work_and_match_nothing():
+    """A tenant's names are bounded before any quadratic work: a huge run-together word is left
+    whole, a huge name counts its first words only, a schema its first 1,000 fields."""
+    assert segment("id" * 50_000) == ("id" * 50_000,)
+    assert len(words_of("ab_" * 50_000)) <= 16 and len(words_of("x" * 1_000_000)) == 1
+    assert words_of("名前") == ("名前",) and words_of("Größe") == ("grösse",) and words_of("...") == ()
+    assert name_similarity((), ()) == 0.0
+    assert FieldMatcher().match(["...", "名前"], ["___", "住所"])["mappings"] == []
+    assert Learned.keys_of("...", None) == {"none"}
+    with pytest.raises(SchemaError):
+        parse_schema([f"f{i}" for i in range(1_001)], "s")
+
+
+def test_the_most_trusted_lesson_of_a_field_decides_and_a_real_target_wins_a_tie():
+    learned = Learned.from_corrections([
+        {"corrected": {"source_field": "internal_row_version", "target_field": "etag"}, "confidence": 0.95},
+        {"corrected": {"source_field": "internal_row_version", "target_field": None}, "confidence": 0.95},
+    ])
+    assert learned.exact == {"internal row version": ("etag", 0.95)} and len(learned.taught) == 1
+    mapped = FieldMatcher().match(["row_version_internal"], ["etag"], learned=learned)
+    assert [m["target_field"] for m in mapped["mappings"]] == ["etag"] and mapped["no_counterpart"] == []
+
+
+def test_flow_corrections_keep_no_counterpart_true():
+    from actors.flow_runs import apply_corrections
+
+    mapping = {"mappings": [{"source_field": "a", "target_field": "A"}], "no_counterpart": ["b"]}
+    updated = apply_corrections(mapping, [{"source_field": "b", "target_field": "B"},
+                                          {"source_field": "a", "target_field": None}], ["a", "b"], ["A", "B"])
+    assert [(m["source_field"], m["target_field"]) for m in updated["mappings"]] == [("b", "B")]
+    assert updated["no_counterpart"] == ["a"] and updated["unmapped_source_fields"] == ["a"]

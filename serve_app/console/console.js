@@ -258,7 +258,8 @@ function renderMapping() {
     const recText = rec ? `${rec.target_field}${rec.method === "matcher" ? "" : ` (${rec.method.replace("_", " ")})`}` : "—";
     return el("tr", { "data-source": source },
       el("th", { scope: "row", text: source }),
-      el("td", { class: "proposed", text: current ? `${current.target_field}${current.method === "user" ? " (yours)" : ""}` : "unmapped" }),
+      el("td", { class: "proposed", text: current ? `${current.target_field}${current.method === "user" ? " (yours)" : ""}`
+        : (mapping.no_counterpart || []).includes(source) ? "no counterpart" : "unmapped" }),
       el("td", { class: "recommendation", text: recText }),
       el("td", {}, el("div", { class: "decision" },
         el("button", { type: "button", class: "secondary", disabled: !current, "aria-label": `Accept ${source}`,
