@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Awaitable, Callable
 
-from crews.field_matcher import Field, FieldMatcher, Learned, field_context, parse_schema
+from crews.field_matcher import Field, FieldMatcher, Learned, check_size, field_context, parse_schema
 
 LearningCall = Callable[..., Awaitable[Any]]
 SIMILAR_THRESHOLD = 0.5  # similar-field corrections worth considering (the matcher weighs them)
@@ -20,6 +20,7 @@ CORRECTIONS_LIMIT = 5_000  # of the corrections teaching something these schemas
 def _parse(source_schema: Any, target_schema: Any, source_name: str | None):
     sources = parse_schema(source_schema, "source_schema")
     targets = parse_schema(target_schema, "target_schema")  # refused before any actor call
+    check_size(sources, targets)
     keys = Learned.keys_for([f.name for f in sources], [f.name for f in sources + targets],
                             [f.name for f in targets])  # what to fetch
     return sources, targets, [field_context(s, source_name) for s in sources], keys

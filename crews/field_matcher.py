@@ -31,7 +31,8 @@ from crews.field_words import (
     words_of,
 )
 
-MAX_FIELDS = 1_000  # per schema: a mapping compares every source field with every target field
+MAX_FIELDS = 1_000  # per schema
+MAX_PAIRS = 100_000  # source x target fields of one mapping: every pair is compared (about 3 s of CPU)
 KNOWN_WORDS = {w for expansion in ABBREVIATIONS.values() for w in expansion.split()}
 
 TYPE_GROUPS = {
@@ -97,6 +98,13 @@ def parse_schema(schema: Any, label: str) -> list[Field]:
     if len(set(names)) != len(names):
         raise SchemaError(f"{label}: field names must be unique")
     return fields
+
+
+def check_size(sources: list[Field], targets: list[Field]) -> None:
+    """Refuses a mapping whose field pairs would cost more than MAX_PAIRS comparisons."""
+    if len(sources) * len(targets) > MAX_PAIRS:
+        raise SchemaError(f"source x target fields must be at most {MAX_PAIRS:,} "
+                          f"({len(sources)} x {len(targets)} given)")
 
 
 def _field(name: str, spec: dict[str, Any]) -> Field:
@@ -353,6 +361,7 @@ class FieldMatcher:
         counterpart) and how many learned items were applied."""
         sources = parse_schema(source_schema, "source_schema")
         targets = parse_schema(target_schema, "target_schema")
+        check_size(sources, targets)
         learned = learned or Learned()
         synonyms = learned.synonyms
         weight = rarity(words_of(f.name, synonyms) for f in sources + targets)

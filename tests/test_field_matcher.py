@@ -178,6 +178,8 @@ def test_hostile_names_cost_bounded_work_and_match_nothing():
     assert Learned.keys_of("...", None) == {"none"}
     with pytest.raises(SchemaError):
         parse_schema([f"f{i}" for i in range(1_001)], "s")
+    with pytest.raises(SchemaError, match="at most 100,000"):
+        FieldMatcher().match([f"s{i}" for i in range(400)], [f"t{i}" for i in range(300)])
 
 
 def test_the_most_trusted_lesson_of_a_field_decides_and_a_real_target_wins_a_tie():
