@@ -21,12 +21,12 @@ manager) or a close spelling (`telephone`/`phone`).
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import re
 from functools import lru_cache
 from math import log
 from pathlib import Path
 
-import wordninja
 
 ABBREVIATIONS = {
     "acct": "account", "addr": "address", "amt": "amount", "avg": "average", "bal": "balance", "cd": "code",
@@ -91,7 +91,11 @@ _KEEP = {"status", "address", "alias", "bus", "gas", "series", "news", "analysis
 @lru_cache(maxsize=1)
 def vocabulary() -> dict[str, int]:
     """word -> frequency rank (0 is the most frequent), from wordninja's shipped word list."""
-    path = Path(wordninja.__file__).parent / "wordninja" / "wordninja_words.txt.gz"
+    # the file only: importing wordninja builds its own 126k-word model (about 15 MB)
+    spec = importlib.util.find_spec("wordninja")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("the wordninja package (its word list) is not installed")
+    path = Path(spec.origin).parent / "wordninja" / "wordninja_words.txt.gz"
     with gzip.open(path, "rt") as file:
         words = file.read().split()[:VOCABULARY_SIZE]
     return {word: rank for rank, word in enumerate(words) if word.isalpha()}
