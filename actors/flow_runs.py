@@ -534,19 +534,20 @@ def apply_corrections(mapping: dict[str, Any], corrections: list[dict[str, str]]
     """The mapping with the user's choices: one target per source and one source per target, so a
     target taken from another source leaves that source unmapped; a null target unmaps its source."""
     by_source = {m["source_field"]: m for m in mapping["mappings"]}
+    none = set(mapping.get("no_counterpart") or ())
     for item in corrections:
         source, target = item["source_field"], item["target_field"]
         if target is None:  # the user says this field has no counterpart
             by_source.pop(source, None)
+            none.add(source)
             continue
+        none.discard(source)
         for other, entry in list(by_source.items()):
             if entry["target_field"] == target and other != source:
                 del by_source[other]
         by_source[source] = {"source_field": source, "target_field": target, "confidence": 1.0, "method": "user"}
     mapped = [by_source[s] for s in sources if s in by_source]
     used = {m["target_field"] for m in mapped}
-    none = set(mapping.get("no_counterpart") or ()) | {c["source_field"] for c in corrections if c["target_field"] is None}
-    none -= {c["source_field"] for c in corrections if c["target_field"] is not None}
     return {**mapping, "mappings": mapped, "unmapped_source_fields": [s for s in sources if s not in by_source],
             "no_counterpart": [s for s in sources if s in none],
             "unmapped_target_fields": [t for t in targets if t not in used],

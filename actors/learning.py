@@ -444,8 +444,8 @@ class LearningCore:
 
         With `keys` (Learned.keys_for the schemas being mapped), only the corrections of a field
         mapping that teach one of them, and the accepted mappings (successes, `type` "success",
-        their result as `corrected`) of the targets among them, found through the shard's key index instead of a scan of
-        every pattern: a mapping costs what its fields need, however much the tenant taught, and
+        their result as `corrected`) of the targets among them, found through the shard's key
+        index instead of a scan of every pattern: a mapping costs what its fields need, however much the tenant taught, and
         no correction that decides it is cut off by the limit behind thousands that do not."""
         state = await self._state(tenant)
         prior = self.options.prior_weight

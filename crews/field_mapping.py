@@ -23,14 +23,18 @@ def _parse(source_schema: Any, target_schema: Any, source_name: str | None):
     check_size(sources, targets)
     keys = Learned.keys_for([f.name for f in sources], [f.name for f in sources + targets],
                             [f.name for f in targets])  # what to fetch
-    return sources, targets, [field_context(s, source_name) for s in sources], keys
+    # The keys whose lessons decide a field (its exact mapping, word synonyms) are fetched apart
+    # from the ones carried over by similarity (`target:`, `none`), so that no lesson deciding a
+    # field is cut off by the limit behind many lessons about other fields of the same targets.
+    deciding = [k for k in keys if k.startswith(("exact:", "word:"))]
+    carried = [k for k in keys if not k.startswith(("exact:", "word:"))]
+    return sources, targets, [field_context(s, source_name) for s in sources], deciding, carried
 
 
 async def map_fields(learning: LearningCall, tenant: str, source_schema: Any, target_schema: Any,
                      source_name: str | None = None, matcher: FieldMatcher | None = None) -> dict[str, Any]:
     """Raises crews.field_matcher.SchemaError for an unusable schema."""
-    sources, targets, contexts, keys = _parse(source_schema, target_schema, source_name)
-    deciding, carried = _split_keys(keys)
+    sources, targets, contexts, deciding, carried = _parse(source_schema, target_schema, source_name)
     corrections = await learning("corrections", tenant, CORRECTIONS_LIMIT, deciding)
     corrections += await learning("corrections", tenant, CORRECTIONS_LIMIT, carried)
     similar = await learning("recommendations_many", tenant, contexts, SIMILAR_THRESHOLD, 3)
@@ -40,18 +44,9 @@ async def map_fields(learning: LearningCall, tenant: str, source_schema: Any, ta
                                    recommendations=similar)
 
 
-def _split_keys(keys: list[str]) -> tuple[list[str], list[str]]:
-    """The keys whose lessons decide a field (its exact mapping, word synonyms), fetched first and
-    apart from the ones carried over by similarity (`target:`, `none`), so that no lesson deciding
-    a field is cut off by the limit behind many lessons about other fields of the same targets."""
-    deciding = [k for k in keys if k.startswith(("exact:", "word:"))]
-    return deciding, [k for k in keys if not k.startswith(("exact:", "word:"))]
-
-
 def map_fields_sync(learning: Callable[..., Any], tenant: str, source_schema: Any, target_schema: Any,
                     source_name: str | None = None, matcher: FieldMatcher | None = None) -> dict[str, Any]:
-    sources, targets, contexts, keys = _parse(source_schema, target_schema, source_name)
-    deciding, carried = _split_keys(keys)
+    sources, targets, contexts, deciding, carried = _parse(source_schema, target_schema, source_name)
     corrections = learning("corrections", tenant, CORRECTIONS_LIMIT, deciding)
     corrections += learning("corrections", tenant, CORRECTIONS_LIMIT, carried)
     similar = learning("recommendations_many", tenant, contexts, SIMILAR_THRESHOLD, 3)

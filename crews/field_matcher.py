@@ -1,16 +1,17 @@
 """FieldMatcher: map a source schema's fields to a target schema's, and apply what a tenant taught.
 
 Scores combine four signals, each explainable:
-- names, normalised: camelCase / snake_case / kebab / dotted names split into words, common
-  abbreviations expanded (`cust_nm` -> customer name), compared as word sets and as character
-  3-grams (so `telephone` still resembles `phone_number`);
+- names: their words (crews/field_words.py: split, segmented, abbreviations expanded, lemmatised)
+  compared word by word, each word weighed by its rarity among the schemas' fields, blended with
+  the character 3-grams of the run-together words; a path's last segment decides most of it;
 - type compatibility (`varchar` and `text` agree; integers and decimals mostly do);
 - sample-value hints (values that look like e-mails, dates, phone numbers, ... point to fields
   whose names or samples say the same);
-- the tenant's corrections: an exact taught mapping wins; word synonyms are learned from every
-  correction (teaching `cust_nm -> customer_name` teaches `nm` = name and `cust` = customer for
-  every later schema), and corrections of similar fields, found by the learning engine, are
-  applied as recommendations.
+- the tenant's lessons: an exact taught mapping (or "no counterpart") wins; word synonyms are
+  learned from every correction (teaching `xref_code -> legacy_reference` teaches `xref` =
+  legacy reference for every later schema); a field much like one corrected or accepted for a
+  target of this schema gets that target; and corrections of similar contexts, found by the
+  learning engine, are applied as recommendations.
 
 Assignment is one-to-one, best score first, above `min_score`.
 
@@ -191,7 +192,7 @@ class Learned:
             if not isinstance(source, str) or not (target is None or isinstance(target, str)):
                 continue
             confidence = float(item.get("confidence", 0.95))
-            key = " ".join(normalise(source))
+            key = source_key(source)
             if not key or key in seen:  # the most trusted lesson of a source field decides it
                 continue
             seen.add(key)
@@ -208,17 +209,15 @@ class Learned:
         the source's normalised words, each word synonym it implies, the target it names (so a
         later schema with that target finds it, for similar source fields), or `none` for a
         field taught to have no counterpart. The learning engine indexes corrections by them."""
-        exact = {"exact:" + key} if (key := " ".join(normalise(source))) else set()
         if target is None:
-            return exact | {"none"}
-        return exact | {"target:" + " ".join(normalise(target))} | {"word:" + w for w in align_words(source, target)}
+            return _exact_keys(source) | {"none"}
+        return Learned.keys_of_accepted(source, target) | {"word:" + w for w in align_words(source, target)}
 
     @staticmethod
     def keys_of_accepted(source: str, target: str) -> set[str]:
         """What an accepted mapping teaches: its exact mapping and the target it names (an accepted
         source field is another name of that target for similar fields later)."""
-        exact = {"exact:" + key} if (key := " ".join(normalise(source))) else set()
-        return exact | {"target:" + " ".join(normalise(target))}
+        return _exact_keys(source) | {"target:" + source_key(target)}
 
     @staticmethod
     def keys_for(sources: Iterable[str], names: Iterable[str], targets: Iterable[str] = ()) -> list[str]:
@@ -226,9 +225,19 @@ class Learned:
         any word of these field names (sources and targets), corrections to these targets and the
         fields taught to have no counterpart. The corrections with one of these keys decide the
         mapping exactly as all of the tenant's corrections would."""
-        return sorted({"exact:" + " ".join(normalise(s)) for s in sources}
+        return sorted({key for s in sources for key in _exact_keys(s)}
                       | {"word:" + w for name in names for w in name_parts(name)}
-                      | {"target:" + " ".join(normalise(t)) for t in targets} | {"none"})
+                      | {"target:" + source_key(t) for t in targets} | {"none"})
+
+
+def source_key(name: str) -> str:
+    """A field name's normalised words, joined: what an exact lesson is keyed by."""
+    return " ".join(normalise(name))
+
+
+def _exact_keys(source: str) -> set[str]:
+    """The exact-lesson key of a source field, none for a name with no words."""
+    return {"exact:" + key} if (key := source_key(source)) else set()
 
 
 def align_words(source: str, target: str) -> dict[str, str]:
@@ -341,7 +350,7 @@ class FieldMatcher:
 
     def score(self, source: Field, target: Field, synonyms: dict[str, str] | None = None,
               weight: dict[str, float] | None = None) -> dict[str, float]:
-        src_words, tgt_words = words_of(source.name, synonyms), words_of(target.name, synonyms)
+        tgt_words = words_of(target.name, synonyms)
         name = path_similarity(source.name, target.name, synonyms, weight)
         kind = sample_kind(source.samples)
         if kind is None:
@@ -365,19 +374,21 @@ class FieldMatcher:
         learned = learned or Learned()
         synonyms = learned.synonyms
         weight = rarity(words_of(f.name, synonyms) for f in sources + targets)
-        by_norm = {" ".join(normalise(t.name)): t.name for t in targets}
+        by_norm = {source_key(t.name): t.name for t in targets}
         by_norm.update({t.name.lower(): t.name for t in targets})
         renamed_targets = {t.name for t in targets if normalise(t.name, synonyms) != normalise(t.name)}
         aliases: dict[str | None, list[tuple[str, float]]] = {}  # target -> taught source names
         for taught in learned.taught:
             target = None if taught.target is None else self._resolve(taught.target, by_norm)
+            if taught.target is not None and target is None:
+                continue  # taught for a target this schema does not have
             known = aliases.setdefault(target, [])
-            if (taught.target is None or target is not None) and len(known) < ALIASES_PER_TARGET:
+            if len(known) < ALIASES_PER_TARGET:
                 known.append((taught.source, taught.confidence))
         candidates: list[tuple[float, str, str | None, str, dict[str, float]]] = []
         for i, source in enumerate(sources):
             boosts = self._carried(source.name, aliases, synonyms, weight)
-            taught = learned.exact.get(" ".join(normalise(source.name)))
+            taught = learned.exact.get(source_key(source.name))
             if taught and taught[0] is None:
                 boosts[None] = (0.5 + 0.5 * taught[1], "learned_no_counterpart")
             elif taught and (target := self._resolve(taught[0], by_norm)):
@@ -453,4 +464,4 @@ class FieldMatcher:
     def _resolve(name: Any, by_norm: dict[str, str]) -> str | None:
         if not isinstance(name, str):
             return None
-        return by_norm.get(name.lower()) or by_norm.get(" ".join(normalise(name)))
+        return by_norm.get(name.lower()) or by_norm.get(source_key(name))

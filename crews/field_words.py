@@ -209,12 +209,8 @@ def _parts(token: str, learned: dict[str, str]) -> tuple[str, ...]:
     return segment(token)
 
 
-def trigrams(text: str) -> frozenset[str]:
-    return _trigrams(text)
-
-
 @lru_cache(maxsize=NAME_CACHE)
-def _trigrams(text: str) -> frozenset[str]:
+def trigrams(text: str) -> frozenset[str]:
     padded = f"  {text} "
     return frozenset(padded[i : i + 3] for i in range(len(padded) - 2))
 
@@ -240,7 +236,7 @@ def word_similarity(a: str, b: str) -> float:
             return 0.85
         if _subsequence(short, long) and len(short) * 2 <= len(long) + 1:
             return 0.75
-    spelling = dice(_trigrams(a), _trigrams(b))
+    spelling = dice(trigrams(a), trigrams(b))
     return 0.8 * spelling if spelling >= 0.55 else 0.0
 
 
