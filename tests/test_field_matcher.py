@@ -190,6 +190,12 @@ def test_the_most_trusted_lesson_of_a_field_decides_and_a_real_target_wins_a_tie
     assert learned.exact == {"internal row version": ("etag", 0.95)} and len(learned.taught) == 1
     mapped = FieldMatcher().match(["row_version_internal"], ["etag"], learned=learned)
     assert [m["target_field"] for m in mapped["mappings"]] == ["etag"] and mapped["no_counterpart"] == []
+    tied = Learned.from_corrections([  # two fields, each with the same words as the next one
+        {"corrected": {"source_field": "internal_row_version", "target_field": None}, "confidence": 0.95},
+        {"corrected": {"source_field": "version_internal_row", "target_field": "etag"}, "confidence": 0.95},
+    ])
+    mapped = FieldMatcher().match(["row_internal_version"], ["etag"], learned=tied)
+    assert [m["target_field"] for m in mapped["mappings"]] == ["etag"] and mapped["no_counterpart"] == []
 
 
 def test_flow_corrections_keep_no_counterpart_true():
