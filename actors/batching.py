@@ -50,10 +50,19 @@ class Refused(Exception):
 def commit_failure(error: BaseException) -> Literal["retry", "refused", "outage"]:
     """What a core's commit does with a failed submit: re-raise `Refused` for `run_many` to run the
     operation again alone ("retry"), answer 422 ("refused": the database refused this operation's
-    own write, or the tenant's own batch in its solo retry), or answer 503 ("outage")."""
+    own write, or the tenant's own batch in its solo retry), or answer 503 ("outage": the
+    database is away, or this copy of the shard was fenced)."""
     if isinstance(error, Refused):
         return "refused" if SOLO.get() else "retry"
-    return "outage" if is_outage(error) else "refused"
+    return "outage" if fails_whole_batch(error) else "refused"
+
+
+def fails_whole_batch(error: BaseException) -> bool:
+    """An outage, or a fenced shard (storage/leases.py): no operation of the batch can commit, so
+    isolating one would only multiply the wait."""
+    from storage.leases import Fenced
+
+    return isinstance(error, Fenced) or is_outage(error)
 
 
 def is_outage(error: BaseException) -> bool:
@@ -64,8 +73,24 @@ def is_outage(error: BaseException) -> bool:
     if isinstance(error, (OSError, asyncio.TimeoutError, exc.TimeoutError)):
         return True
     if isinstance(error, exc.DBAPIError):
-        return bool(error.connection_invalidated) or isinstance(error, (exc.OperationalError, exc.InterfaceError))
+        return (bool(error.connection_invalidated) or isinstance(error, (exc.OperationalError, exc.InterfaceError))
+                or _sqlstate(error.orig)[:2] in OUTAGE_SQLSTATE_CLASSES)
     return False
+
+
+# PostgreSQL error classes that say the server cannot serve now, whatever the statement held:
+# 08 connection exception, 53 insufficient resources (too many connections, disk full), 57
+# operator intervention (shutting down, starting up: "the database system is starting up").
+OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
+
+
+def _sqlstate(error: BaseException | None) -> str:
+    """The SQLSTATE of a driver error (asyncpg's own, or SQLAlchemy's adaptation of it)."""
+    for candidate in (error, getattr(error, "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return ""
 
 
 class Batcher(Generic[T, R]):
@@ -144,7 +169,7 @@ class Batcher(Generic[T, R]):
             if isinstance(error, asyncio.CancelledError):
                 self._fail(batch, error)
                 raise
-            if len(batch) > 1 and self.isolate is not None and not is_outage(error):
+            if len(batch) > 1 and self.isolate is not None and not fails_whole_batch(error):
                 self.isolations += 1
                 if self.isolate == "split":
                     middle = len(batch) // 2

@@ -21,6 +21,8 @@ import os
 import struct
 from typing import Any, Awaitable, Callable
 
+from actors.operations import ActorError
+
 log = logging.getLogger("raytenant.channel")
 
 HEADER = struct.Struct("!I")
@@ -102,7 +104,10 @@ class ChannelServer:
             reply = [request_id, True, await handler(*args)]
         except asyncio.CancelledError:
             raise
+        except ActorError as error:  # a refusal with its status and code, raised again by the caller
+            reply = [request_id, False, {"actor_error": error.to_dict()}]
         except Exception as error:  # noqa: BLE001 - reported to the caller, who raises it
+            log.warning("channel call %s failed: %r", method, error)
             reply = [request_id, False, f"{type(error).__name__}: {error}"]
         if not writer.is_closing():
             _write_frame(writer, _dumps(reply))
@@ -112,6 +117,13 @@ class ChannelServer:
         if self.server is not None:
             self.server.close()
             self.server = None
+
+
+def _remote_error(value: Any) -> Exception:
+    if isinstance(value, dict) and isinstance(value.get("actor_error"), dict):
+        fields = value["actor_error"]
+        return ActorError(fields["status"], fields["code"], fields["message"], **fields.get("details", {}))
+    return RemoteError(value)
 
 
 class ChannelClient:
@@ -138,7 +150,7 @@ class ChannelClient:
                 request_id, ok, value = json.loads(await _read_frame(reader))
                 future = self._pending.pop(request_id, None)
                 if future is not None and not future.done():
-                    future.set_result(value) if ok else future.set_exception(RemoteError(value))
+                    future.set_result(value) if ok else future.set_exception(_remote_error(value))
         except (asyncio.IncompleteReadError, ConnectionError, ValueError) as broken:
             error = ChannelError(f"channel to {self.host}:{self.port} broke: {broken!r}")
         finally:

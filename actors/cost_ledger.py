@@ -32,8 +32,8 @@ from actors.batching import Batcher, commit_failure
 from actors.budget_levels import COLUMNS, Level, LevelSettings, RateWindow, Tags, WindowEntry, level_keys, period_bounds, period_id
 from actors.gc_policy import quiet_gc
 from actors.model_quality import TASK_QUALITY, model_quality
-from actors.operations import ActorError
-from actors.shard_actor import BackgroundPublisher, ShardActor, stream_publisher
+from actors.operations import ActorError, refused_commit
+from actors.shard_actor import BackgroundPublisher, ShardActor, shard_lease, stream_publisher
 from actors.prices import NANOS, Price, PriceCatalog, default_catalog, usd
 from storage.engine import create_engine
 from storage.ledger import LedgerStore, LedgerWrites, utc
@@ -363,13 +363,10 @@ class LedgerCore:
             try:
                 await commit
             except Exception as error:
-                failure = commit_failure(error)
-                if failure == "retry":
+                if commit_failure(error) == "retry":
                     raise
-                if failure == "refused":
-                    raise LedgerError(422, "value_not_storable", "the database refused a value of this request; nothing was stored") from error
-                log.exception("ledger commit failed")
-                raise LedgerError(503, "ledger_unavailable", "the ledger could not store this; nothing was recorded") from error
+                log.warning("ledger commit failed: %r", error)
+                raise refused_commit(error, LedgerError) from error
             finally:
                 committing.discard(commit)
                 if not committing:
@@ -1224,6 +1221,7 @@ class CostLedger(ShardActor):
         self.engine = create_engine(database_url)
         publish = stream_publisher(hub, "budget_alert")
         notify = (lambda tenant, alert: publish(tenant, [alert])) if publish else None
-        self.core = LedgerCore(LedgerStore(self.engine), options, notify=notify, metrics=RayMetrics.for_actor())
+        self.lease = shard_lease(self.engine)
+        self.core = LedgerCore(LedgerStore(self.engine, self.lease), options, notify=notify, metrics=RayMetrics.for_actor())
         self.sweep = self.core.expire
         quiet_gc()

@@ -17,7 +17,7 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Awaitable, Iterable, TypeVar
 
 import ray
 
@@ -27,12 +27,14 @@ from actors.batching import Batcher
 from actors.channel import ChannelServer, channel_host
 from actors.gc_policy import quiet_gc
 from actors.limits import Limits, LimitsCache
+from actors.shard_actor import serving, shard_lease, stored
 from storage.engine import create_engine
 from storage.events import Event, EventStore
 
 log = logging.getLogger("raytenant.event_hub")
 
 KIND = "event-hub"
+T = TypeVar("T")
 EventIn = dict[str, Any]  # {"type": str, "flow_id": str | None, "data": dict}
 AppendRequest = tuple[str, list[EventIn]]
 
@@ -305,12 +307,13 @@ class EventHub:
         from storage.limits import LimitsStore
 
         self.engine = create_engine(database_url)
-        self.core = EventHubCore(EventStore(self.engine), options, metrics=RayMetrics.for_actor(),
+        self.lease = shard_lease(self.engine)
+        self.core = EventHubCore(EventStore(self.engine, self.lease), options, metrics=RayMetrics.for_actor(),
                                  limits=LimitsCache(LimitsStore(self.engine).get, options.limits))
         self._retention: asyncio.Task | None = None
         self._secret = secrets.token_hex(16)
         self.channel = ChannelServer(
-            {"append": self._wire_append, "poll": self._wire_poll, "read": self._wire_read, "heads": self.core.heads},
+            {"append": self._wire_append, "poll": self._wire_poll, "read": self._wire_read, "heads": self.heads},
             self._secret,
         )
         quiet_gc()
@@ -319,29 +322,41 @@ class EventHub:
         host, port = await self.channel.start(channel_host())
         return host, port, self._secret
 
+    async def _serve(self, operation: Awaitable[T]) -> T:
+        """Run a core operation once this copy holds the shard's lease; an outage or a fence is
+        answered as the ActorError (503 storage_unavailable / shard_fenced) clients understand."""
+        refusal = await serving(self.lease)
+        if refusal is not None:
+            operation.close()  # type: ignore[attr-defined]
+            raise refusal
+        try:
+            return await operation
+        except Exception as error:
+            raise stored(error) from error
+
     async def _wire_append(self, requests: list[list[Any]]) -> list[list[list[Any]]]:
-        stored = await self.core.append([(tenant, items) for tenant, items in requests])
+        stored = await self.append([(tenant, items) for tenant, items in requests])
         return [wire_events(events) for events in stored]
 
     async def _wire_poll(self, cursors: dict[str, int], timeout: float, poll_id: str | None) -> dict[str, Any]:
-        result = await self.core.poll(cursors, timeout, poll_id)
+        result = await self.poll(cursors, timeout, poll_id)
         return {**result, "events": {t: wire_events(e) for t, e in result["events"].items()}}
 
     async def _wire_read(self, tenant: str, after: int, flow_ids: list[str] | None, limit: int | None) -> dict[str, Any]:
-        result = await self.core.read(tenant, after, flow_ids=flow_ids, limit=limit)
+        result = await self.read(tenant, after, flow_ids, limit)
         return {**result, "events": wire_events(result["events"])}
 
     async def append(self, requests: list[AppendRequest]) -> list[list[Event]]:
-        return await self.core.append(requests)
+        return await self._serve(self.core.append(requests))
 
     async def heads(self, tenants: list[str]) -> dict[str, int]:
-        return await self.core.heads(tenants)
+        return await self._serve(self.core.heads(tenants))
 
     async def read(self, tenant: str, after: int, flow_ids: list[str] | None = None, limit: int | None = None):
-        return await self.core.read(tenant, after, flow_ids=flow_ids, limit=limit)
+        return await self._serve(self.core.read(tenant, after, flow_ids=flow_ids, limit=limit))
 
     async def poll(self, cursors: dict[str, int], timeout: float, poll_id: str | None = None) -> dict[str, Any]:
-        return await self.core.poll(cursors, timeout, poll_id)
+        return await self._serve(self.core.poll(cursors, timeout, poll_id))
 
     async def join(self, poll_id: str, cursors: dict[str, int]) -> bool:
         return self.core.join(poll_id, cursors)
@@ -362,17 +377,20 @@ class EventHub:
         return self.core.forget(tenant)
 
     async def enforce_retention(self) -> int:
-        return await self.core.enforce_retention()
+        return await self._serve(self.core.enforce_retention())
 
     async def _retain_forever(self) -> None:
-        while True:
+        while not self.lease.fenced:
             await asyncio.sleep(self.core.options.retention_interval)
             try:
-                await self.core.enforce_retention()
-            except Exception:  # noqa: BLE001 - storage away: the next round trims
-                log.exception("retention sweep failed")
+                await self.enforce_retention()
+            except Exception as error:  # noqa: BLE001 - storage away: the next round trims
+                log.warning("retention sweep failed: %r", error)
 
     async def ready(self) -> bool:
+        refusal = await serving(self.lease)
+        if refusal is not None:
+            raise refusal
         if self._retention is None or self._retention.done():
             self._retention = asyncio.get_running_loop().create_task(self._retain_forever())
         return True

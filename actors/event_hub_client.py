@@ -19,6 +19,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from actors.batching import ShardedBatcher
 from actors.channel import ChannelClient, ChannelError
 from actors.event_hub import KIND, EventHub, EventIn, HubOptions, unwire_events
+from actors.operations import ActorError
 from actors.shards import get_or_create, shard_for, wait_ready
 from storage.events import Event
 
@@ -99,12 +100,26 @@ class EventHubClient:
         raw = await asyncio.wait_for(channel.call(method, *args), timeout or self.call_timeout)
         return _DECODE[method](raw)
 
-    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+    def _drop_shard(self, shard: int) -> None:
+        """Drop the handle and channel of a shard whose copy was fenced (storage/leases.py): the
+        next call looks the shard up by name again and reaches the copy that holds the lease."""
+        self._handles.pop(shard, None)
+        channel = self._channels.pop(shard, None)
+        if channel is not None:
+            asyncio.ensure_future(channel.close())
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]], shard: int) -> T:
+        """Retried while the shard restarts or was replaced; a database outage is answered at once
+        (503 storage_unavailable), since waiting here would hold the request past its deadline."""
         delay, waited = 0.05, 0.0
         while True:
             try:
                 return await call()
-            except UNAVAILABLE as error:
+            except (*UNAVAILABLE, ActorError) as error:
+                if isinstance(error, ActorError) and error.code != "shard_fenced":
+                    raise
+                if isinstance(error, ActorError):
+                    self._drop_shard(shard)
                 if waited >= self.retry_seconds:
                     raise HubUnavailable(str(error)) from error
                 await asyncio.sleep(delay)
@@ -125,26 +140,30 @@ class EventHubClient:
             return await self._call(shard, "append", requests)
         except UNAVAILABLE as error:
             raise HubUnavailable(f"event hub shard {shard} unavailable: {error}") from error
+        except ActorError as error:
+            if error.code == "shard_fenced":
+                self._drop_shard(shard)
+            raise
 
     # -- reads ------------------------------------------------------------------------------------
     async def head(self, tenant: str) -> int:
         return await self._heads.submit(self.shard_of(tenant), tenant)
 
     async def _heads_flush(self, shard: int, tenants: list[str]) -> list[int]:
-        heads = await self._retrying(lambda: self._call(shard, "heads", tenants))
+        heads = await self._retrying(lambda: self._call(shard, "heads", tenants), shard)
         return [heads[t] for t in tenants]
 
     async def read(
         self, tenant: str, after: int, *, flow_ids: list[str] | None = None, limit: int | None = None
     ) -> dict[str, Any]:
         shard = self.shard_of(tenant)
-        return await self._retrying(lambda: self._call(shard, "read", tenant, after, flow_ids, limit))
+        return await self._retrying(lambda: self._call(shard, "read", tenant, after, flow_ids, limit), shard)
 
     async def poll(
         self, shard: int, cursors: dict[str, int], timeout: float, poll_id: str | None = None
     ) -> dict[str, Any]:
         return await self._retrying(
-            lambda: self._call(shard, "poll", cursors, timeout, poll_id, timeout=timeout + self.call_timeout)
+            lambda: self._call(shard, "poll", cursors, timeout, poll_id, timeout=timeout + self.call_timeout), shard
         )
 
     async def join(self, shard: int, poll_id: str, cursors: dict[str, int]) -> bool:
@@ -156,7 +175,7 @@ class EventHubClient:
 
     async def presence(self, tenant: str) -> dict[str, Any]:
         shard = self.shard_of(tenant)
-        found = await self._retrying(lambda: self.handle(shard).presence.remote([tenant]))
+        found = await self._retrying(lambda: self.handle(shard).presence.remote([tenant]), shard)
         return found[tenant]
 
     async def report_presence(self, replica: str, counts: dict[str, dict[str, int]]) -> None:
@@ -172,12 +191,12 @@ class EventHubClient:
     async def set_limits(self, tenant: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
         """The operator's change of the tenant's limits, for its shard's retention."""
         shard = self.shard_of(tenant)
-        return await self._retrying(lambda: self.handle(shard).set_limits.remote(tenant, overrides))
+        return await self._retrying(lambda: self.handle(shard).set_limits.remote(tenant, overrides), shard)
 
     async def forget(self, tenant: str) -> bool:
         """Drop the tenant from its shard's memory (after a purge or an import)."""
         shard = self.shard_of(tenant)
-        return await self._retrying(lambda: self.handle(shard).forget.remote(tenant))
+        return await self._retrying(lambda: self.handle(shard).forget.remote(tenant), shard)
 
     async def stats(self) -> list[dict[str, Any]]:
         return await asyncio.gather(*(self.handle(s).stats.remote() for s in range(self.shards)))

@@ -17,8 +17,7 @@ from actors.gc_policy import quiet_gc
 from actors.os_priority import lower_priority
 from actors.limits import Limits
 from actors.metrics import RayMetrics
-from actors.operations import run_many
-from actors.shard_actor import ShardActor
+from actors.shard_actor import ShardActor, serving, shard_lease
 
 KIND = "flows"
 PUBLIC_METHODS = frozenset({"create", "get", "list", "cancel", "correct", "set_limits", "suspend", "resume_tenant",
@@ -57,8 +56,9 @@ class FlowRunner(ShardActor):
 
         name = ray.get_runtime_context().get_actor_name() or f"{KIND}-0"
         engine = create_engine(database_url)
+        self.lease = shard_lease(engine)
         self.core = FlowRunnerCore(
-            FlowStore(engine),
+            FlowStore(engine, self.lease),
             Services(hub=EventHubClient(**services["hub"]), ledger=CostLedgerClient(**services["ledger"]),
                      learning=LearningClient(**services["learning"]), mailbox=MailboxClient(**services["mailbox"])),
             options, index=int(name.rsplit("-", 1)[1]), metrics=RayMetrics.for_actor(),
@@ -71,15 +71,14 @@ class FlowRunner(ShardActor):
         threading.Thread(target=lambda: ray.get(me.ready.remote()), daemon=True, name="resume").start()
 
     async def ready(self) -> bool:
+        refusal = await serving(self.lease)  # the lease before the flows are read and resumed
+        if refusal is not None:
+            raise refusal
         if not self.core.resumed.is_set() and not getattr(self, "_resuming", False):
             self._resuming = True
             await self.core.resume()
         self._ensure_sweeper()
         return True
-
-    async def call_many(self, calls: list[tuple[str, str, tuple]]) -> list[dict[str, Any]]:
-        self._ensure_sweeper()
-        return await run_many(self.core, self.public, calls)
 
     async def stats(self) -> dict[str, Any]:
         return {**await self.core.stats(), "niceness": os.getpriority(os.PRIO_PROCESS, 0)}

@@ -26,7 +26,7 @@ from actors import flow_learning
 from actors.fair_queue import FairQueue
 from actors.flow_runner import FlowOptions
 from actors.limits import LimitsCache
-from actors.operations import ActorError
+from actors.operations import ActorError, refused_commit
 from actors.metrics import NO_METRICS, MetricSink
 from actors.notifications import StreamNotifier
 from actors.shards import shard_for
@@ -166,8 +166,8 @@ class FlowRunnerCore:
         try:
             await self.store.create(row)
         except Exception as error:  # noqa: BLE001 - nothing was stored; the client may retry
-            log.exception("could not store flow")
-            raise FlowError(503, "flows_unavailable", "the flow could not be stored; nothing changed") from error
+            log.warning("could not store flow: %r", error)
+            raise refused_commit(error, FlowError) from error
         try:  # announced before its run starts, so the stream shows initialized first
             await self._notifier(tenant).send_flow_update(row["id"], {"status": row["status"], "phase": None,
                                                                       "progress": 0, "updated_at": now.isoformat()})

@@ -35,8 +35,8 @@ from actors.metrics import NO_METRICS, MetricSink, RayMetrics
 from actors.activation import ActivationTable, InFlight
 from actors.batching import Batcher, commit_failure
 from actors.gc_policy import quiet_gc
-from actors.operations import ActorError
-from actors.shard_actor import ShardActor
+from actors.operations import ActorError, refused_commit
+from actors.shard_actor import ShardActor, shard_lease
 from actors.limits import Limits, LimitsCache
 from actors.decision_model import KEEP, Example
 from actors.decision_model import decide as decide_values
@@ -255,12 +255,9 @@ class LearningCore:
             try:
                 await self._commits.submit(PendingPatterns(tenant, patterns, undo))
             except Exception as error:
-                failure = commit_failure(error)
-                if failure == "retry":
+                if commit_failure(error) == "retry":
                     raise
-                if failure == "refused":
-                    raise LearningError(422, "value_not_storable", "the database refused a value of this request; nothing was stored") from error
-                raise LearningError(503, "learning_unavailable", "the pattern could not be stored; nothing was learned") from error
+                raise refused_commit(error, LearningError) from error
 
     async def _state(self, tenant: str) -> TenantPatterns:
         return (await self.tenants.activate([tenant]))[tenant]
@@ -497,6 +494,7 @@ class LearningModel(ShardActor):
         from storage.limits import LimitsStore
 
         self.engine = create_engine(database_url)
-        self.core = LearningCore(PatternStore(self.engine), options, metrics=RayMetrics.for_actor(),
+        self.lease = shard_lease(self.engine)
+        self.core = LearningCore(PatternStore(self.engine, self.lease), options, metrics=RayMetrics.for_actor(),
                                  limits=LimitsCache(LimitsStore(self.engine).get, options.limits))
         quiet_gc()

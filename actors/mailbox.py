@@ -29,8 +29,8 @@ from actors.activation import ActivationTable, InFlight
 from actors.batching import Batcher, commit_failure
 from actors.gc_policy import quiet_gc
 from actors.limits import Limits, LimitsCache
-from actors.operations import ActorError
-from actors.shard_actor import BackgroundPublisher, ShardActor, stream_publisher
+from actors.operations import ActorError, refused_commit
+from actors.shard_actor import BackgroundPublisher, ShardActor, shard_lease, stream_publisher
 from storage.engine import create_engine
 from storage.mailbox import MailboxStore, MailboxWrites
 
@@ -192,13 +192,10 @@ class MailboxCore:
             try:
                 await self._commits.submit(PendingWrite(writes, undo))
             except Exception as error:
-                failure = commit_failure(error)
-                if failure == "retry":
+                if commit_failure(error) == "retry":
                     raise
-                if failure == "refused":
-                    raise MailboxError(422, "value_not_storable", "the database refused a value of this request; nothing was stored") from error
-                log.exception("mailbox commit failed")
-                raise MailboxError(503, "mailbox_unavailable", "the mailbox could not store this; nothing changed") from error
+                log.warning("mailbox commit failed: %r", error)
+                raise refused_commit(error, MailboxError) from error
 
     def _rows(self, tenant: str, messages: list[Message]) -> MailboxWrites:
         return MailboxWrites(messages={m.id: m.row(tenant) for m in messages})
@@ -498,7 +495,8 @@ class Mailbox(ShardActor):
         from storage.limits import LimitsStore
 
         self.engine = create_engine(database_url)
-        self.core = MailboxCore(MailboxStore(self.engine), options, notify=stream_publisher(hub, "agent_message"),
+        self.lease = shard_lease(self.engine)
+        self.core = MailboxCore(MailboxStore(self.engine, self.lease), options, notify=stream_publisher(hub, "agent_message"),
                                 metrics=RayMetrics.for_actor(),
                                 limits=LimitsCache(LimitsStore(self.engine).get, options.limits))
         self.sweep = self.core.sweep

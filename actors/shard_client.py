@@ -52,6 +52,20 @@ class ShardClient:
         return {"error": error.to_dict()}
 
     async def _flush(self, shard: int, calls: list[Call]) -> list[dict[str, Any]]:
+        answers = await self._send(shard, calls)
+        if any(answer.get("error", {}).get("code") == "shard_fenced" for answer in answers):
+            self._drop_shard(shard)
+        return answers
+
+    def _drop_shard(self, shard: int) -> None:
+        """This copy of the shard was fenced (storage/leases.py): the next call looks the shard up
+        by name again and reaches the copy that holds the lease."""
+        self._handles.pop(shard, None)
+        channel = self._channels.pop(shard, None)
+        if channel is not None:
+            asyncio.ensure_future(channel.close())
+
+    async def _send(self, shard: int, calls: list[Call]) -> list[dict[str, Any]]:
         if not self.use_channel:
             return await self._over_ray(shard, calls)
         direct = [i for i, call in enumerate(calls) if call[0] in self.channel_methods]

@@ -75,10 +75,13 @@ def kill_all(kind: str, shards: int) -> int:
 
 
 async def wait_ready(handles: list[Any], timeout: float = 60.0) -> None:
-    """Wait until every shard answers `ready`; a shard Ray is restarting is waited for, not an error."""
+    """Wait until every shard answers `ready`; a shard Ray is restarting, or one that cannot take
+    its lease while the database is away, is waited for, not an error."""
     import asyncio
 
     from ray.exceptions import RayActorError
+
+    from actors.operations import ActorError
 
     deadline = asyncio.get_running_loop().time() + timeout
     for handle in handles:
@@ -86,7 +89,9 @@ async def wait_ready(handles: list[Any], timeout: float = 60.0) -> None:
             try:
                 await handle.ready.remote()
                 break
-            except RayActorError:
+            except (RayActorError, ActorError) as error:  # ActorError: the database away at start
+                if isinstance(error, ActorError) and error.status != 503:
+                    raise
                 if asyncio.get_running_loop().time() > deadline:
                     raise
                 await asyncio.sleep(0.2)

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.auth import MAX_TTL, DEFAULT_SCOPES, Tokens, new_operator_token
-from storage.engine import data_dir, database_url, private_file
+from serve_app.balancer import balancer_port
+from storage.engine import data_dir, database_url, is_sqlite, private_file
 
 DEMO_TENANT = "demo"
 
@@ -288,19 +289,31 @@ def run_service(args: argparse.Namespace, stop: threading.Event | None = None) -
     import ray
     from ray import serve
 
+    from serve_app.balancer import Balancer, BalancerThread, serve_targets
     from serve_app.deployment import APP_NAME
-    from serve_app.launcher import deploy, start_ray
+    from serve_app.launcher import budget_connections, deploy, start_ray
+    from serve_app.settings import Settings
 
+    settings = {"database_url": url, "operator_token": token, "hub_shards": args.shards}
+    connections = budget_connections(Settings.from_env(**settings), args.replicas)
+    balancer: BalancerThread | None = None
     started_ray = not ray.is_initialized()
     context = start_ray(num_cpus=args.num_cpus, dashboard=not args.no_dashboard) if started_ray else None
-    settings = {"database_url": url, "operator_token": token, "hub_shards": args.shards}
     try:
         urls = deploy(settings, host=args.host, port=args.port, num_replicas=args.replicas)
+        if args.replicas > 1 and len(urls) > 1:  # one address for clients in front of the replicas
+            balancer = BalancerThread(Balancer(serve_targets(args.host, args.port), host=args.host,
+                                               port=args.balancer_port))
+            urls = [balancer.start()] + urls
         tenant_token, _ = Tokens(token).mint(DEMO_TENANT, user="demo-user")
         dashboard = getattr(context, "dashboard_url", None) if context is not None else None
         print()
         print(f"raytenant is running ({'direct ingress' if len(urls) > 1 else 'Serve proxy'})")
         print(f"  HTTP + WebSocket : {urls[0]}   (WebSocket: {urls[0].replace('http', 'ws', 1)}/v1/ws)")
+        if balancer is not None:
+            print(f"                     balanced over {args.replicas} replicas: {', '.join(urls[1:-1])}")
+        if not is_sqlite(url):
+            print(f"  database pool    : at most {connections} connections in all (docs/operations.md)")
         if len(urls) > 1:
             print(f"  via Serve proxy  : {urls[-1]}")
         print(f"  web console      : {urls[0]}/   (sign in with the demo tenant token below)")
@@ -330,6 +343,8 @@ def run_service(args: argparse.Namespace, stop: threading.Event | None = None) -
         print("stopping...")
         return 0
     finally:
+        if balancer is not None:
+            balancer.stop()
         try:
             serve.delete(APP_NAME)
             from actors.cost_ledger import KIND as LEDGER_KIND
@@ -362,7 +377,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000, help="the Serve proxy port")
     run.add_argument("--shards", type=int, default=int(os.environ.get("RAYTENANT_HUB_SHARDS", 1)))
-    run.add_argument("--replicas", type=int, default=1, help="ingress replicas")
+    run.add_argument("--replicas", type=int, default=1,
+                     help="ingress replicas; with more than one, a balancer in front of them (--balancer-port)")
+    run.add_argument("--balancer-port", type=int, default=balancer_port(),
+                     help="where the balancer over several replicas listens (RAYTENANT_BALANCER_PORT)")
     run.add_argument("--num-cpus", type=int, default=None)
     run.add_argument("--proxy", action="store_true", help="serve through the Serve proxy instead of direct ingress")
     run.add_argument("--no-dashboard", action="store_true")

@@ -37,6 +37,23 @@ def configure_environment(direct_ingress: bool = True) -> None:
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "0"
 
 
+def budget_connections(settings: Any, replicas: int) -> int:
+    """Keep the deployment's PostgreSQL connections within RAYTENANT_DB_MAX_CONNECTIONS (when set):
+    each engine's pool size (and overflow) becomes that budget over twice the number of engines,
+    set in the environment before Ray starts so every actor process reads it. Returns the most
+    connections the deployment can hold. Ray processes started elsewhere (a cluster's nodes) get
+    RAYTENANT_DB_POOL_SIZE from their own environment (cluster.yaml)."""
+    from storage.engine import PoolLimits, pool_size_for
+
+    engines = settings.engines(replicas)
+    budget = os.environ.get("RAYTENANT_DB_MAX_CONNECTIONS", "")
+    if budget and "RAYTENANT_DB_POOL_SIZE" not in os.environ:
+        size = pool_size_for(int(budget), engines)
+        os.environ["RAYTENANT_DB_POOL_SIZE"] = os.environ["RAYTENANT_DB_MAX_OVERFLOW"] = str(size)
+    limits = PoolLimits.from_env()
+    return engines * (limits.size + limits.overflow)
+
+
 @contextlib.contextmanager
 def metrics_enabled() -> Iterator[None]:
     """Ray's metrics agent records through the OpenTelemetry SDK, which OTEL_SDK_DISABLED switches

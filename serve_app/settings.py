@@ -99,6 +99,13 @@ class Settings:
         base = Limits(running_flows=self.flow_limit, event_retention_count=self.hub_retention)
         return base.with_overrides(json.loads(self.limits)) if self.limits.strip() else base
 
+    def engines(self, replicas: int) -> int:
+        """Database engines the deployment holds: one per shard of every kind, two per ingress
+        replica (credentials and limits); each holds at most pool size + overflow connections."""
+        shards = (self.hub_shards + self.ledger_shards + self.learning_shards + self.mailbox_shards
+                  + self.flow_shards + self.quota_shards + self.revocation_shards)
+        return shards + 2 * replicas
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

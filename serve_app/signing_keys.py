@@ -102,8 +102,8 @@ class SigningKeys:
             await asyncio.sleep(REFRESH_INTERVAL)
             try:
                 await self.refresh()
-            except Exception:  # noqa: BLE001 - keep the ring it has; retried in a second
-                log.exception("signing key refresh failed")
+            except Exception as error:  # noqa: BLE001 - keep the ring it has; retried in a second
+                log.warning("signing key refresh failed: %r", error)
             if self.on_refresh is not None:
                 self.on_refresh()
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from actors.metrics import NO_METRICS, MetricSink
+from actors.operations import ActorError
 from storage.events import Event
 
 log = logging.getLogger("raytenant.streams")
@@ -239,6 +240,10 @@ class StreamRouter:
                 result = await self.hub.poll(shard, cursors, self.poll_timeout, self._poll_id(shard))
             except asyncio.CancelledError:
                 raise
+            except ActorError as error:  # the database away while the shard reads behind its window
+                log.warning("poll of hub shard %s refused (%s); retrying", shard, error.code)
+                await asyncio.sleep(0.5)
+                continue
             except Exception:
                 log.exception("poll of hub shard %s failed; retrying", shard)
                 await asyncio.sleep(0.5)

@@ -7,7 +7,9 @@ timeout, because several Ray actor processes write to the same file.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -53,7 +55,50 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def create_engine(url: str | None = None, *, pool_size: int = 5) -> AsyncEngine:
+@dataclass(frozen=True)
+class PoolLimits:
+    """How many PostgreSQL connections one engine may hold, and how long anything may wait.
+
+    Every shard actor and every ingress replica owns engines (a replica two), each holding at most
+    `size + overflow` connections, so a deployment holds at most engines x (size + overflow):
+    `raytenant run` derives `size` from RAYTENANT_DB_MAX_CONNECTIONS (docs/operations.md). The
+    timeouts bound a database outage: a connect that gets no answer, a pool with no free
+    connection and a statement that does not return each fail within their limit, and the
+    request answers 503 storage_unavailable instead of hanging."""
+
+    size: int = 5
+    overflow: int = 5
+    connect_timeout: float = 2.0
+    pool_timeout: float = 2.0
+    statement_timeout: float = 30.0
+
+    @classmethod
+    def from_env(cls) -> "PoolLimits":
+        size = _env_number("RAYTENANT_DB_POOL_SIZE", cls.size, int, 1)
+        return cls(size=size, overflow=_env_number("RAYTENANT_DB_MAX_OVERFLOW", size, int, 0),
+                   connect_timeout=_env_number("RAYTENANT_DB_CONNECT_TIMEOUT", cls.connect_timeout, float, 0.01),
+                   pool_timeout=_env_number("RAYTENANT_DB_POOL_TIMEOUT", cls.pool_timeout, float, 0.01),
+                   statement_timeout=_env_number("RAYTENANT_DB_STATEMENT_TIMEOUT", cls.statement_timeout, float, 0.01))
+
+
+def _env_number(name: str, default: Any, kind: type, minimum: float) -> Any:
+    raw = os.environ.get(name, "")
+    value = kind(raw) if raw else default
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, not {raw!r}")
+    return value
+
+
+def pool_size_for(max_connections: int, engines: int) -> int:
+    """The per-engine pool size (overflow the same) that keeps `engines` engines within
+    `max_connections` connections in all."""
+    size = max_connections // (2 * max(1, engines))
+    if size < 1:
+        raise ValueError(f"{max_connections} connections cannot hold {engines} engines of at least 2 connections")
+    return size
+
+
+def create_engine(url: str | None = None, *, limits: PoolLimits | None = None) -> AsyncEngine:
     """One engine per process; actors create theirs in their own process."""
     url = url or database_url()
     if is_sqlite(url):
@@ -65,4 +110,9 @@ def create_engine(url: str | None = None, *, pool_size: int = 5) -> AsyncEngine:
         return engine
     # No pre-ping: it is a round trip per checkout on the commit path. A connection that died is
     # invalidated when its statement fails, and that batch is refused (never half-acknowledged).
-    return create_async_engine(url, json_serializer=dumps_stored, pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600)
+    limits = limits or PoolLimits.from_env()
+    return create_async_engine(
+        url, json_serializer=dumps_stored, pool_size=limits.size, max_overflow=limits.overflow, pool_recycle=3600,
+        pool_timeout=limits.pool_timeout,
+        connect_args={"timeout": limits.connect_timeout, "command_timeout": limits.statement_timeout},
+    )

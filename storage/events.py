@@ -12,6 +12,7 @@ from typing import Any, Iterable, Sequence
 from sqlalchemy import LargeBinary, Text, cast, delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from storage.leases import PG_LEASE_CTE, PG_LEASE_HELD, ShardLease
 from storage.models import EventRow
 from storage.strict_json import dumps_stored
 
@@ -81,13 +82,17 @@ _PG_APPEND = text(
     "CAST(:flow_id AS VARCHAR[]), CAST(:data AS TEXT[]), CAST(:ts AS TIMESTAMPTZ[])"
     ") AS batch(tenant, seq, type, flow_id, data, ts)"
 )
+# The same, written only while this copy of the shard holds its lease (storage/leases.py).
+_PG_APPEND_LEASED = text(f"WITH {PG_LEASE_CTE} {_PG_APPEND.text} WHERE {PG_LEASE_HELD}")
 
 
 class EventStore:
     """Repository for the events table."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, lease: ShardLease | None = None) -> None:
+        """With a `lease`, every write commits only while this copy of the shard holds it."""
         self.engine = engine
+        self.lease = lease
         self._postgres = engine.dialect.name == "postgresql"
 
     async def append(self, events: Sequence[Event]) -> None:
@@ -103,11 +108,19 @@ class EventStore:
                 "data": [dumps_stored(e.data) for e in events],
                 "ts": [datetime.fromtimestamp(e.ts, timezone.utc) for e in events],
             }
+            if self.lease is None:
+                statement = _PG_APPEND
+            else:
+                statement, columns = _PG_APPEND_LEASED, {**columns, **self.lease.params()}
             async with self.engine.connect() as conn:
                 conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                await conn.execute(_PG_APPEND, columns)
+                written = (await conn.execute(statement, columns)).rowcount
+            if written != len(events) and self.lease is not None:
+                self.lease.lost()
             return
         async with self.engine.begin() as conn:
+            if self.lease is not None:
+                await self.lease.hold(conn)
             await conn.execute(insert(EventRow), [_to_row(e) for e in events])
 
     async def bounds(self, tenants: Iterable[str]) -> dict[str, TenantBounds]:
@@ -156,5 +169,7 @@ class EventStore:
         if not floors:
             return
         async with self.engine.begin() as conn:
+            if self.lease is not None:
+                await self.lease.hold(conn)
             for tenant, floor in floors.items():
                 await conn.execute(delete(EventRow).where(EventRow.tenant == tenant, EventRow.seq < floor))

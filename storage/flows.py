@@ -1,11 +1,13 @@
 """Repository for flows: a row per flow, updated as each phase finishes."""
 from __future__ import annotations
 
-from typing import Any
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from storage.leases import ShardLease
 from storage.models import FlowRow, TenantRow
 
 ACTIVE = ("queued", "initialized", "running", "suspended")  # not ended: a suspended flow resumes with its tenant
@@ -13,11 +15,20 @@ SUMMARY_COLUMNS = [c for c in FlowRow.__table__.columns if c.name not in ("input
 
 
 class FlowStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, lease: ShardLease | None = None) -> None:
+        """With a `lease`, every write commits only while this copy of the shard holds it."""
         self.engine = engine
+        self.lease = lease
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.begin() as conn:
+            if self.lease is not None:
+                await self.lease.hold(conn)
+            yield conn
 
     async def create(self, row: dict[str, Any]) -> None:
-        async with self.engine.begin() as conn:
+        async with self._writing() as conn:
             await conn.execute(insert(FlowRow), [row])
 
     async def update(self, flow_id: str, *, while_active: bool = True, **values: Any) -> bool:
@@ -27,7 +38,7 @@ class FlowStore:
         query = update(FlowRow).where(FlowRow.id == flow_id)
         if while_active:
             query = query.where(FlowRow.status.in_(ACTIVE))
-        async with self.engine.begin() as conn:
+        async with self._writing() as conn:
             return (await conn.execute(query.values(**values))).rowcount == 1
 
     async def get(self, tenant: str, flow_id: str) -> dict[str, Any] | None:
@@ -66,5 +77,5 @@ class FlowStore:
     async def unpark(self, flow_id: str) -> bool:
         """A suspended flow queued again (its tenant was resumed); False if it is not suspended."""
         query = update(FlowRow).where(FlowRow.id == flow_id, FlowRow.status == "suspended").values(status="queued")
-        async with self.engine.begin() as conn:
+        async with self._writing() as conn:
             return (await conn.execute(query)).rowcount == 1

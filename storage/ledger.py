@@ -9,6 +9,7 @@ from sqlalchemy import and_, delete, func, insert, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from storage.leases import PG_LEASE_CTE, PG_LEASE_HELD, ShardLease
 from storage.models import BudgetLevelRow, BudgetRow, PriceOverrideRow, ReservationRow, UsageRow
 from storage.strict_json import dumps_stored
 
@@ -53,12 +54,15 @@ RESERVATION_COLUMNS = {
 }
 
 
-def _unnest_insert(table: str, prefix: str, columns: dict[str, str], conflict: tuple[str, ...] = ()) -> str:
+def _unnest_insert(table: str, prefix: str, columns: dict[str, str], conflict: tuple[str, ...] = (),
+                   where: str = "") -> str:
     names = ", ".join(columns)
     # JSONB travels as text (asyncpg has no jsonb[] codec) and is cast per row.
     arrays = ", ".join(f"CAST(:{prefix}_{c} AS {'TEXT' if t == 'JSONB' else t}[])" for c, t in columns.items())
     values = ", ".join(f"CAST({c} AS JSONB)" if t == "JSONB" else c for c, t in columns.items())
     sql = f"INSERT INTO {table} ({names}) SELECT {values} FROM unnest({arrays}) AS batch({names})"
+    if where:
+        sql += f" WHERE {where}"
     if conflict:
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in conflict)
         sql += f" ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET {updates}"
@@ -68,12 +72,20 @@ def _unnest_insert(table: str, prefix: str, columns: dict[str, str], conflict: t
 # On PostgreSQL a whole group commit is one statement over arrays (data-modifying CTEs): one round
 # trip, atomic in autocommit, one prepared statement whatever the batch size. Profiling showed the
 # per-row parameter handling of executemany and the BEGIN/COMMIT round trips as the commit's cost.
-_PG_WRITE = text(
-    f"WITH u AS ({_unnest_insert('llm_usage', 'u', USAGE_COLUMNS)}), "
-    f"b AS ({_unnest_insert('llm_budgets', 'b', BUDGET_COLUMNS, ('tenant', 'month'))}), "
-    f"r AS ({_unnest_insert('llm_reservations', 'r', RESERVATION_COLUMNS, ('id',))}) "
-    "SELECT 1"
-)
+def _pg_write(leased: bool) -> Any:
+    """The group commit's statement; `leased`, its inserts depend on this copy of the shard holding
+    its lease (storage/leases.py), and it answers whether it did."""
+    where = PG_LEASE_HELD if leased else ""
+    return text(
+        f"WITH {PG_LEASE_CTE + ', ' if leased else ''}"
+        f"u AS ({_unnest_insert('llm_usage', 'u', USAGE_COLUMNS, where=where)}), "
+        f"b AS ({_unnest_insert('llm_budgets', 'b', BUDGET_COLUMNS, ('tenant', 'month'), where)}), "
+        f"r AS ({_unnest_insert('llm_reservations', 'r', RESERVATION_COLUMNS, ('id',), where)}) "
+        + ("SELECT count(*) FROM lease" if leased else "SELECT 1")
+    )
+
+
+_PG_WRITE, _PG_WRITE_LEASED = _pg_write(False), _pg_write(True)
 _PG_KEYS = text(
     f"SELECT {', '.join('u.' + c for c in USAGE_COLUMNS)} FROM llm_usage AS u "
     "JOIN unnest(CAST(:tenants AS VARCHAR[]), CAST(:keys AS VARCHAR[])) AS k(tenant, key) "
@@ -90,8 +102,10 @@ def _pg_value(value: Any, kind: str) -> Any:
 
 
 class LedgerStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, lease: ShardLease | None = None) -> None:
+        """With a `lease`, every write commits only while this copy of the shard holds it."""
         self.engine = engine
+        self.lease = lease
         self.dialect = engine.dialect.name
 
     def _upsert(self, table, rows: list[dict[str, Any]], keys: list[str]):
@@ -108,11 +122,18 @@ class LedgerStore:
                 **_arrays("b", BUDGET_COLUMNS, list(writes.budgets.values())),
                 **_arrays("r", RESERVATION_COLUMNS, list(writes.reservations.values())),
             }
+            statement = _PG_WRITE
+            if self.lease is not None:
+                statement, params = _PG_WRITE_LEASED, {**params, **self.lease.params()}
             async with self.engine.connect() as conn:
                 conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                await conn.execute(_PG_WRITE, params)
+                held = (await conn.execute(statement, params)).scalar_one()
+            if not held and self.lease is not None:
+                self.lease.lost()
             return
         async with self.engine.begin() as conn:
+            if self.lease is not None:
+                await self.lease.hold(conn)
             if writes.usage:
                 await conn.execute(insert(UsageRow.__table__), writes.usage)
             if writes.budgets:

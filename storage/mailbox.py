@@ -8,6 +8,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from storage.leases import ShardLease
 from storage.models import MessageRow, SubscriptionRow
 
 MUTABLE = ("state", "attempts", "visible_at", "updated_at")
@@ -24,13 +25,17 @@ class MailboxWrites:
 
 
 class MailboxStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, lease: ShardLease | None = None) -> None:
+        """With a `lease`, every write commits only while this copy of the shard holds it."""
         self.engine = engine
+        self.lease = lease
         self.dialect = engine.dialect.name
 
     async def write(self, writes: MailboxWrites) -> None:
         """New messages, state changes and subscription lists, all in one transaction."""
         async with self.engine.begin() as conn:
+            if self.lease is not None:
+                await self.lease.hold(conn)
             if writes.messages:
                 module = postgresql if self.dialect == "postgresql" else sqlite
                 statement = module.insert(MessageRow)

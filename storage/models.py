@@ -285,3 +285,17 @@ class TenantRow(Base):
     state: Mapped[str] = mapped_column(String(16))  # active | suspended
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ShardLeaseRow(Base):
+    """Who may write for a shard: the copy holding the newest epoch. A copy takes the lease (the
+    epoch goes one up) when it starts, and every write of that copy checks the epoch in its own
+    transaction, so an older copy still running (a partitioned node that came back) commits
+    nothing (storage/leases.py)."""
+
+    __tablename__ = "shard_leases"
+
+    shard: Mapped[str] = mapped_column(String(200), primary_key=True)
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    holder: Mapped[str] = mapped_column(String(200))
+    taken_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -7,14 +7,17 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from storage.leases import ShardLease
 from storage.models import PatternRow
 
 MUTABLE = ("confidence", "support", "accepted", "rejected", "updated_at")
 
 
 class PatternStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, lease: ShardLease | None = None) -> None:
+        """With a `lease`, every write commits only while this copy of the shard holds it."""
         self.engine = engine
+        self.lease = lease
         self.dialect = engine.dialect.name
 
     async def write(self, rows: list[dict[str, Any]]) -> None:
@@ -27,6 +30,8 @@ class PatternStore:
             index_elements=["id"], set_={c: statement.excluded[c] for c in MUTABLE}
         )
         async with self.engine.begin() as conn:
+            if self.lease is not None:
+                await self.lease.hold(conn)
             await conn.execute(statement, rows)
 
     async def load(self, tenant: str) -> list[dict[str, Any]]:

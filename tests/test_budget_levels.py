@@ -282,7 +282,7 @@ async def test_a_failed_commit_leaves_every_level_as_it_was(ledger, tenant):
     ):
         with pytest.raises(LedgerError) as error:
             await attempt
-        assert error.value.code == "ledger_unavailable"
+        assert error.value.code == "storage_unavailable"
     assert await core.levels(tenant) == before
     with pytest.raises(LedgerError) as missing:
         await core.levels(tenant, "engagement", "new")

@@ -44,3 +44,44 @@ def test_config_checks_can_fail():
     serve_bad["applications"][0]["deployments"][0]["max_ongoing_requests"] = "many"
     with pytest.raises(Exception):
         ServeDeploySchema.model_validate(serve_bad)
+
+
+def serve_connections(config: dict) -> int:
+    """The most PostgreSQL connections serve_config.yaml's deployment can hold at its largest."""
+    [app] = config["applications"]
+    settings = Settings(database_url="postgresql+asyncpg://x/y", operator_token="t", **app["args"])
+    env = app["runtime_env"]["env_vars"]
+    per_engine = int(env["RAYTENANT_DB_POOL_SIZE"]) + int(env["RAYTENANT_DB_MAX_OVERFLOW"])
+    [deployment] = app["deployments"]
+    return settings.engines(deployment["autoscaling_config"]["max_replicas"]) * per_engine
+
+
+def test_serve_config_stays_within_postgres_connections():
+    """Every shard and replica at the deployment's largest stays under PostgreSQL's default
+    max_connections (100), as the file's comment says."""
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    assert serve_connections(config) <= 90
+    config["applications"][0]["args"]["hub_shards"] = 16  # more shards need a smaller pool
+    assert serve_connections(config) > 90
+
+
+def test_connection_budget_sets_the_pool(monkeypatch):
+    from serve_app.launcher import budget_connections
+    from storage.engine import PoolLimits, pool_size_for
+
+    import pytest
+
+    settings = Settings(database_url="postgresql+asyncpg://x/y", operator_token="t", hub_shards=4)
+    assert settings.engines(replicas=3) == 4 + 6 + 6
+    for name in ("RAYTENANT_DB_POOL_SIZE", "RAYTENANT_DB_MAX_OVERFLOW"):  # restored after the test,
+        monkeypatch.setenv(name, "5")  # although budget_connections sets them itself
+        monkeypatch.delenv(name)
+    assert budget_connections(settings, 3) == 16 * 10  # no budget set: the default pools
+    monkeypatch.setenv("RAYTENANT_DB_MAX_CONNECTIONS", "80")
+    assert budget_connections(settings, 3) <= 80
+    assert PoolLimits.from_env().size == pool_size_for(80, 16) == 2
+    with pytest.raises(ValueError):
+        pool_size_for(20, 16)  # not even one connection and one spare per engine
+    monkeypatch.setenv("RAYTENANT_DB_POOL_SIZE", "0")
+    with pytest.raises(ValueError):
+        PoolLimits.from_env()

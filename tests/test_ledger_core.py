@@ -174,7 +174,7 @@ async def test_failed_commit_changes_nothing(ledger, tenant):
     ):
         with pytest.raises(LedgerError) as error:
             await attempt
-        assert error.value.status == 503 and error.value.code == "ledger_unavailable"
+        assert error.value.status == 503 and error.value.code == "storage_unavailable"
     assert await core.get_budget(tenant) == before
     assert "mine" not in core.tenants.peek(tenant).overrides
     assert not core.tenants.peek(tenant).reservations

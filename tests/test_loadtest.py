@@ -3,18 +3,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from serve_app import cli
 from serve_app.loadtest import LoadConfig, build_report, percentile, run
 from tests.conftest import OPERATOR_TOKEN
+from tests.scenario_process import run_scenario_process
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.integration
@@ -87,11 +83,7 @@ async def test_a_client_worker_in_this_process(live, backend):
 def test_loadtest_workers_spread_over_a_multi_node_cluster(pg_url):
     """On a head and two workers (tests/cluster_loadtest_scenario.py, in its own process), each
     client worker runs on its own node, so the load grows with the cluster."""
-    done = subprocess.run([sys.executable, "-m", "tests.cluster_loadtest_scenario", pg_url], cwd=ROOT,
-                          capture_output=True, text=True, timeout=240, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    assert done.returncode == 0 and lines, done.stderr[-3000:]
-    result = json.loads(lines[-1])
+    result = run_scenario_process("tests.cluster_loadtest_scenario", pg_url, timeout=240)
     assert len(result["cluster_nodes"]) == 3 and result["workers"] == 3
     assert sorted(result["nodes"]) == result["cluster_nodes"], "one client worker per node"
     assert result["sockets"] == {"opened": 12, "failed": 0}

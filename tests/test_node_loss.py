@@ -3,24 +3,15 @@ sockets resume without gaps, flows resume. The cluster runs in its own process
 (tests/node_loss_scenario.py)."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
+from tests.scenario_process import run_scenario_process
+
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_node_loss_under_traffic(pg_url):
-    done = subprocess.run([sys.executable, "-m", "tests.node_loss_scenario", pg_url], cwd=ROOT, capture_output=True,
-                          text=True, timeout=280, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    assert done.returncode == 0 and lines, done.stderr[-3000:]
-    result = json.loads(lines[-1])
+    result = run_scenario_process("tests.node_loss_scenario", pg_url, timeout=280)
     every = ["flows-0", "hub-0", "hub-1", "learning-0", "ledger-0", "ledger-1", "mailbox-0"]
     assert len(result["nodes_before"]) == 1 and result["placed_on_doomed"] == every
     assert result["moved"] == result["placed_on_doomed"] and result["still_on_doomed"] == []

@@ -1,0 +1,179 @@
+"""PostgreSQL stops for a while under mixed traffic, then starts again.
+
+Run by tests/test_db_outage.py in its own process (it stops the machine's PostgreSQL, and a process
+holds one Ray session):
+
+    python -m tests.db_outage_scenario DATABASE_URL [DOWN_SECONDS]
+
+Tenants publish events, record usage, send agent messages, teach corrections and read back
+(replays of the table, budgets, recommendations) while WebSocket clients listen and a flow runs.
+Then PostgreSQL is stopped (fast shutdown: sessions are cut, new connections refused) for
+DOWN_SECONDS (20 by default) and started again, always, in a finally block. Prints one JSON line:
+every request with its start, end, status and error code relative to the outage, what was
+acknowledged against what the database holds, what the sockets saw and how the flow ended.
+"""
+from __future__ import annotations
+
+from tests.local_cluster import run_scenario  # first: Ray's addresses stay on loopback
+
+import asyncio  # noqa: E402
+import glob  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from typing import Any  # noqa: E402
+
+from tests.conftest import LiveServer  # noqa: E402 - also sets the crewai and Serve environment
+from tests.node_loss_scenario import Listener, flows_ended  # noqa: E402
+
+import httpx  # noqa: E402
+from ray.cluster_utils import Cluster  # noqa: E402
+from sqlalchemy import select  # noqa: E402
+
+from crews.samples import sample_inventory  # noqa: E402
+from serve_app.runtime import Runtime  # noqa: E402
+from serve_app.settings import Settings  # noqa: E402
+from storage.engine import create_engine  # noqa: E402
+from storage.models import EventRow, MessageRow, UsageRow  # noqa: E402
+
+TENANTS = 3
+SOCKETS_PER_TENANT = 2
+RATE = 15  # rounds per second; each round sends one request of every kind
+CORRECTION = {"original": {"field_mapping": "cust_id -> customer_name"},
+              "corrected": {"field_mapping": "cust_id -> customer_id"},
+              "context": {"source_fields": ["cust_id"], "target_schema": "crm"}}
+
+
+def postgres(action: str) -> None:
+    """pg_ctlcluster for this machine's one cluster (`stop` cuts every session at once)."""
+    version = sorted(p.rsplit("/", 1)[1] for p in glob.glob("/etc/postgresql/*"))[-1]
+    extra = ["-m", "fast"] if action == "stop" else []
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action, *extra],
+                   check=True, capture_output=True, timeout=60)
+
+
+def requests_for(n: int, tenant: str) -> list[tuple[str, str, str, dict[str, Any] | None]]:
+    """One round of mixed traffic: (kind, method, path, body). Writes carry keys the scenario can
+    find in the database afterwards."""
+    return [
+        ("publish", "POST", "/v1/events", {"type": "flow_update", "flow_id": "f", "data": {"n": n}}),
+        ("usage", "POST", "/v1/costs/usage", {"model": "gpt-4o-mini", "input_tokens": 100, "output_tokens": 10,
+                                              "idempotency_key": f"k-{n}"}),
+        ("message", "POST", "/v1/agents/mapper/messages", {"sender": "validator", "content": {"n": n}}),
+        ("correction", "POST", "/v1/learning/corrections", CORRECTION),
+        ("replay", "GET", "/v1/events?after=0&limit=5", None),
+        ("summary", "GET", "/v1/costs/summary", None),
+    ]
+
+
+async def traffic(server: LiveServer, tenants: list[str], stop: asyncio.Event, log: list[dict[str, Any]],
+                  acked: dict[str, set]) -> None:
+    auth = {t: server.auth(t) for t in tenants}
+
+    async def one(client: httpx.AsyncClient, n: int, tenant: str, kind: str, method: str, path: str,
+                  body: dict[str, Any] | None) -> None:
+        started = time.monotonic()
+        status, code = 0, "client_error"
+        try:
+            response = await client.request(method, path, headers=auth[tenant], json=body)
+            status = response.status_code
+            answer = response.json()
+            code = answer["error"]["code"] if status >= 400 else ""
+        except (httpx.HTTPError, ValueError) as error:
+            code = f"client_error:{type(error).__name__}"
+            answer = {}
+        log.append({"kind": kind, "start": started, "end": time.monotonic(), "status": status, "code": code})
+        if status in (200, 201):
+            if kind == "publish":
+                acked["events"].update((tenant, seq) for seq in answer["seqs"])
+            elif kind == "usage":
+                acked["usage"].add((tenant, body["idempotency_key"]))
+            elif kind == "message":
+                acked["messages"].update(answer["message_ids"])
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        n, pending = 0, set()
+        while not stop.is_set():
+            n += 1
+            tenant = tenants[n % len(tenants)]
+            round_started = time.monotonic()
+            for request in requests_for(n, tenant):
+                task = asyncio.create_task(one(client, n, tenant, *request))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            await asyncio.sleep(max(0.0, 1 / RATE - (time.monotonic() - round_started)))
+        await asyncio.gather(*pending)
+
+
+async def scenario(database_url: str, _cluster: Cluster, _workers: list[Any]) -> dict[str, Any]:
+    down_seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 20.0
+    settings = Settings.from_env(database_url=database_url, operator_token="db-outage", actor_prefix="dbo-",
+                                 llm_latency=0.3)
+    tenants = [f"dbo-{uuid.uuid4().hex[:8]}-{i}" for i in range(TENANTS)]
+    sample = sample_inventory()
+    async with LiveServer(Runtime(settings)) as server:
+        listeners = [Listener(server, t) for t in tenants for _ in range(SOCKETS_PER_TENANT)]
+        listening = [asyncio.create_task(listener.run()) for listener in listeners]
+        await asyncio.sleep(2)
+        stop = asyncio.Event()
+        log: list[dict[str, Any]] = []
+        acked: dict[str, set] = {"events": set(), "usage": set(), "messages": set()}
+        load = asyncio.create_task(traffic(server, tenants, stop, log, acked))
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            body = {"name": "outage", "kind": "discovery", "data": sample["data"],
+                    "target_schema": sample["target_schema"]}
+            response = await client.post("/v1/flows", headers=server.auth(tenants[0]), json=body)
+            assert response.status_code == 202, response.text
+            flow = (tenants[0], response.json()["flow_id"])
+        await asyncio.sleep(3)
+        reconnects_before = sum(listener.reconnects for listener in listeners)
+        stopped_at = time.monotonic()
+        await asyncio.to_thread(postgres, "stop")
+        try:
+            await asyncio.sleep(down_seconds)
+        finally:
+            starting_at = time.monotonic()
+            await asyncio.to_thread(postgres, "start")
+        back_at = time.monotonic()
+        reconnects_during = sum(listener.reconnects for listener in listeners) - reconnects_before
+        await asyncio.sleep(10)
+        stop.set()
+        await load
+        [ended] = await flows_ended(server, [flow], timeout=120)
+        await asyncio.sleep(3)  # the last events reach the sockets
+        for listener in listeners:
+            listener.stop.set()
+        await asyncio.gather(*listening)
+    engine = create_engine(database_url)
+    async with engine.connect() as conn:
+        stored_events = {(r.tenant, r.seq) for r in await conn.execute(
+            select(EventRow.tenant, EventRow.seq).where(EventRow.tenant.in_(tenants), EventRow.type == "flow_update"))}
+        usage_keys = [(r.tenant, r.idempotency_key) for r in await conn.execute(
+            select(UsageRow.tenant, UsageRow.idempotency_key).where(UsageRow.tenant.in_(tenants),
+                                                                    UsageRow.idempotency_key.like("k-%")))]
+        messages = set((await conn.execute(select(MessageRow.id).where(MessageRow.tenant.in_(tenants)))).scalars())
+    await engine.dispose()
+    gaps = duplicates = 0
+    for listener in listeners:
+        first = listener.seqs[0] if listener.seqs else 1
+        expected = {s for t, s in stored_events if t == listener.tenant and s >= first}
+        gaps += len(expected - set(listener.seqs))
+        duplicates += len(listener.seqs) - len(set(listener.seqs))
+    for entry in log:
+        entry["start"] = round(entry["start"] - stopped_at, 3)
+        entry["end"] = round(entry["end"] - stopped_at, 3)
+    return {
+        "starting_s": round(starting_at - stopped_at, 3), "back_s": round(back_at - stopped_at, 3), "requests": log,
+        "acked_events": len(acked["events"]), "lost_events": len(acked["events"] - stored_events),
+        "acked_usage": len(acked["usage"]), "lost_usage": len(acked["usage"] - set(usage_keys)),
+        "duplicated_usage": len(usage_keys) - len(set(usage_keys)),
+        "acked_messages": len(acked["messages"]), "lost_messages": len(acked["messages"] - messages),
+        "delivered": sum(len(listener.seqs) for listener in listeners), "gaps": gaps,
+        "duplicated_deliveries": duplicates, "socket_reconnects_during_outage": reconnects_during,
+        "flow": {k: ended.get(k) for k in ("status", "error", "progress", "attempts")},
+    }
+
+
+if __name__ == "__main__":
+    run_scenario(scenario, workers=1)
