@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -111,8 +111,19 @@ def create_engine(url: str | None = None, *, limits: PoolLimits | None = None) -
     # No pre-ping: it is a round trip per checkout on the commit path. A connection that died is
     # invalidated when its statement fails, and that batch is refused (never half-acknowledged).
     limits = limits or PoolLimits.from_env()
-    return create_async_engine(
+    engine = create_async_engine(
         url, json_serializer=dumps_stored, pool_size=limits.size, max_overflow=limits.overflow, pool_recycle=3600,
         pool_timeout=limits.pool_timeout,
         connect_args={"timeout": limits.connect_timeout, "command_timeout": limits.statement_timeout},
     )
+    event.listen(engine.sync_engine, "checkout", _closed_by_server)
+    return engine
+
+
+def _closed_by_server(dbapi_connection, _record, _proxy) -> None:
+    """A pooled connection the server closed (PostgreSQL restarted, or terminated the session) is
+    replaced at checkout instead of failing the first statement that gets it. asyncpg notices the
+    close as it happens, so this costs no round trip (a pre-ping would cost one per checkout)."""
+    connection = getattr(dbapi_connection, "driver_connection", None)
+    if connection is not None and connection.is_closed():
+        raise exc.DisconnectionError("the server closed this connection")

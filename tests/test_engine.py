@@ -1,0 +1,30 @@
+"""The engine's handling of connections PostgreSQL closed: a pooled connection whose session the
+server ended (a restart, `pg_terminate_backend`) is replaced at checkout, so the first statement
+after the database returns does not fail."""
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+from sqlalchemy import text
+
+from storage.engine import create_engine
+from tests.conftest import PG_ADMIN_DSN
+
+
+async def test_a_connection_the_server_closed_is_replaced(pg_url):
+    engine = create_engine(pg_url)
+    try:
+        async with engine.connect() as conn:
+            first = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        admin = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", first)
+        finally:
+            await admin.close()
+        await asyncio.sleep(0.2)  # asyncpg sees the close
+        async with engine.connect() as conn:  # the pool's only idle connection is the dead one
+            second = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        assert second != first
+    finally:
+        await engine.dispose()
