@@ -107,3 +107,50 @@ def raytenant_service(database_url: str, *, port: int = 8000, shards: int = 1, d
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def postgres(action: str) -> bool:
+    """`pg_ctlcluster` for this machine's cluster: "stop" (fast: every session cut at once) or
+    "start". Returns whether it did something (False: it was already in that state)."""
+    import glob
+
+    version = sorted(p.rsplit("/", 1)[1] for p in glob.glob("/etc/postgresql/*"))[-1]
+    extra = ["-m", "fast"] if action == "stop" else []
+    done = subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action, *extra],
+                          check=False, capture_output=True, timeout=60)
+    return done.returncode == 0
+
+
+class ResumingListener:
+    """A WebSocket client that resumes from its last seq whenever its socket closes, as a client
+    of the service should: subscribed to all the tenant's flows in the query, so the resume's
+    replay covers them (docs/websocket-protocol.md). `connected` is set once the server attached
+    the first socket (its `connection_established`): events published after it reach this client."""
+
+    def __init__(self, ws_url: str, token: str) -> None:
+        self.ws_url, self.token = ws_url, token
+        self.seqs: list[int] = []
+        self.reconnects = 0
+        self.connected = asyncio.Event()
+        self.stop = asyncio.Event()
+
+    async def run(self) -> None:
+        import websockets
+
+        while not self.stop.is_set():
+            query = "?flow_id=*" + (f"&last_seq={self.seqs[-1]}" if self.seqs else "")
+            try:
+                async with websockets.connect(self.ws_url + query, open_timeout=10,
+                                              additional_headers={"Authorization": f"Bearer {self.token}"}) as ws:
+                    while not self.stop.is_set():
+                        try:
+                            message = json.loads(await asyncio.wait_for(ws.recv(), 0.5))
+                        except asyncio.TimeoutError:
+                            continue
+                        if message.get("type") == "connection_established":
+                            self.connected.set()
+                        elif message.get("type") == "flow_update" and "seq" in message:
+                            self.seqs.append(message["seq"])
+            except (websockets.ConnectionClosed, websockets.InvalidHandshake, OSError, asyncio.TimeoutError):
+                self.reconnects += 1
+                await asyncio.sleep(0.3)

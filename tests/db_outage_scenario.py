@@ -17,8 +17,6 @@ from __future__ import annotations
 from tests.local_cluster import run_scenario  # first: Ray's addresses stay on loopback
 
 import asyncio  # noqa: E402
-import glob  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
@@ -31,6 +29,7 @@ import httpx  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
+from bench.common import postgres  # noqa: E402
 from crews.samples import sample_inventory  # noqa: E402
 from serve_app.runtime import Runtime  # noqa: E402
 from serve_app.settings import Settings  # noqa: E402
@@ -43,14 +42,6 @@ RATE = 15  # rounds per second; each round sends one request of every kind
 CORRECTION = {"original": {"field_mapping": "cust_id -> customer_name"},
               "corrected": {"field_mapping": "cust_id -> customer_id"},
               "context": {"source_fields": ["cust_id"], "target_schema": "crm"}}
-
-
-def postgres(action: str) -> None:
-    """pg_ctlcluster for this machine's one cluster (`stop` cuts every session at once)."""
-    version = sorted(p.rsplit("/", 1)[1] for p in glob.glob("/etc/postgresql/*"))[-1]
-    extra = ["-m", "fast"] if action == "stop" else []
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action, *extra],
-                   check=True, capture_output=True, timeout=60)
 
 
 def requests_for(n: int, tenant: str) -> list[tuple[str, str, str, dict[str, Any] | None]]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 from tests.local_cluster import run_scenario  # first: Ray's addresses stay on loopback
 
 import asyncio  # noqa: E402
-import json  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 from typing import Any  # noqa: E402
@@ -27,11 +26,11 @@ from tests.conftest import _free_port  # noqa: E402 - also sets the crewai and S
 
 import httpx  # noqa: E402
 import ray  # noqa: E402
-import websockets  # noqa: E402
 from ray import serve  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
+from bench.common import ResumingListener  # noqa: E402
 from serve_app.auth import Tokens  # noqa: E402
 from serve_app.balancer import Balancer, serve_targets  # noqa: E402
 from serve_app.deployment import APP_NAME  # noqa: E402
@@ -44,36 +43,6 @@ TENANTS = 4
 SOCKETS_PER_TENANT = 6
 RATE = 40  # publishes per second, all tenants together
 OPERATOR = "replicas-scenario"
-
-
-class Client:
-    """A WebSocket client through the balancer that resumes from its last seq when its socket closes."""
-
-    def __init__(self, ws_url: str, token: str) -> None:
-        self.ws_url, self.token = ws_url, token
-        self.seqs: list[int] = []
-        self.reconnects = 0
-        self.connected = asyncio.Event()
-        self.stop = asyncio.Event()
-
-    async def run(self) -> None:
-        while not self.stop.is_set():
-            # The subscription goes in the query, so the resume's replay already covers it.
-            query = "?flow_id=*" + (f"&last_seq={self.seqs[-1]}" if self.seqs else "")
-            try:
-                async with websockets.connect(self.ws_url + query, open_timeout=10,
-                                              additional_headers={"Authorization": f"Bearer {self.token}"}) as ws:
-                    self.connected.set()
-                    while not self.stop.is_set():
-                        try:
-                            message = json.loads(await asyncio.wait_for(ws.recv(), 0.5))
-                        except asyncio.TimeoutError:
-                            continue
-                        if message.get("type") == "flow_update" and "seq" in message:
-                            self.seqs.append(message["seq"])
-            except (websockets.ConnectionClosed, websockets.InvalidHandshake, OSError, asyncio.TimeoutError):
-                self.reconnects += 1
-                await asyncio.sleep(0.2)
 
 
 def replica_actors() -> list[Any]:
@@ -121,7 +90,7 @@ async def scenario(database_url: str, _cluster: Cluster, _workers: list[Any]) ->
     minting = Tokens(OPERATOR)
     tokens = {tenant: minting.mint(tenant)[0] for tenant in tokens}
     ws_url = balancer.url.replace("http", "ws", 1) + "/v1/ws"
-    clients = {tenant: [Client(ws_url, token) for _ in range(SOCKETS_PER_TENANT)] for tenant, token in tokens.items()}
+    clients = {tenant: [ResumingListener(ws_url, token) for _ in range(SOCKETS_PER_TENANT)] for tenant, token in tokens.items()}
     every = [client for group in clients.values() for client in group]
     running = [asyncio.create_task(client.run()) for client in every]
     await asyncio.wait_for(asyncio.gather(*(client.connected.wait() for client in every)), 60)
