@@ -34,7 +34,8 @@ from crews.samples import sample_inventory  # noqa: E402
 from serve_app.runtime import Runtime  # noqa: E402
 from serve_app.settings import Settings  # noqa: E402
 from storage.engine import create_engine  # noqa: E402
-from storage.models import EventRow, MessageRow, UsageRow  # noqa: E402
+from storage.models import MessageRow  # noqa: E402
+from tests.scenario_process import stored_records  # noqa: E402
 
 TENANTS = 3
 SOCKETS_PER_TENANT = 2
@@ -136,13 +137,9 @@ async def scenario(database_url: str, _cluster: Cluster, _workers: list[Any]) ->
         for listener in listeners:
             listener.stop.set()
         await asyncio.gather(*listening)
+    stored_events, usage_keys = await stored_records(database_url, tenants)
     engine = create_engine(database_url)
     async with engine.connect() as conn:
-        stored_events = {(r.tenant, r.seq) for r in await conn.execute(
-            select(EventRow.tenant, EventRow.seq).where(EventRow.tenant.in_(tenants), EventRow.type == "flow_update"))}
-        usage_keys = [(r.tenant, r.idempotency_key) for r in await conn.execute(
-            select(UsageRow.tenant, UsageRow.idempotency_key).where(UsageRow.tenant.in_(tenants),
-                                                                    UsageRow.idempotency_key.like("k-%")))]
         messages = set((await conn.execute(select(MessageRow.id).where(MessageRow.tenant.in_(tenants)))).scalars())
     await engine.dispose()
     gaps = duplicates = 0

@@ -26,14 +26,14 @@ from storage.migrate import upgrade  # noqa: E402
 Scenario = Callable[[str, Cluster, list[Any]], Awaitable[dict[str, Any]]]
 
 
-def run_scenario(scenario: Scenario, *, workers: int = 2) -> None:
-    """`python -m tests.<scenario> DATABASE_URL`: migrate the database, start a head and `workers`
-    worker nodes (one CPU each), run `scenario(database_url, cluster, worker_nodes)` connected to
-    it, stop everything and print the scenario's result as one JSON line."""
+def run_scenario(scenario: Scenario, *, workers: int = 2, head_args: dict[str, Any] | None = None) -> None:
+    """`python -m tests.<scenario> DATABASE_URL`: migrate the database, start a head (with
+    `head_args`) and `workers` worker nodes (one CPU each), run `scenario(database_url, cluster,
+    worker_nodes)` connected to it, stop everything and print the scenario's result as one JSON line."""
     database_url = sys.argv[1]
     upgrade(database_url)
     with metrics_enabled():
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, **(head_args or {})})
         nodes = [cluster.add_node(num_cpus=1) for _ in range(workers)]
         cluster.wait_for_nodes()
     ray.init(address=cluster.address, namespace="raytenant", log_to_driver=False)

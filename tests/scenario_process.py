@@ -24,3 +24,26 @@ def run_scenario_process(module: str, *args: str, timeout: float) -> dict[str, A
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     assert done.returncode == 0 and lines, done.stderr[-3000:]
     return json.loads(lines[-1])
+
+
+async def stored_records(database_url: str, tenants: list[str]) -> tuple[set[tuple[str, int]], list[tuple[str, str]]]:
+    """What the database holds for the scenario's tenants: their `flow_update` events as
+    (tenant, seq), and their usage records' (tenant, idempotency key), one per row (so a key
+    counted twice shows twice)."""
+    from sqlalchemy import select
+
+    from storage.engine import create_engine
+    from storage.models import EventRow, UsageRow
+
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            events = {(r.tenant, r.seq) for r in await conn.execute(
+                select(EventRow.tenant, EventRow.seq).where(EventRow.tenant.in_(tenants),
+                                                            EventRow.type == "flow_update"))}
+            usage = [(r.tenant, r.idempotency_key) for r in await conn.execute(
+                select(UsageRow.tenant, UsageRow.idempotency_key).where(UsageRow.tenant.in_(tenants),
+                                                                        UsageRow.idempotency_key.is_not(None)))]
+    finally:
+        await engine.dispose()
+    return events, usage

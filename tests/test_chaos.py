@@ -11,9 +11,10 @@ from tests.scenario_process import run_scenario_process
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.timeout(600)  # a minute of load, the cluster's start, and up to three minutes for the flows to end
 def test_a_minute_of_chaos_keeps_every_invariant(pg_url):
     try:
-        result = run_scenario_process("bench.chaos", "--duration", "60", "--database-url", pg_url, timeout=600)
+        result = run_scenario_process("bench.chaos", "--duration", "60", "--database-url", pg_url, timeout=560)
     finally:  # the soak starts PostgreSQL again itself; this covers a soak killed mid-restart
         postgres("start")
     assert result["bench"] == "chaos" and result["duration_s"] >= 60

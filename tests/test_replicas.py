@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_three_replicas_one_killed_under_load(pg_url):
-    result = run_scenario_process("tests.replicas_scenario", pg_url, timeout=300)
+    result = run_scenario_process("tests.replicas_scenario", pg_url, timeout=280)
     spread = result["sockets_per_replica"]
     assert len(spread) == 3 and min(spread.values()) >= result["sockets"] // 3 - 1, spread
     assert result["acked_events"] > 300 and result["lost_events"] == 0

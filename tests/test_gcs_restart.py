@@ -1,0 +1,22 @@
+"""The head's GCS killed and restarted under traffic with GCS fault tolerance (an external Redis;
+tests/gcs_restart_scenario.py, in its own process): the detached shards keep serving, sockets
+stay open, nothing acknowledged is lost, and the restarted GCS creates actors again."""
+from __future__ import annotations
+
+import pytest
+
+from tests.scenario_process import run_scenario_process
+
+pytestmark = pytest.mark.integration
+
+
+def test_gcs_restart_under_traffic(pg_url):
+    result = run_scenario_process("tests.gcs_restart_scenario", pg_url, timeout=280)
+    assert result["new_actor_after_restart"], result  # without Redis the new GCS knows nothing
+    assert result["fault_tolerant"] and result["down_s"] >= 8
+    assert result["requests_while_down"] > 100  # the shards served while the GCS was down
+    assert result["refused_after_restart"] == 0 and result["requests_after_restart"] > 100
+    assert result["acked_events"] > 200 and result["lost_events"] == 0
+    assert result["acked_usage"] > 200 and result["lost_usage"] == 0 and result["duplicated_usage"] == 0
+    assert result["socket_reconnects"] == 0 and result["gaps"] == 0 and result["duplicated_deliveries"] == 0
+    assert result["delivered"] > 0
