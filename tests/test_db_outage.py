@@ -26,12 +26,12 @@ def test_database_outage_under_traffic(pg_url):
     assert stopping >= DOWN_SECONDS
 
     # While it is down (from a moment after the stop to the start): 503 storage_unavailable or a
-    # memory-served answer, each within 2 s; every write kind was refused.
+    # memory-served answer; every write kind was refused. (How fast each came is a figure for the
+    # docs, from the scenario's output, not an assertion: timings are not asserted in pytest.)
     during = [r for r in requests if r["start"] > 0.3 and r["end"] < stopping]
     assert len(during) > 100
     assert all(r["status"] in OK or (r["status"], r["code"]) == (503, "storage_unavailable") for r in during), \
         sorted({(r["kind"], r["status"], r["code"]) for r in during})
-    assert max(r["end"] - r["start"] for r in during) < 2.0
     refused = {r["kind"] for r in during if r["status"] == 503}
     assert refused >= {"publish", "usage", "message", "correction"}
     # Never a 500 or another code, also at the edges of the outage.
