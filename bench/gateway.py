@@ -7,7 +7,11 @@ HTTP (aiohttp), so that the load generator's own CPU does not decide the compari
 
 - Latency: `--callers` concurrent callers make `--calls` calls, alternating rounds straight to the
   provider and through the gateway; `added_p50_ms` / `added_p99_ms` are the gateway's percentiles
-  minus the direct ones, measured in the same run.
+  minus the direct ones, measured in the same run. Callers are independent clients: each round
+  starts them spread over one provider answer time (`--start staggered`, the default), so that 50
+  calls stay in flight without arriving in the same millisecond. `--start synchronized` starts all
+  of them at once each round: that measures a burst of `--callers` simultaneous arrivals, which a
+  replica works off one request's CPU at a time (docs/costs.md has both figures).
 - Budget: `--burst` concurrent calls against an operator cap that fits `--fit` calls' worst case
   (prompt bound + max_tokens); the provider holds each answer `--hold` seconds so every reservation
   is decided before any settles. `admitted` must equal `budget_fits`, `overspend_usd` and `lost`
@@ -39,9 +43,10 @@ def token_for(tenant: str) -> str:
     return Tokens(OPERATOR).mint(tenant, user="bench")[0]
 
 
-async def timed_calls(base_url: str, api_key: str, callers: int, calls: int) -> list[float]:
+async def timed_calls(base_url: str, api_key: str, callers: int, calls: int, spread_s: float = 0.0) -> list[float]:
     """aiohttp with one pre-encoded body: the openai client (and httpx under it) cost the load
-    generator more CPU per call than the paths it measures, on the cores those paths share."""
+    generator more CPU per call than the paths it measures, on the cores those paths share.
+    Caller i makes its first call `spread_s * i / callers` seconds in, then calls back to back."""
     import aiohttp
 
     headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
@@ -51,7 +56,8 @@ async def timed_calls(base_url: str, api_key: str, callers: int, calls: int) -> 
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=callers * 2),
                                  timeout=aiohttp.ClientTimeout(total=60))
 
-    async def caller() -> None:
+    async def caller(index: int) -> None:
+        await asyncio.sleep(spread_s * index / callers)
         while remaining[0] > 0:
             remaining[0] -= 1
             started = time.perf_counter()
@@ -61,7 +67,7 @@ async def timed_calls(base_url: str, api_key: str, callers: int, calls: int) -> 
             if response.status != 200:
                 raise RuntimeError(f"{response.status} from {base_url}")
 
-    await asyncio.gather(*(caller() for _ in range(callers)))
+    await asyncio.gather(*(caller(i) for i in range(callers)))
     await http.close()
     return latencies
 
@@ -72,12 +78,13 @@ async def latency(gateway: str, provider: str, args: argparse.Namespace) -> dict
     await timed_calls(gateway, token, args.callers, args.callers * 2)
     direct, through = [], []
     rounds = 4
+    spread = args.provider_latency if args.start == "staggered" else 0.0
     for _ in range(rounds):
-        direct += await timed_calls(provider, PROVIDER_KEY, args.callers, args.calls // rounds)
-        through += await timed_calls(gateway, token, args.callers, args.calls // rounds)
+        direct += await timed_calls(provider, PROVIDER_KEY, args.callers, args.calls // rounds, spread)
+        through += await timed_calls(gateway, token, args.callers, args.calls // rounds, spread)
     p50 = (percentile(through, 0.5) or 0) - (percentile(direct, 0.5) or 0)
     p99 = (percentile(through, 0.99) or 0) - (percentile(direct, 0.99) or 0)
-    return {"concurrency": args.callers, "calls": len(through), "direct_p50_ms": round(percentile(direct, 0.5), 2),
+    return {"concurrency": args.callers, "start": args.start, "calls": len(through), "direct_p50_ms": round(percentile(direct, 0.5), 2),
             "direct_p99_ms": round(percentile(direct, 0.99), 2), "gateway_p50_ms": round(percentile(through, 0.5), 2),
             "gateway_p99_ms": round(percentile(through, 0.99), 2), "added_p50_ms": round(p50, 2),
             "added_p99_ms": round(p99, 2), "target_added_p99_ms": 15.0}
@@ -144,6 +151,8 @@ def main() -> None:
                         help="longer than the gateway takes to decide every call of the burst")
     parser.add_argument("--provider-latency", type=float, default=0.0,
                         help="seconds the latency phase's provider takes per answer")
+    parser.add_argument("--start", choices=["staggered", "synchronized"], default="staggered",
+                        help="callers' first calls spread over one provider answer time, or all at once")
     parser.add_argument("--database-url")
     args = parser.parse_args()
     os.environ[KEY_ENV] = PROVIDER_KEY  # before Ray starts: every replica reads the key from its environment
