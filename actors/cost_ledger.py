@@ -27,12 +27,13 @@ from typing import Any, Awaitable, Callable, Iterator
 import ray
 
 from actors.metrics import NO_METRICS, MetricSink, RayMetrics
-from actors.activation import ActivationTable, InFlight
-from actors.batching import Batcher, commit_failure
+from actors.activation import ActivationTable
+from actors.batching import Batcher
 from actors.budget_levels import COLUMNS, Level, LevelSettings, RateWindow, Tags, WindowEntry, level_keys, period_bounds, period_id
 from actors.gc_policy import quiet_gc
+from actors.group_commit import GroupCommit, Pending
 from actors.model_quality import TASK_QUALITY, model_quality
-from actors.operations import ActorError, refused_commit
+from actors.operations import ActorError
 from actors.shard_actor import BackgroundPublisher, ShardActor, shard_lease, stream_publisher
 from actors.prices import NANOS, Price, PriceCatalog, default_catalog, usd
 from storage.engine import create_engine
@@ -215,12 +216,11 @@ class TenantCosts:
 
 
 @dataclass
-class PendingWrite:
-    """One operation's share of a group commit. Budget rows are snapshotted at flush time."""
+class LedgerChange:
+    """One operation's rows for the group commit. Budget and level rows are snapshotted when the
+    batch is written, so they hold every change committed with it."""
 
-    writes: LedgerWrites
-    tenant: str
-    undo: Callable[[], None]
+    rows: LedgerWrites
     levels: tuple[tuple[str, str], ...] = ()  # levels whose row this operation changed
 
 
@@ -242,18 +242,16 @@ class LedgerCore:
         self.notify = notify
         self.clock = clock
         self.quality = model_quality()
-        self._in_flight = InFlight()
+        # Whole tenants per batch: a write snapshots the budgets, which must hold only this batch's changes.
+        self._commits: GroupCommit[LedgerChange] = GroupCommit(self._write, LedgerError, whole_tenant=True)
         self.tenants: ActivationTable[TenantCosts] = ActivationTable(
             self._load, idle_seconds=options.idle_seconds, max_tenants=options.max_tenants,
-            busy=self._in_flight.__contains__,
+            busy=self._commits.in_flight.__contains__,
         )
-        # Unbounded batches: a flush snapshots the budgets, which must hold only this batch's changes.
-        self._commits: Batcher[PendingWrite, None] = Batcher(self._flush, max_batch=2**62, isolate="retry", group=lambda item: item.tenant)
         # Keys not in memory (recorded before this activation, or forgotten) are looked up in SQL;
         # concurrent operations share one query.
         self._key_lookups: Batcher[tuple[str, list[str]], dict[str, dict]] = Batcher(self._lookup_keys)
         self._alerts = BackgroundPublisher(notify, "budget alert")
-        self._committing: dict[str, set[asyncio.Future]] = {}  # tenant -> its commits in flight
         self._last_stamp = 0  # microseconds since the epoch
         self.alerts_sent = 0
 
@@ -334,49 +332,21 @@ class LedgerCore:
         if state.budget.month < month:
             state.budget = state.budget.next_month(month, sum(r.amount for r in state.reservations.values()))
 
-    async def _flush(self, pending: list[PendingWrite]) -> list[None]:
+    async def _write(self, pending: list[Pending[LedgerChange]]) -> None:
         merged = LedgerWrites()
         for item in pending:
-            merged.merge(item.writes)
+            merged.merge(item.writes.rows)
             state = self.tenants.peek(item.tenant)
             if state is not None:
                 merged.budgets[(item.tenant, state.budget.month)] = state.budget.row(item.tenant)
-                for name in item.levels:
+                for name in item.writes.levels:
                     level = state.levels.get(name)
                     merged.levels[(item.tenant, *name)] = level.row(item.tenant) if level else None
-        try:
-            await self.store.write(merged)
-        except BaseException:
-            for item in reversed(pending):  # before the next batch is composed
-                item.undo()
-            raise
-        return [None] * len(pending)
+        await self.store.write(merged)
 
     async def _commit(self, tenant: str, writes: LedgerWrites, undo: Callable[[], None],
                       levels: tuple[tuple[str, str], ...] = ()) -> None:
-        """Join the next group commit; returns once it is durable. A tenant with a commit in flight
-        stays in memory: reloading it from storage meanwhile would miss the uncommitted change."""
-        with self._in_flight.hold(tenant):
-            commit = asyncio.ensure_future(self._commits.submit(PendingWrite(writes, tenant, undo, levels)))
-            committing = self._committing.setdefault(tenant, set())
-            committing.add(commit)
-            try:
-                await commit
-            except Exception as error:
-                if commit_failure(error) == "retry":
-                    raise
-                log.warning("ledger commit failed: %r", error)
-                raise refused_commit(error, LedgerError) from error
-            finally:
-                committing.discard(commit)
-                if not committing:
-                    self._committing.pop(tenant, None)
-
-    async def _committed(self, tenant: str) -> None:
-        """Wait until every commit of `tenant` in flight now has finished (stored or undone)."""
-        running = self._committing.get(tenant)
-        if running:
-            await asyncio.wait(set(running))
+        await self._commits.commit(tenant, LedgerChange(writes, levels), undo)
 
     # -- prices -----------------------------------------------------------------------------------
     def known_price(self, state: TenantCosts, model: str) -> Price | None:
@@ -486,7 +456,7 @@ class LedgerCore:
         whose period changes, counts the period's recorded usage: whenever it is set, what the
         period already spent counts against it."""
         name = (scope, key)
-        with self._in_flight.hold(tenant):  # the tenant stays in memory while its spend is read
+        with self._commits.in_flight.hold(tenant):  # the tenant stays in memory while its spend is read
             state = await self._state(tenant)
             cap = state.budget.cap
             if cap is not None and settings.amount is not None and settings.amount > cap:
@@ -559,7 +529,7 @@ class LedgerCore:
         counting = state.counting.setdefault(name, [])
         counting.append(level)
         try:
-            await self._committed(tenant)
+            await self._commits.committed(tenant)
             start = period_bounds(settings.period, now)[0]
             [(used, overrun)] = await self.store.level_spend(tenant, [(COLUMNS.get(name[0]), name[1], start)], until=until)
         finally:

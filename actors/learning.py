@@ -32,10 +32,10 @@ from typing import Any, Callable
 import ray
 
 from actors.metrics import NO_METRICS, MetricSink, RayMetrics
-from actors.activation import ActivationTable, InFlight
-from actors.batching import Batcher, commit_failure
+from actors.activation import ActivationTable
 from actors.gc_policy import quiet_gc
-from actors.operations import ActorError, refused_commit
+from actors.group_commit import GroupCommit, Pending
+from actors.operations import ActorError
 from actors.shard_actor import ShardActor, shard_lease
 from actors.limits import Limits, LimitsCache
 from actors.decision_model import KEEP, Example
@@ -191,25 +191,17 @@ class TenantPatterns:
                     self.by_mapping_key.setdefault(key, []).append(pattern)
 
 
-@dataclass
-class PendingPatterns:
-    tenant: str
-    patterns: list[Pattern]
-    undo: Callable[[], None]
-
-
 class LearningCore:
     def __init__(self, store: PatternStore, options: LearningOptions = LearningOptions(), *,
                  clock: Callable[[], float] = time.time, metrics: MetricSink = NO_METRICS,
                  limits: LimitsCache | None = None) -> None:
         self.store, self.options, self.clock, self.metrics = store, options, clock, metrics
         self.limits = limits or LimitsCache(None, options.limits)
-        self._in_flight = InFlight()
+        self._commits: GroupCommit[list[Pattern]] = GroupCommit(self._write, LearningError, whole_tenant=True)
         self.tenants: ActivationTable[TenantPatterns] = ActivationTable(
             self._load, idle_seconds=options.idle_seconds, max_tenants=options.max_tenants,
-            busy=self._in_flight.__contains__,
+            busy=self._commits.in_flight.__contains__,
         )
-        self._commits: Batcher[PendingPatterns, None] = Batcher(self._flush, max_batch=2**62, isolate="retry", group=lambda item: item.tenant)
         self.learned = 0
 
     async def _load(self, tenants: list[str]) -> dict[str, TenantPatterns]:
@@ -237,27 +229,16 @@ class LearningCore:
         state.index_mappings(patterns)
         state.index_contexts(patterns)
 
-    async def _flush(self, pending: list[PendingPatterns]) -> list[None]:
+    async def _write(self, pending: list[Pending[list[Pattern]]]) -> None:
+        """Each pattern's row as it is now: a later change in the same batch wins."""
         rows: dict[str, dict[str, Any]] = {}
         for item in pending:
-            for pattern in item.patterns:
+            for pattern in item.writes:
                 rows[pattern.id] = pattern.to_row(item.tenant, self.options.prior_weight)
-        try:
-            await self.store.write(list(rows.values()))
-        except BaseException:
-            for item in reversed(pending):
-                item.undo()
-            raise
-        return [None] * len(pending)
+        await self.store.write(list(rows.values()))
 
     async def _commit(self, tenant: str, patterns: list[Pattern], undo: Callable[[], None]) -> None:
-        with self._in_flight.hold(tenant):
-            try:
-                await self._commits.submit(PendingPatterns(tenant, patterns, undo))
-            except Exception as error:
-                if commit_failure(error) == "retry":
-                    raise
-                raise refused_commit(error, LearningError) from error
+        await self._commits.commit(tenant, patterns, undo)
 
     async def _state(self, tenant: str) -> TenantPatterns:
         return (await self.tenants.activate([tenant]))[tenant]

@@ -25,11 +25,11 @@ from typing import Any, Awaitable, Callable
 import ray
 
 from actors.metrics import NO_METRICS, MetricSink, RayMetrics
-from actors.activation import ActivationTable, InFlight
-from actors.batching import Batcher, commit_failure
+from actors.activation import ActivationTable
 from actors.gc_policy import quiet_gc
+from actors.group_commit import GroupCommit, Pending
 from actors.limits import Limits, LimitsCache
-from actors.operations import ActorError, refused_commit
+from actors.operations import ActorError
 from actors.shard_actor import BackgroundPublisher, ShardActor, shard_lease, stream_publisher
 from storage.engine import create_engine
 from storage.mailbox import MailboxStore, MailboxWrites
@@ -124,23 +124,16 @@ class TenantMailbox:
                 future.set_result(None)
 
 
-@dataclass
-class PendingWrite:
-    writes: MailboxWrites
-    undo: Callable[[], None]
-
-
 class MailboxCore:
     def __init__(self, store: MailboxStore, options: MailboxOptions = MailboxOptions(), *,
                  notify: Notify | None = None, clock: Callable[[], float] = time.time,
                  metrics: MetricSink = NO_METRICS, limits: LimitsCache | None = None) -> None:
         self.store, self.options, self.notify, self.clock, self.metrics = store, options, notify, clock, metrics
         self.limits = limits or LimitsCache(None, options.limits)
-        self._in_flight = InFlight()
+        self._commits: GroupCommit[MailboxWrites] = GroupCommit(self._write, MailboxError)
         self.tenants: ActivationTable[TenantMailbox] = ActivationTable(
             self._load, idle_seconds=options.idle_seconds, max_tenants=options.max_tenants, busy=self._busy
         )
-        self._commits: Batcher[PendingWrite, None] = Batcher(self._flush, isolate="retry")
         self._events = BackgroundPublisher(notify, "agent_message events")
         self._last_stamp = 0.0
         self.counters = {"sent": 0, "delivered": 0, "acked": 0, "redelivered": 0, "dead": 0}
@@ -152,7 +145,7 @@ class MailboxCore:
 
     def _busy(self, tenant: str) -> bool:
         state = self.tenants.peek(tenant)
-        return tenant in self._in_flight or bool(state and (state.waiters or state.requests))
+        return tenant in self._commits.in_flight or bool(state and (state.waiters or state.requests))
 
     async def _load(self, tenants: list[str]) -> dict[str, TenantMailbox]:
         states = {}
@@ -175,27 +168,14 @@ class MailboxCore:
     async def _state(self, tenant: str) -> TenantMailbox:
         return (await self.tenants.activate([tenant]))[tenant]
 
-    async def _flush(self, pending: list[PendingWrite]) -> list[None]:
+    async def _write(self, pending: list[Pending[MailboxWrites]]) -> None:
         merged = MailboxWrites()
         for item in pending:
             merged.merge(item.writes)
-        try:
-            await self.store.write(merged)
-        except BaseException:
-            for item in reversed(pending):
-                item.undo()
-            raise
-        return [None] * len(pending)
+        await self.store.write(merged)
 
     async def _commit(self, tenant: str, writes: MailboxWrites, undo: Callable[[], None]) -> None:
-        with self._in_flight.hold(tenant):
-            try:
-                await self._commits.submit(PendingWrite(writes, undo))
-            except Exception as error:
-                if commit_failure(error) == "retry":
-                    raise
-                log.warning("mailbox commit failed: %r", error)
-                raise refused_commit(error, MailboxError) from error
+        await self._commits.commit(tenant, writes, undo)
 
     def _rows(self, tenant: str, messages: list[Message]) -> MailboxWrites:
         return MailboxWrites(messages={m.id: m.row(tenant) for m in messages})

@@ -196,3 +196,38 @@ async def test_in_flight_tenants_are_not_evicted():
     assert "a" not in in_flight
     table.evict()
     assert "a" not in table
+
+
+async def test_group_commit_undoes_a_refused_batch_and_commits_the_others_alone():
+    """One tenant's unstorable write fails only its own operation: the batch is undone newest
+    first, and run_many runs each operation again in a transaction of its own."""
+    from actors.group_commit import GroupCommit
+    from actors.operations import ActorError, run_many
+
+    stored: list[str] = []
+    batches: list[list[str]] = []
+    memory: list[str] = []
+
+    async def write(pending):
+        batches.append([item.writes for item in pending])
+        await asyncio.sleep(0.001)
+        if any(item.writes == "bad" for item in pending):
+            raise ValueError("the database refuses 'bad'")
+        stored.extend(item.writes for item in pending)
+
+    commits = GroupCommit(write, ActorError)
+
+    class Core:
+        async def put(self, tenant, value):
+            memory.append(value)
+            await commits.commit(tenant, value, lambda: memory.remove(value))
+            return value
+
+    calls = [("put", f"t{i}", (f"v{i}",)) for i in range(20)] + [("put", "evil", ("bad",))]
+    answers = await run_many(Core(), {"put"}, calls)
+    assert [a["ok"] for a in answers[:20]] == [f"v{i}" for i in range(20)]
+    assert answers[20]["error"]["status"] == 422 and answers[20]["error"]["code"] == "value_not_storable"
+    assert sorted(stored) == sorted(f"v{i}" for i in range(20)) and "bad" not in memory
+    assert sorted(memory) == sorted(stored), "what was undone is exactly what was not stored"
+    assert commits.isolations >= 1 and any(len(b) > 1 and "bad" in b for b in batches)
+    assert not commits.in_flight.__contains__("evil")
