@@ -3,7 +3,7 @@
     python -m bench.chaos [--duration 600] [--database-url URL] [--seed N]
 
 A Ray cluster on this machine (a head and two workers, `ray.cluster_utils.Cluster`), Serve with
-two direct-ingress replicas and the balancer in front (serve_app/balancer.py), PostgreSQL. The
+two direct-ingress replicas and the balancer in front (serve_app/cli/balancer.py), PostgreSQL. The
 load goes through the balancer: tenants publish events, record usage, reserve and settle LLM calls
 against an operator cap small enough to run out, send agent messages and start flows, while
 WebSocket clients listen and resume. A scheduler injects one fault every few seconds, the kinds
@@ -31,7 +31,7 @@ for _name, _value in (("CREWAI_DISABLE_TELEMETRY", "true"), ("OTEL_SDK_DISABLED"
                       ("CREWAI_TRACING_ENABLED", "false"), ("CREWAI_DISABLE_VERSION_CHECK", "true")):
     os.environ.setdefault(_name, _value)
 
-from serve_app.launcher import configure_environment, metrics_enabled  # noqa: E402
+from serve_app.cli.launcher import configure_environment, metrics_enabled  # noqa: E402
 
 configure_environment()
 
@@ -53,9 +53,9 @@ from sqlalchemy import func, select  # noqa: E402
 from bench.common import ResumingListener, bench_database, free_port, percentile, postgres  # noqa: E402
 from crews.samples import sample_inventory  # noqa: E402
 from serve_app.auth import Tokens  # noqa: E402
-from serve_app.balancer import Balancer, serve_targets  # noqa: E402
+from serve_app.cli.balancer import Balancer, serve_targets  # noqa: E402
 from serve_app.deployment import APP_NAME  # noqa: E402
-from serve_app.launcher import deploy  # noqa: E402
+from serve_app.cli.launcher import deploy  # noqa: E402
 from storage.engine import create_engine  # noqa: E402
 from storage.migrate import upgrade  # noqa: E402
 from storage.models import EventRow, FlowRow, MessageRow, UsageRow  # noqa: E402

@@ -89,7 +89,7 @@ def bench_database(explicit: str | None) -> str:
 def raytenant_service(database_url: str, *, port: int = 8000, shards: int = 1, direct: bool = True,
                       settings: dict[str, Any] | None = None, replicas: int = 1) -> Iterator[list[str]]:
     """Ray + Serve with raytenant deployed; yields [direct URL, proxy URL] (or [proxy URL])."""
-    from serve_app.launcher import configure_environment
+    from serve_app.cli.launcher import configure_environment
 
     configure_environment(direct_ingress=direct)
     from storage.migrate import upgrade
@@ -98,7 +98,7 @@ def raytenant_service(database_url: str, *, port: int = 8000, shards: int = 1, d
     import ray
     from ray import serve
 
-    from serve_app.launcher import deploy, start_ray
+    from serve_app.cli.launcher import deploy, start_ray
 
     start_ray(num_cpus=2, dashboard=False)
     try:

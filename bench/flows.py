@@ -110,7 +110,7 @@ def line(path: str, result: dict[str, Any], checked: dict[str, int], args) -> di
 
 
 async def via_actor(database: str, args) -> dict[str, Any]:
-    from actors.mailbox_client import MailboxClient
+    from actors.mailbox.client import MailboxClient
 
     client = MailboxClient(database, 1)
 

@@ -93,7 +93,7 @@ async def latency(gateway: str, provider: str, args: argparse.Namespace) -> dict
 async def burst(gateway_root: str, database: str, args: argparse.Namespace) -> dict:
     import httpx
 
-    from actors.prices import NANOS, default_catalog
+    from actors.ledger.prices import NANOS, default_catalog
     from crews.providers import prompt_bound
 
     tenant = f"bench-burst-{uuid.uuid4().hex[:6]}"

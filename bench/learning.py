@@ -29,7 +29,7 @@ from typing import Any
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics.pairwise import cosine_similarity
 
-from actors.learning import LearningCore, LearningOptions, context_text
+from actors.learning.core import LearningCore, LearningOptions, context_text
 from bench.common import bench_database, emit, percentile
 from crews.field_mapping import map_fields
 from storage.engine import create_engine

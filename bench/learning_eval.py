@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from actors.learning import LearningCore
+from actors.learning.core import LearningCore
 from bench.common import emit
 from crews.field_mapping import acceptance, correction, map_fields
 from crews.field_matcher import Field

@@ -115,7 +115,8 @@ def tenant_names(label: str, count: int) -> list[str]:
 async def shipped_http(url: str, args, batch: int, label: str) -> tuple[Outcome, float, list[str], dict]:
     tokens = Tokens(OPERATOR)
     tenants = tenant_names(label, args.tenants)
-    auth = {t: {"Authorization": f"Bearer {tokens.mint(t)[0]}"} for t in tenants}
+    # each tenant sets its own budget: costs:admin, which tokens minted without scopes lack
+    auth = {t: {"Authorization": f"Bearer {tokens.mint(t, scopes=['*'])[0]}"} for t in tenants}
     one = await price_nanos(url, auth[tenants[0]])
     budgets = budgets_for(tenants, one, args.tight_fit)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.workers + 8)) as session:
@@ -153,9 +154,9 @@ def budgets_for(tenants: list[str], one: int, tight_fit: int) -> dict[str, int]:
 
 
 async def shipped_actor(database_url: str, args) -> tuple[Outcome, float, list[str], dict]:
-    from actors.cost_ledger_client import CostLedgerClient
-    from actors.cost_ledger import LedgerError
-    from actors.prices import default_catalog
+    from actors.ledger.client import CostLedgerClient
+    from actors.ledger.core import LedgerError
+    from actors.ledger.prices import default_catalog
 
     client = CostLedgerClient(database_url, shards=1)
     tenants = tenant_names("actor", args.tenants)
@@ -206,7 +207,7 @@ async def audit_shipped(database_url: str, outcome: Outcome, tenants: list[str],
 
 # -- the original design --------------------------------------------------------------------------
 async def original(database_url: str, args) -> tuple[Outcome, float, dict]:
-    from actors.prices import default_catalog
+    from actors.ledger.prices import default_catalog
 
     price = default_catalog().lookup(MODEL)
     one = (INPUT * price.input + OUTPUT * price.output)

@@ -8,7 +8,7 @@ criticality, column name, ...), and applies a value to a result. The learning en
 user's correction as `{original: {decision: old}, corrected: {decision: new}, context}` (confidence
 0.95) and a finished phase's decisions as successes (0.8); before a phase runs, the runner asks it
 what the tenant's corrections teach for the contexts of the phase's items (a classifier over the
-contexts' words: corrections against the successes, actors/decision_model.py), puts the answers
+contexts' words: corrections against the successes, actors/learning/decision_model.py), puts the answers
 in the agent's task (the prompt the LLM sees) and the phase's tool applies them. So a correction
 carries over to the items that share what set the corrected ones apart.
 
@@ -371,7 +371,7 @@ class Guidance:
 def guidance_for(items: list[tuple[Decision, str, Any, dict[str, str]]],
                  decided: list[dict[str, Any] | None]) -> Guidance:
     """Per item, the value the tenant's corrections teach for it (the learning engine's `decide`,
-    actors/decision_model.py), when it is one this decision can take; None keeps the rules."""
+    actors/learning/decision_model.py), when it is one this decision can take; None keeps the rules."""
     applies = {}
     for (decision, item, _value, _context), rec in zip(items, decided):
         if rec is not None and fitting(decision, [rec]) is not None:

@@ -24,12 +24,17 @@ from crewai.hooks.dispatch import HookAborted
 from crewai.llms.base_llm import BaseLLM
 from pydantic import ConfigDict, PrivateAttr
 
-from actors.cost_ledger import LedgerError
-
 log = logging.getLogger("raytenant.metering")
 
-LedgerCall = Callable[..., Any]  # (method, tenant, *args) -> result; raises LedgerError
+# (method, tenant, *args) -> result. A refusal raises an error with `status`, `code`, `message` and
+# `details` (the ledger client's ActorError); crews/ reads those four and imports nothing of actors/.
+LedgerCall = Callable[..., Any]
 DEFAULT_OUTPUT_CAP = 2048  # reserved output tokens when the LLM sets no max_tokens
+
+
+def _refusal(error: Exception) -> bool:
+    """An answer of the ledger (ActorError's fields), as opposed to a bug on this side."""
+    return all(hasattr(error, name) for name in ("status", "code", "message", "details"))
 
 
 class MeteringError(HookAborted):
@@ -68,8 +73,8 @@ class Meter:
         for attempt in range(self.attempts):
             try:
                 return self.call(method, self.tenant, *args)
-            except LedgerError as error:
-                if error.status != 503 or attempt == self.attempts - 1:
+            except Exception as error:
+                if not _refusal(error) or error.status != 503 or attempt == self.attempts - 1:
                     raise
                 time.sleep(self.backoff * 2**attempt)
         raise AssertionError("unreachable")
@@ -80,7 +85,9 @@ class Meter:
             raise FlowCancelled()
         try:
             found = self._retrying("reserve", model, input_tokens, output_tokens, None, {"agent": agent})
-        except LedgerError as error:
+        except Exception as error:
+            if not _refusal(error):
+                raise
             if error.code == "budget_exceeded":
                 raise BudgetExceeded(error.message, **error.details) from error
             raise MeteringError(error.message, error.code, **error.details) from error
@@ -90,7 +97,9 @@ class Meter:
         """Settling twice is refused with 409 `reservation_closed`: a retry after a lost answer is safe."""
         try:
             return self._retrying("settle", reservation_id, usage)
-        except LedgerError as error:
+        except Exception as error:
+            if not _refusal(error):
+                raise
             if error.code == "reservation_closed" and error.details.get("state") == "settled":
                 return None
             raise
@@ -98,7 +107,9 @@ class Meter:
     def release(self, reservation_id: str) -> None:
         try:
             self._retrying("release", reservation_id)
-        except LedgerError as error:  # it expires after its TTL anyway
+        except Exception as error:  # it expires after its TTL anyway
+            if not _refusal(error):
+                raise
             log.warning("could not release reservation %s: %s", reservation_id, error.message)
 
 

@@ -9,7 +9,7 @@ configured model).
 Both callers go through this module with the same rule, reserve the worst case, forward with that
 worst case as `max_tokens`, settle with what the provider reported:
 
-- the gateway (serve_app/routes_llm.py) for the tenants' own applications, async;
+- the gateway (serve_app/routes/llm.py) for the tenants' own applications, async;
 - `ProviderLLM` (crews/provider_llm.py), the crewai LLM that MeteredLLM wraps when RAYTENANT_LLM
   names a configured model.
 

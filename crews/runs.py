@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from actors.notifications import StreamNotifier
 from crews.metering import MeteringError
+
+if TYPE_CHECKING:
+    from actors.event_hub.notifications import StreamNotifier
 
 log = logging.getLogger("raytenant.crews")
 

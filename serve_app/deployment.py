@@ -12,7 +12,7 @@ from typing import Any
 
 from ray import serve
 
-from actors.gc_policy import quiet_gc
+from actors.substrate.gc_policy import quiet_gc
 from serve_app.app import create_app
 from serve_app.rate_limits import serve_at_edge
 from serve_app.runtime import Runtime

@@ -9,7 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from actors.operations import ActorError, storage_error
+from actors.substrate.operations import ActorError, storage_error
 
 log = logging.getLogger("raytenant.http")
 
@@ -60,7 +60,7 @@ async def http_error_handler(_request: Request, exc: Exception) -> JSONResponse:
 
 async def internal_error_handler(request: Request, exc: Exception) -> JSONResponse:
     """A database outage met by a route that reads or writes storage itself (tenants, keys,
-    audit) is a 503 like the shards' (actors/operations.py `storage_error`); anything else is a
+    audit) is a 503 like the shards' (actors/substrate/operations.py `storage_error`); anything else is a
     bug, logged, and a 500."""
     answer = storage_error(exc)
     if answer is not None:

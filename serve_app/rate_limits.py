@@ -1,13 +1,13 @@
 """Per-tenant request rates at the edge: an ASGI middleware in front of every tenant route.
 
-Each request of a tenant token spends one token of its route class's bucket (actors/limits.py);
-the tokens come from this replica's leased allotment (actors/quota_client.py), so an admitted
+Each request of a tenant token spends one token of its route class's bucket (actors/substrate/limits.py);
+the tokens come from this replica's leased allotment (actors/quotas/client.py), so an admitted
 request makes no actor call. Over the rate the answer is 429 `rate_limited`, naming the limit,
 with Retry-After, before the route reads the body. Requests without a valid tenant token pass on
 to their route, which answers 401; operator routes (/v1/admin/) are not limited.
 
 Sockets over their tenant's connection cap are closed with 4029 (serve_app/websocket.py asks the
-quota shard for a slot). A replica remembers a refusal for a moment (actors/quota_client.py), and
+quota shard for a slot). A replica remembers a refusal for a moment (actors/quotas/client.py), and
 while it does, the edge closes the tenant's new sockets itself.
 
 The same middleware runs in two places. Inside the app (`RateLimits`) it sees every request,
@@ -29,7 +29,7 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from actors.limits import ROUTE_CLASSES
+from actors.substrate.limits import ROUTE_CLASSES
 from serve_app.auth import SUBPROTOCOL, AuthError, bearer, socket_token
 from serve_app.errors import error_response
 

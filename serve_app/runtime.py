@@ -6,27 +6,27 @@ import logging
 import time
 import uuid
 
-from actors.cost_ledger import KIND as LEDGER_KIND
-from actors.cost_ledger import LedgerOptions
-from actors.cost_ledger_client import CostLedgerClient
-from actors.event_hub import KIND, HubOptions
-from actors.event_hub_client import EventHubClient
-from actors.learning import KIND as LEARNING_KIND
-from actors.learning import LearningOptions
-from actors.learning_client import LearningClient
-from actors.flow_runner import KIND as FLOW_KIND
-from actors.flow_runner import FlowOptions
-from actors.flow_runner_client import FlowClient
-from actors.mailbox import KIND as MAILBOX_KIND
-from actors.mailbox import MailboxOptions
-from actors.mailbox_client import MailboxClient
-from actors.metrics import RayMetrics
-from actors.quota_client import QuotaClient
-from actors.quotas import KIND as QUOTA_KIND
-from actors.quotas import QuotaOptions
-from actors.revocation_client import RevocationClient
-from actors.revocations import KIND as REVOCATION_KIND
-from actors.revocations import RevocationOptions
+from actors.ledger.core import KIND as LEDGER_KIND
+from actors.ledger.core import LedgerOptions
+from actors.ledger.client import CostLedgerClient
+from actors.event_hub.core import KIND, HubOptions
+from actors.event_hub.client import EventHubClient
+from actors.learning.core import KIND as LEARNING_KIND
+from actors.learning.core import LearningOptions
+from actors.learning.client import LearningClient
+from actors.flows.options import KIND as FLOW_KIND
+from actors.flows.options import FlowOptions
+from actors.flows.client import FlowClient
+from actors.mailbox.core import KIND as MAILBOX_KIND
+from actors.mailbox.core import MailboxOptions
+from actors.mailbox.client import MailboxClient
+from actors.substrate.metrics import RayMetrics
+from actors.quotas.client import QuotaClient
+from actors.quotas.core import KIND as QUOTA_KIND
+from actors.quotas.core import QuotaOptions
+from actors.revocations.client import RevocationClient
+from actors.revocations.core import KIND as REVOCATION_KIND
+from actors.revocations.core import RevocationOptions
 from crews.providers import Provider, Providers
 from serve_app.audit import Audit
 from serve_app.auth import KeyRing, Tokens

@@ -5,7 +5,7 @@ import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from actors.limits import Limits
+from actors.substrate.limits import Limits
 from storage.engine import database_url
 
 
@@ -32,10 +32,10 @@ class Settings:
     revocation_shards: int = 1
     accept_legacy_tokens: bool = True  # RAYTENANT_ACCEPT_LEGACY_TOKENS=0: only tokens signed by the key ring
     auto_create_tenants: bool = True  # RAYTENANT_AUTO_CREATE_TENANTS=0: minting for an unknown tenant answers 404
-    limits: str = ""  # RAYTENANT_LIMITS: JSON object of default limits (actors/limits.py)
+    limits: str = ""  # RAYTENANT_LIMITS: JSON object of default limits (actors/substrate/limits.py)
     llm: str = ""  # RAYTENANT_LLM: empty/"offline" for the OfflineLLM, else a crewai/LiteLLM model string
     llm_latency: float = 0.0  # the OfflineLLM's simulated latency per call (demos, benches)
-    hub_channel: bool = True  # latency-path hub calls over the direct channel (actors/channel.py)
+    hub_channel: bool = True  # latency-path hub calls over the direct channel (actors/substrate/channel.py)
     actor_prefix: str = ""  # lets several deployments (or test databases) share one Ray cluster
     hub_window: int = 1_000
     hub_retention: int = 100_000  # the default of limits.event_retention_count

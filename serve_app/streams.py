@@ -19,8 +19,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from actors.metrics import NO_METRICS, MetricSink
-from actors.operations import ActorError
+from actors.substrate.metrics import NO_METRICS, MetricSink
+from actors.substrate.operations import ActorError
 from storage.events import Event
 
 log = logging.getLogger("raytenant.streams")

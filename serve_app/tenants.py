@@ -1,5 +1,5 @@
 """A tenant's lifecycle as the operator runs it: create, show, suspend, resume, delete, export and
-import (docs/operations.md "Tenant lifecycle"). The routes are in serve_app/routes_tenants.py.
+import (docs/operations.md "Tenant lifecycle"). The routes are in serve_app/routes/tenants.py.
 
 Every step stores first and then tells the shards, and every step can be repeated: an operator
 whose call failed half-way calls it again and ends in the same place.

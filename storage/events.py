@@ -40,7 +40,7 @@ class Event:
 
 
     def to_wire(self) -> list[Any]:
-        """Compact JSON form for the hub channel (actors/channel.py)."""
+        """Compact JSON form for the hub channel (actors/substrate/channel.py)."""
         return [self.tenant, self.seq, self.type, self.flow_id, self.data, self.ts]
 
     @classmethod

@@ -19,7 +19,7 @@ row while it writes:
   database's write lock and reads the newest epoch under it.
 
 A write that finds another epoch raises `Fenced`, and the lease stays fenced: the copy stops
-serving (actors/shard_actor.py).
+serving (actors/substrate/shard_actor.py).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Repository for the operator's per-tenant limit overrides (actors/limits.py holds their meaning)."""
+"""Repository for the operator's per-tenant limit overrides (actors/substrate/limits.py holds their meaning)."""
 from __future__ import annotations
 
 from datetime import datetime, timezone

@@ -133,7 +133,7 @@ class PatternRow(Base):
     """A learned pattern: a user's correction or an observed success, with the evidence for it.
 
     `fingerprint` identifies identical patterns of a tenant: learning one again raises `support`
-    instead of adding a row. `confidence` is derived (see actors/learning.py) and stored so that
+    instead of adding a row. `confidence` is derived (see actors/learning/) and stored so that
     reads outside the actor see what recommendations use.
     """
 
@@ -222,7 +222,7 @@ class FlowRow(Base):
 
 
 class TenantLimitsRow(Base):
-    """The operator's overrides of a tenant's quotas and rate limits (actors/limits.py)."""
+    """The operator's overrides of a tenant's quotas and rate limits (actors/substrate/limits.py)."""
 
     __tablename__ = "tenant_limits"
 

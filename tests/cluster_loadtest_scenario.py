@@ -24,7 +24,7 @@ from tests.conftest import LiveServer  # noqa: E402 - also sets the crewai and S
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from serve_app.loadtest import LoadConfig, run  # noqa: E402
+from serve_app.cli.loadtest import LoadConfig, run  # noqa: E402
 from serve_app.runtime import Runtime  # noqa: E402
 from serve_app.settings import Settings  # noqa: E402
 

@@ -1,11 +1,15 @@
 """Shared fixtures: one Ray session per run, a fresh PostgreSQL database and a SQLite file, and
-in-process ingress servers on real sockets.
+in-process ingress servers on real sockets (`live`, `flows`, `gateway`; `pg_live` and `pg_flows`
+for tests one database is enough for). Helpers the test modules share live in tests/*_support.py.
 
-Integration tests run on both databases through the `db_url` fixture.
+Integration tests run on both databases through the `db_url` fixture. A test that needs Ray or a
+database is marked `integration` here, whatever its module says, so `-m "not integration"` runs
+without either.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import uuid
 from typing import Any, AsyncIterator
@@ -18,7 +22,7 @@ os.environ.setdefault("CREWAI_DISABLE_VERSION_CHECK", "true")
 # every actor process has it, as a deployment puts provider keys in every node's environment.
 os.environ.setdefault("RAYTENANT_TEST_PROVIDER_KEY", "sk-loopback-test-key")
 
-from serve_app.launcher import configure_environment, metrics_enabled  # noqa: E402
+from serve_app.cli.launcher import configure_environment, metrics_enabled  # noqa: E402
 
 configure_environment()
 
@@ -30,6 +34,8 @@ from serve_app.app import create_app  # noqa: E402
 from serve_app.runtime import Runtime  # noqa: E402
 from serve_app.settings import Settings  # noqa: E402
 from storage.migrate import upgrade  # noqa: E402
+from tests.http_support import LATENCY, MODEL, providers_json  # noqa: E402
+from tests.loopback_provider import LoopbackProvider, ServedProvider  # noqa: E402
 
 def _free_port() -> int:
     import socket
@@ -161,3 +167,51 @@ async def live(ray_session, db_url, backend) -> AsyncIterator[LiveServer]:
     """The real ingress app over real sockets, backed by real EventHub actors and the database."""
     async with LiveServer(Runtime(settings_for(db_url, backend))) as server:
         yield server
+
+
+@pytest.fixture
+async def flows(ray_session, db_url, backend) -> AsyncIterator[LiveServer]:
+    """A live ingress with flow runners; the OfflineLLM answers after LATENCY, so a test can act mid-flow."""
+    settings = settings_for(db_url, backend, actor_prefix=f"test-{backend}-fl-", flow_limit=3, llm_latency=LATENCY)
+    async with LiveServer(Runtime(settings)) as server:
+        yield server
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[ServedProvider]:
+    """The loopback OpenAI-compatible provider (tests/loopback_provider.py) on a real port."""
+    async with ServedProvider(LoopbackProvider(reply="The answer is forty two and nothing more")) as served:
+        yield served
+
+
+@pytest.fixture
+async def gateway(ray_session, db_url, backend, provider) -> AsyncIterator[LiveServer]:
+    """A live ingress whose gateway forwards to the loopback provider."""
+    settings = settings_for(db_url, backend, llm_providers=providers_json(provider.base_url, timeout=1.0),
+                            llm_tenant_models=json.dumps({"*": [MODEL], "premium-" + backend: [MODEL, "gpt-4o"]}))
+    async with LiveServer(Runtime(settings)) as server:
+        yield server
+
+
+@pytest.fixture
+async def pg_live(ray_session, pg_url) -> AsyncIterator[LiveServer]:
+    """`live` on PostgreSQL only."""
+    async with LiveServer(Runtime(settings_for(pg_url, "postgresql"))) as server:
+        yield server
+
+
+@pytest.fixture
+async def pg_flows(ray_session, pg_url) -> AsyncIterator[LiveServer]:
+    """`flows` on PostgreSQL only."""
+    settings = settings_for(pg_url, "postgresql", actor_prefix="test-postgresql-fl-", flow_limit=3, llm_latency=LATENCY)
+    async with LiveServer(Runtime(settings)) as server:
+        yield server
+
+
+NEEDS_SERVICES = {"ray_session", "pg_url", "sqlite_url"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if NEEDS_SERVICES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)

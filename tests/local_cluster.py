@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable  # noqa: E402
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from serve_app.launcher import metrics_enabled  # noqa: E402
+from serve_app.cli.launcher import metrics_enabled  # noqa: E402
 from storage.migrate import upgrade  # noqa: E402
 
 Scenario = Callable[[str, Cluster, list[Any]], Awaitable[dict[str, Any]]]

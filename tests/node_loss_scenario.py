@@ -32,8 +32,8 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
-from actors.event_hub import EventHub  # noqa: E402
-from actors.shards import get_or_create  # noqa: E402
+from actors.event_hub.actor import EventHub  # noqa: E402
+from actors.substrate.placement import get_or_create  # noqa: E402
 from serve_app.runtime import Runtime  # noqa: E402
 from serve_app.settings import Settings  # noqa: E402
 from storage.engine import create_engine  # noqa: E402

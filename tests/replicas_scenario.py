@@ -6,7 +6,7 @@ replicas need a Serve instance of their own):
     python -m tests.replicas_scenario DATABASE_URL
 
 Serve runs the real ingress deployment with three replicas (direct ingress, each on its own
-loopback port); `serve_app.balancer` listens in front of them as `raytenant run --replicas 3` does.
+loopback port); `serve_app.cli.balancer` listens in front of them as `raytenant run --replicas 3` does.
 WebSocket clients of several tenants connect through the balancer (so they spread over the
 replicas) and resume with `last_seq` whenever their socket closes; events are published through
 the balancer too, so each replica publishes some. Midway one replica is killed. Prints one JSON
@@ -32,9 +32,9 @@ from sqlalchemy import select  # noqa: E402
 
 from bench.common import ResumingListener  # noqa: E402
 from serve_app.auth import Tokens  # noqa: E402
-from serve_app.balancer import Balancer, serve_targets  # noqa: E402
+from serve_app.cli.balancer import Balancer, serve_targets  # noqa: E402
 from serve_app.deployment import APP_NAME  # noqa: E402
-from serve_app.launcher import deploy  # noqa: E402
+from serve_app.cli.launcher import deploy  # noqa: E402
 from storage.engine import create_engine  # noqa: E402
 from storage.models import EventRow  # noqa: E402
 

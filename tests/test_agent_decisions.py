@@ -11,7 +11,7 @@ from crews.decisions import (BY_PHASE, CorrectionError, Guidance, contexts_of, d
 from crews.flow_request import FlowRequestError, parse_corrections
 from crews.offline_llm import OfflineLLM
 from crews.phases import DISCOVERY, OPTIMIZATION, apps_of, phase_result
-from tests.test_crews import context
+from tests.crew_support import context
 
 PHASES = [p.name for p in DISCOVERY + OPTIMIZATION]
 
@@ -164,7 +164,7 @@ def test_corrections_parse_both_forms_strictly():
 
 
 def test_the_decision_model_learns_a_policy_from_a_few_corrections():
-    from actors.decision_model import KEEP, Example, decide
+    from actors.learning.decision_model import KEEP, Example, decide
 
     def profile(name: str, users: str, stack: str) -> str:
         return f"context_agent migration_strategy context_decision strategy {name} {users} {stack}"

@@ -12,10 +12,10 @@ import httpx
 import pytest
 import ray
 
-from actors.shards import NAMESPACE, shard_name
+from actors.substrate.placement import NAMESPACE, shard_name
 from serve_app.runtime import Runtime
 from tests.conftest import LiveServer, settings_for
-from tests.test_flows_http import LATENCY, SAMPLE, flow_body
+from tests.http_support import LATENCY, SAMPLE, flow_body
 
 pytestmark = pytest.mark.integration
 RECORDS = SAMPLE["data"]["inventory"]

@@ -1,11 +1,11 @@
-"""serve_app/balancer.py on real loopback sockets: round-robin over the targets, a target that
+"""serve_app/cli/balancer.py on real loopback sockets: round-robin over the targets, a target that
 refuses connections skipped, 503 when none takes it, bytes both ways, targets refreshed."""
 from __future__ import annotations
 
 import asyncio
 import socket
 
-from serve_app.balancer import Balancer, BalancerThread
+from serve_app.cli.balancer import Balancer, BalancerThread
 
 
 async def echo_server(name: bytes) -> tuple[asyncio.AbstractServer, int]:

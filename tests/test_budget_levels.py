@@ -8,11 +8,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from actors.budget_levels import LevelSettings, RateWindow, validate_settings
-from actors.cost_ledger import LedgerError
-from actors.prices import NANOS
+from actors.ledger.levels import LevelSettings, RateWindow, validate_settings
+from actors.ledger.core import LedgerError
+from actors.ledger.prices import NANOS
 from storage.models import BudgetLevelRow, ReservationRow
-from tests.test_ledger_core import Clock, Ledger, record
+from tests.ledger_support import Clock, Ledger, record
 
 # big-model: 1e-5 USD per input token, 3e-5 per output token.
 ALICE = {"user": "alice", "engagement": "acme-audit", "agent": "mapper"}
@@ -249,7 +249,7 @@ def test_rate_window_slides():
 
 
 def test_periods_are_utc_calendar():
-    from actors.budget_levels import period_bounds, period_id
+    from actors.ledger.levels import period_bounds, period_id
     ts = datetime(2026, 12, 31, 23, 59, tzinfo=timezone.utc).timestamp()
     assert period_id("day", ts) == "2026-12-31" and period_id("month", ts) == "2026-12"
     start, end = period_bounds("month", ts)

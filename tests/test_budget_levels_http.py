@@ -13,8 +13,8 @@ import pytest
 from serve_app.runtime import Runtime
 from storage.models import BudgetLevelRow, ReservationRow
 from tests.conftest import LiveServer, settings_for
-from tests.test_costs_http import assert_error, stored
-from tests.test_gateway import MODEL, gateway, provider  # noqa: F401 - fixtures
+from tests.http_support import assert_error, stored
+from tests.http_support import MODEL
 from tests.wsutil import connect, recv, recv_until
 
 pytestmark = pytest.mark.integration

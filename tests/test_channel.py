@@ -5,8 +5,8 @@ import asyncio
 
 import pytest
 
-from actors.channel import ChannelClient, ChannelError, ChannelServer, RemoteError
-from actors.event_hub_client import EventHubClient
+from actors.substrate.channel import ChannelClient, ChannelError, ChannelServer, RemoteError
+from actors.event_hub.client import EventHubClient
 
 
 async def start_server():

@@ -66,7 +66,7 @@ def test_serve_config_stays_within_postgres_connections():
 
 
 def test_connection_budget_sets_the_pool(monkeypatch):
-    from serve_app.launcher import budget_connections
+    from serve_app.cli.launcher import budget_connections
     from storage.engine import PoolLimits, pool_size_for
 
     import pytest

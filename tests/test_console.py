@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.test_flows_http import flows  # noqa: F401 - the flows fixture (a live ingress with runners)
 
 pytestmark = pytest.mark.integration
 CHROMIUM = os.environ.get("RAYTENANT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
-async def test_console_page_and_sample_are_served(flows, backend):
-    if backend != "postgresql":
-        pytest.skip("the page does not depend on the database")
+async def test_console_page_and_sample_are_served(pg_flows):
+    flows = pg_flows  # the page does not depend on the database
     async with httpx.AsyncClient(base_url=flows.url) as client:
         page = await client.get("/")
         script = await client.get("/console/console.js")
@@ -31,14 +27,12 @@ async def test_console_page_and_sample_are_served(flows, backend):
     assert missing.status_code == 404
 
 
-async def test_console_in_headless_chromium(flows, tenant, backend):
-    if backend != "postgresql":
-        pytest.skip("one database is enough for the browser test")
+async def test_console_in_headless_chromium(pg_flows, tenant, tmp_path):
+    flows = pg_flows  # one database is enough for the browser test
     if CHROMIUM is None:
         pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium package where it can)")
     from playwright.async_api import async_playwright
 
-    ARTIFACTS.mkdir(exist_ok=True)
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
                                                    args=["--no-sandbox", "--disable-dev-shm-usage"])
@@ -91,7 +85,7 @@ async def test_console_in_headless_chromium(flows, tenant, backend):
         await page.get_by_role("button", name="Correct risk level of hr-payroll: save", exact=True).click()
         await page.wait_for_function("document.querySelector(\"tr[data-phase='risk_assessment'][data-item='hr-payroll']"
                                      " .now\").textContent === 'critical (yours)'")
-        await page.screenshot(path=str(ARTIFACTS / "console.png"), full_page=True)
+        await page.screenshot(path=str(tmp_path / "console.png"), full_page=True)
 
         # The socket drops: the console says so, reconnects and resumes.
         await page.evaluate("state.ws.close()")
@@ -112,7 +106,7 @@ async def test_console_in_headless_chromium(flows, tenant, backend):
         # Readable on a narrow screen: nothing wider than the viewport.
         await page.set_viewport_size({"width": 375, "height": 800})
         assert await page.evaluate("document.documentElement.scrollWidth") <= 376
-        await page.screenshot(path=str(ARTIFACTS / "console-narrow.png"), full_page=True)
+        await page.screenshot(path=str(tmp_path / "console-narrow.png"), full_page=True)
 
         # An optimisation flow: correct a 6R strategy the same way.
         await page.get_by_role("button", name="Start optimisation flow (sample inventory)").click()
@@ -123,4 +117,4 @@ async def test_console_in_headless_chromium(flows, tenant, backend):
         await page.wait_for_function(f"document.querySelector(\"{strategy} .now\").textContent === 'retire (yours)'")
         assert errors == []
         await browser.close()
-    assert (ARTIFACTS / "console.png").stat().st_size > 10_000
+    assert (tmp_path / "console.png").stat().st_size > 10_000

@@ -6,9 +6,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from actors.prices import NANOS, default_catalog
+from actors.ledger.prices import NANOS, default_catalog
 from storage.models import BudgetRow, UsageRow
-from tests.test_costs_http import assert_error, stored
+from tests.http_support import assert_error, stored
 
 pytestmark = pytest.mark.integration
 MODEL = "gpt-4o-mini"

@@ -7,14 +7,12 @@ import uuid
 import httpx
 import pytest
 import ray
-from sqlalchemy import select
 
-from actors.prices import NANOS, default_catalog
-from actors.shards import NAMESPACE, shard_name
-from storage.engine import create_engine
+from actors.ledger.prices import NANOS, default_catalog
+from actors.substrate.placement import NAMESPACE, shard_name
 from storage.models import BudgetRow, UsageRow
-from tests.test_http_api import assert_error
 from tests.wsutil import connect, recv, recv_until
+from tests.http_support import assert_error, stored
 
 pytestmark = pytest.mark.integration
 
@@ -23,15 +21,6 @@ MODEL = "gpt-4o-mini"
 
 def cost(inp: int, out: int, cached: int = 0, model: str = MODEL) -> int:
     return default_catalog().lookup(model).cost_nanos(inp, out, cached)
-
-
-async def stored(db_url: str, table, tenant: str) -> list[dict]:
-    engine = create_engine(db_url)
-    try:
-        async with engine.connect() as conn:
-            return [dict(r) for r in (await conn.execute(select(table).where(table.tenant == tenant))).mappings()]
-    finally:
-        await engine.dispose()
 
 
 async def test_usage_single_batch_and_idempotency(live, tenant, db_url):

@@ -13,14 +13,14 @@ import jwt
 import pytest
 import websockets
 
-from actors.revocations import RevocationCore, RevocationOptions
-from serve_app import cli
+from actors.revocations.core import RevocationCore, RevocationOptions
+from serve_app.cli import main as cli
 from serve_app.auth import AuthError, KeyRing, SigningKey, Tokens
 from serve_app.runtime import Runtime
 from storage.credentials import CredentialsStore
 from storage.engine import create_engine
 from tests.conftest import LiveServer, settings_for
-from tests.test_costs_http import assert_error
+from tests.http_support import assert_error
 from tests.wsutil import connect, recv
 
 OP = "op-secret"
@@ -92,7 +92,7 @@ async def test_a_revocation_shard_serves_changes_and_reloads_after_a_restart(sto
     assert whole["full"] and jti in whole["tenants"][tenant]["jtis"] and whole["tenants"][tenant]["before"] > 0
     # A shard owns only its tenants.
     other = RevocationCore(store, 1, 2, options)
-    from actors.shards import shard_for
+    from actors.substrate.placement import shard_for
     assert (tenant in (await other.changes("", 0, None))["tenants"]) == (shard_for(tenant, 2) == 1)
 
 
@@ -260,8 +260,8 @@ async def test_a_socket_closes_when_its_token_expires(live, tenant):
 
 
 def test_replicas_forget_revocations_once_their_tokens_expired():
-    from actors.revocation_client import RevocationClient
-    from actors.revocations import TenantRevocations
+    from actors.revocations.client import RevocationClient
+    from actors.revocations.core import TenantRevocations
 
     client = RevocationClient.__new__(RevocationClient)
     client.tenants = {"a": TenantRevocations(100.0, {"j" * 32: 50.0}, 50.0), "b": TenantRevocations(0.0, {"k" * 32: 500.0}, 0.0)}

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 from crewai import Process
 
-from actors.flow_runs import apply_corrections
+from actors.flows.core import apply_corrections
 from crews.agents import REGISTRY, FlowTool, build_agent, observation
 from crews.crew_builder import build_crew
-from crews.flow_context import FlowContext
 from crews.flow_request import FlowRequestError, parse_corrections, parse_flow_request
 from crews.inventory import column_roles, criticality_of, discover
 from crews.offline_llm import OfflineLLM, llm_for
@@ -17,18 +16,9 @@ from crews.planning import (assess_risk, choose_strategy, cost_model, plan_strat
                             strongly_connected)
 from crews.profiling import datasets, luhn_ok, pii_kind, profile_columns, scan_pii, validate
 from crews.samples import sample_inventory
+from tests.crew_support import context
 
 SAMPLE = sample_inventory()
-
-
-def no_learning(method, tenant, *args):
-    return [] if method == "corrections" else [[] for _ in args[0]]
-
-
-def context(kind: str = "discovery", **changes) -> FlowContext:
-    values = dict(tenant="t", flow_id="f", kind=kind, data=datasets(SAMPLE["data"]),
-                  target_schema=SAMPLE["target_schema"], learning=no_learning)
-    return FlowContext(**{**values, **changes})
 
 
 def app(name: str, **fields):

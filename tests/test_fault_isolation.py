@@ -12,12 +12,12 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
-from actors.batching import Batcher, Refused
-from actors.cost_ledger import LedgerCore
-from actors.event_hub import EventHubCore
-from actors.learning import LearningCore
-from actors.mailbox import MailboxCore
-from actors.operations import run_many
+from actors.substrate.batching import Batcher, Refused
+from actors.ledger.core import LedgerCore
+from actors.event_hub.core import EventHubCore
+from actors.learning.core import LearningCore
+from actors.mailbox.core import MailboxCore
+from actors.substrate.operations import run_many
 from storage.engine import create_engine
 from storage.events import EventStore
 from storage.ledger import LedgerStore

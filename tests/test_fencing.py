@@ -13,10 +13,10 @@ import uuid
 import pytest
 from sqlalchemy import select
 
-from actors.cost_ledger import LedgerCore, LedgerError, LedgerOptions
-from actors.event_hub import EventHubCore
-from actors.mailbox import MailboxCore
-from actors.operations import ActorError, run_many
+from actors.ledger.core import LedgerCore, LedgerError, LedgerOptions
+from actors.event_hub.core import EventHubCore
+from actors.mailbox.core import MailboxCore
+from actors.substrate.operations import ActorError, run_many
 from storage.engine import create_engine
 from storage.events import EventStore
 from storage.leases import Fenced, ShardLease
@@ -155,8 +155,8 @@ async def test_two_live_shard_actors_only_the_newer_commits(ray_session, db_url,
     replacement): after the second starts, the first refuses every call with 503 shard_fenced."""
     import ray
 
-    from actors.cost_ledger import CostLedger
-    from actors.event_hub import EventHub
+    from actors.ledger.actor import CostLedger
+    from actors.event_hub.actor import EventHub
 
     prefix = f"fence-{uuid.uuid4().hex[:8]}-"
     handles = []

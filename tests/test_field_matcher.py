@@ -199,7 +199,7 @@ def test_the_most_trusted_lesson_of_a_field_decides_and_a_real_target_wins_a_tie
 
 
 def test_flow_corrections_keep_no_counterpart_true():
-    from actors.flow_runs import apply_corrections
+    from actors.flows.core import apply_corrections
 
     mapping = {"mappings": [{"source_field": "a", "target_field": "A"}], "no_counterpart": ["b"]}
     updated = apply_corrections(mapping, [{"source_field": "b", "target_field": "B"},

@@ -8,10 +8,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from actors.limits import Limits
-from actors.flow_runner import FlowOptions
-from actors.flow_runs import FlowError, FlowRunnerCore, Services
-from actors.metrics import RecordingSink
+from actors.substrate.limits import Limits
+from actors.flows.options import FlowOptions
+from actors.flows.core import FlowError, FlowRunnerCore, Services
+from actors.substrate.metrics import RecordingSink
 from crews.flow_request import parse_flow_request
 from crews.samples import sample_inventory
 from storage.engine import create_engine

@@ -2,48 +2,20 @@
 real crewai crews on the OfflineLLM, both databases."""
 from __future__ import annotations
 
-import asyncio
 import json
-from typing import Any, AsyncIterator
 
 import httpx
 import pytest
 import ray
 
-from actors.shards import NAMESPACE, shard_name
-from serve_app.runtime import Runtime
-from tests.conftest import LiveServer, settings_for
+from actors.substrate.placement import NAMESPACE, shard_name
+from tests.conftest import LiveServer
 from tests.wsutil import connect, recv, recv_until
-from crews.samples import sample_inventory
+from tests.http_support import flow_body, wait_flow
 
 pytestmark = pytest.mark.integration
-SAMPLE = sample_inventory()
 DISCOVERY = ["data_validation", "application_discovery", "field_mapping", "risk_assessment"]
 OPTIMIZATION = ["migration_strategy", "cost_optimization", "timeline_planning"]
-LATENCY = 0.15  # the OfflineLLM's simulated provider latency: long enough to act mid-flow
-
-
-@pytest.fixture
-async def flows(ray_session, db_url, backend) -> AsyncIterator[LiveServer]:
-    settings = settings_for(db_url, backend, actor_prefix=f"test-{backend}-fl-", flow_limit=3, llm_latency=LATENCY)
-    async with LiveServer(Runtime(settings)) as server:
-        yield server
-
-
-def flow_body(**changes: Any) -> dict[str, Any]:
-    return {"name": "Sample inventory", "kind": "discovery", "data": SAMPLE["data"],
-            "target_schema": SAMPLE["target_schema"], **changes}
-
-
-async def wait_flow(client: httpx.AsyncClient, auth: dict, flow_id: str, timeout: float = 90.0) -> dict[str, Any]:
-    for _ in range(int(timeout / 0.2)):
-        flow = (await client.get(f"/v1/flows/{flow_id}", headers=auth)).json()
-        if flow["status"] in ("completed", "failed", "cancelled"):
-            return flow
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"flow {flow_id} did not end: {flow}")
-
-
 async def subscribed(server: LiveServer, tenant: str):
     """A WebSocket of the tenant subscribed to all its flows."""
     ws = await connect(server.ws_url, server.token(tenant))

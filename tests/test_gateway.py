@@ -4,48 +4,23 @@ real ingress, ledger shards and databases."""
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx
 import openai
 import pytest
 from sqlalchemy import select
 
-from actors.prices import default_catalog
+from actors.ledger.prices import default_catalog
 from serve_app.runtime import Runtime
 from storage.engine import create_engine
 from storage.models import UsageRow
 from tests.conftest import LiveServer, settings_for
-from tests.loopback_provider import LoopbackProvider, ServedProvider
-from tests.test_flows_http import flow_body, wait_flow
-from tests.test_http_api import assert_error
+from tests.loopback_provider import ServedProvider
+from tests.http_support import MODEL, assert_error, flow_body, providers_json, wait_flow
 
 pytestmark = pytest.mark.integration
-MODEL = "gpt-4o-mini"
-KEY_ENV = "RAYTENANT_TEST_PROVIDER_KEY"
-
-
-def providers_json(base_url: str, timeout: float = 5.0) -> str:
-    return json.dumps({"loopback": {"base_url": base_url, "api_key_env": KEY_ENV, "models": [MODEL, "gpt-4o"],
-                                    "timeout": timeout}})
-
-
-@pytest.fixture
-async def provider() -> AsyncIterator[ServedProvider]:
-    async with ServedProvider(LoopbackProvider(reply="The answer is forty two and nothing more")) as served:
-        yield served
-
-
-@pytest.fixture
-async def gateway(ray_session, db_url, backend, provider) -> AsyncIterator[LiveServer]:
-    settings = settings_for(db_url, backend, llm_providers=providers_json(provider.base_url, timeout=1.0),
-                            llm_tenant_models=json.dumps({"*": [MODEL], "premium-" + backend: [MODEL, "gpt-4o"]}))
-    async with LiveServer(Runtime(settings)) as server:
-        yield server
-
-
 def client_for(server: LiveServer, tenant: str, **headers: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{server.url}/v1/llm", api_key=server.token(tenant), max_retries=0,
                               default_headers=headers or None)

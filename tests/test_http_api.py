@@ -10,14 +10,9 @@ import pytest
 from serve_app.runtime import Runtime
 from tests.conftest import OPERATOR_TOKEN, LiveServer, settings_for
 from tests.wsutil import publish
+from tests.http_support import assert_error
 
 pytestmark = pytest.mark.integration
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()["error"]
-    assert body["code"] == code and body["message"]
 
 
 async def test_publish_validation_changes_nothing(live, tenant):

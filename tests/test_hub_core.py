@@ -5,8 +5,8 @@ import asyncio
 
 import pytest
 
-from actors.limits import Limits
-from actors.event_hub import EventHubCore, HubOptions, TenantLog
+from actors.substrate.limits import Limits
+from actors.event_hub.core import EventHubCore, HubOptions, TenantLog
 from storage.engine import create_engine
 from storage.events import EventStore
 

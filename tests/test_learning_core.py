@@ -10,8 +10,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics.pairwise import cosine_similarity
 from sqlalchemy import select
 
-from actors.learning import LearningCore, LearningError, LearningOptions, context_text, flatten, pattern_text
-from actors.pattern_index import PatternIndex
+from actors.learning.core import LearningCore, LearningError, LearningOptions, context_text, flatten, pattern_text
+from actors.learning.pattern_index import PatternIndex
 from storage.engine import create_engine
 from storage.models import PatternRow
 from storage.patterns import PatternStore
@@ -236,7 +236,7 @@ async def test_accepted_mappings_and_no_counterparts_are_found_by_target(engine,
 async def test_a_correction_overrules_its_success_and_decide_generalises_it(engine, tenant):
     """A correction of what was learned as a success for the same context counts against that
     success (it is no longer recommended); `decide` fits the tenant's corrections of a decision
-    against its successes and answers for unseen items (actors/decision_model.py)."""
+    against its successes and answers for unseen items (actors/learning/decision_model.py)."""
     core = core_on(engine)
 
     def context(column: str, kind: str = "type_string") -> dict:

@@ -7,8 +7,8 @@ import httpx
 import pytest
 import ray
 
-from actors.shards import NAMESPACE, shard_name
-from tests.test_http_api import assert_error
+from actors.substrate.placement import NAMESPACE, shard_name
+from tests.http_support import assert_error
 
 pytestmark = pytest.mark.integration
 

@@ -4,68 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pytest
-from sqlalchemy import func, select
 
-from actors.cost_ledger import LedgerCore, LedgerError, LedgerOptions, month_of
-from actors.prices import NANOS, Price, PriceCatalog
-from storage.engine import create_engine
-from storage.ledger import LedgerStore
-from storage.models import BudgetRow, UsageRow
+from actors.ledger.core import LedgerError, LedgerOptions, month_of
+from actors.ledger.prices import NANOS, Price
+from storage.models import BudgetRow
+from tests.ledger_support import CATALOG, Clock, Ledger, record
 
 # A small catalog in LiteLLM's format, so every expected cost below is computed by hand.
-CATALOG = PriceCatalog.from_litellm({
-    "sample_spec": {"mode": "chat", "input_cost_per_token": 0, "output_cost_per_token": 0},
-    "big-model": {"mode": "chat", "input_cost_per_token": 1e-5, "output_cost_per_token": 3e-5,
-                  "cache_read_input_token_cost": 1e-6, "litellm_provider": "acme"},
-    "small-model": {"mode": "chat", "input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6,
-                    "litellm_provider": "acme"},
-    "embedder": {"mode": "embedding", "input_cost_per_token": 1e-7, "output_cost_per_token": 0},
-})
-QUALITY = {"big-model": 0.9, "small-model": 0.88}
-
-
-class Clock:
-    def __init__(self, when: datetime) -> None:
-        self.now = when.timestamp()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def set(self, when: datetime) -> None:
-        self.now = when.timestamp()
-
-
-class Ledger:
-    """A LedgerCore on the real database, with alerts captured and a restart that keeps the database."""
-
-    def __init__(self, url: str, clock: Clock, **options) -> None:
-        self.url, self.clock, self.options = url, clock, LedgerOptions(**options)
-        self.alerts: list[tuple[str, dict]] = []
-        self.engine = create_engine(url)
-        self.core = self._core()
-
-    def _core(self) -> LedgerCore:
-        async def notify(tenant: str, alert: dict) -> None:
-            self.alerts.append((tenant, alert))
-
-        core = LedgerCore(LedgerStore(self.engine), self.options, catalog=CATALOG, notify=notify, clock=self.clock)
-        core.quality = dict(QUALITY)
-        return core
-
-    def restart(self) -> LedgerCore:
-        self.core = self._core()
-        return self.core
-
-    async def rows(self, tenant: str, model=UsageRow) -> list[dict]:
-        async with self.engine.connect() as conn:
-            result = await conn.execute(select(model).where(model.tenant == tenant))
-            return [dict(r) for r in result.mappings()]
-
-
 @pytest.fixture
 async def ledger(db_url):
     clock = Clock(datetime(2026, 3, 15, 12, tzinfo=timezone.utc))
@@ -73,10 +21,6 @@ async def ledger(db_url):
     yield found
     await asyncio.sleep(0)  # let alert tasks finish
     await found.engine.dispose()
-
-
-def record(model="big-model", inp=1000, out=500, **extra):
-    return {"model": model, "input_tokens": inp, "output_tokens": out, **extra}
 
 
 async def test_concurrent_reservations_never_overspend(ledger, tenant):
@@ -368,7 +312,7 @@ async def test_recommendations(ledger, tenant):
 
 
 def test_price_catalog_reads_crewai_catalog():
-    from actors.prices import catalog_path, default_catalog
+    from actors.ledger.prices import catalog_path, default_catalog
 
     catalog = default_catalog()
     raw = json.loads(catalog_path().read_text())
@@ -385,7 +329,7 @@ def test_price_catalog_reads_crewai_catalog():
 
 
 def test_model_quality_extension(monkeypatch):
-    from actors.model_quality import model_quality
+    from actors.ledger.model_quality import model_quality
 
     monkeypatch.setenv("RAYTENANT_MODEL_QUALITY", json.dumps({"in-house": 0.5}))
     table = model_quality()

@@ -3,16 +3,15 @@ the replicas' leased allotments, and retention by bytes and age in the hub."""
 from __future__ import annotations
 
 import asyncio
-import math
 
 import pytest
 
-from actors.event_hub import EventHubCore, HubOptions
-from actors.limits import Limits, LimitsCache, LimitsError
-from actors.metrics import RecordingSink
-from actors.operations import ActorError
-from actors.quota_client import Allotments
-from actors.quotas import QuotaCore, QuotaError, QuotaOptions
+from actors.event_hub.core import EventHubCore, HubOptions
+from actors.substrate.limits import Limits, LimitsCache, LimitsError
+from actors.substrate.metrics import RecordingSink
+from actors.substrate.operations import ActorError
+from actors.quotas.client import Allotments
+from actors.quotas.core import QuotaCore, QuotaError, QuotaOptions
 from storage.engine import create_engine
 from storage.events import EventStore
 

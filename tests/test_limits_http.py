@@ -13,8 +13,8 @@ from serve_app.rate_limits import EdgeRateLimits, serve_at_edge
 from serve_app.runtime import Runtime
 from storage.models import MessageRow, PatternRow
 from tests.conftest import LiveServer, settings_for
-from tests.test_costs_http import stored
-from tests.test_http_api import assert_error
+from tests.http_support import stored
+from tests.http_support import assert_error
 from tests.wsutil import connect, recv, recv_until
 
 pytestmark = pytest.mark.integration

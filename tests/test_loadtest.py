@@ -6,17 +6,16 @@ import json
 
 import pytest
 
-from serve_app import cli
-from serve_app.loadtest import LoadConfig, build_report, percentile, run
+from serve_app.cli import main as cli
+from serve_app.cli.loadtest import LoadConfig, build_report, percentile, run
 from tests.conftest import OPERATOR_TOKEN
 from tests.scenario_process import run_scenario_process
 
 
 
 @pytest.mark.integration
-async def test_loadtest_drives_the_service_from_ray_tasks(live, backend, tmp_path):
-    if backend != "postgresql":
-        pytest.skip("one database is enough for the load tester")
+async def test_loadtest_drives_the_service_from_ray_tasks(pg_live, tmp_path):
+    live = pg_live  # one database is enough for the load tester
     config = LoadConfig(url=live.url, operator_token=OPERATOR_TOKEN, workers=2, tenants=3, connections=6, rate=60,
                         duration=4, mix={"usage": 0.4, "publish": 0.4, "recommend": 0.15, "flow": 0.05})
     lines: list[str] = []
@@ -64,10 +63,9 @@ class _Progress:
 
 
 @pytest.mark.integration
-async def test_a_client_worker_in_this_process(live, backend):
-    if backend != "postgresql":
-        pytest.skip("one database is enough for the load tester")
-    from serve_app.loadtest import _tokens, _work
+async def test_a_client_worker_in_this_process(pg_live):
+    live = pg_live  # one database is enough for the load tester
+    from serve_app.cli.loadtest import _tokens, _work
 
     config = LoadConfig(url=live.url, operator_token=OPERATOR_TOKEN, workers=1, tenants=2, connections=2, rate=40,
                         duration=2.5, mix={"usage": 0.3, "publish": 0.3, "recommend": 0.2, "flow": 0.2})

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from actors.mailbox import MailboxCore, MailboxError, MailboxOptions
+from actors.mailbox.core import MailboxCore, MailboxError, MailboxOptions
 from storage.engine import create_engine
 from storage.mailbox import MailboxStore
 

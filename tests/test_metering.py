@@ -9,12 +9,12 @@ import pytest
 from crewai import Agent, Crew, Process, Task
 from crewai.llms.base_llm import BaseLLM
 
-from actors.cost_ledger import LedgerError
-from actors.notifications import StreamNotifier
-from actors.prices import NANOS, default_catalog
+from actors.ledger.core import LedgerError
+from actors.event_hub.notifications import StreamNotifier
+from actors.ledger.prices import NANOS, default_catalog
 from crews.metering import BudgetExceeded, Meter, MeteredLLM, MeteringError, estimate_input_tokens
 from crews.runs import announce_failure, run_crew
-from tests.test_costs_http import stored
+from tests.http_support import stored
 from storage.models import ReservationRow, UsageRow
 
 pytestmark = pytest.mark.integration

@@ -9,16 +9,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from actors.cost_ledger import LedgerCore, LedgerError
-from actors.learning import LearningCore, LearningOptions
-from actors.mailbox import MailboxCore, MailboxOptions
-from actors.metrics import CATALOG, RayMetrics, RecordingSink
+from actors.ledger.core import LedgerCore, LedgerError
+from actors.learning.core import LearningCore, LearningOptions
+from actors.mailbox.core import MailboxCore, MailboxOptions
+from actors.substrate.metrics import CATALOG, RayMetrics, RecordingSink
 from storage.engine import create_engine
 from storage.ledger import LedgerStore
 from storage.mailbox import MailboxStore
 from storage.patterns import PatternStore
 from tests import conftest
-from tests.test_flows_http import flow_body, flows, wait_flow  # noqa: F401 - the flows fixture
+from tests.http_support import flow_body, wait_flow
 from tests.wsutil import connect, recv
 
 
@@ -83,9 +83,8 @@ def test_every_metric_has_bounded_labels():
 
 
 @pytest.mark.integration
-async def test_metrics_reach_the_prometheus_endpoint(flows, tenant, backend):
-    if backend != "postgresql":
-        pytest.skip("one database is enough to see the metrics exported")
+async def test_metrics_reach_the_prometheus_endpoint(pg_flows, tenant):
+    flows = pg_flows  # one database is enough to see the metrics exported
     if conftest.METRICS_PORT is None:
         pytest.skip("Ray was started outside this test run: its metrics port is unknown")
     auth = flows.auth(tenant)

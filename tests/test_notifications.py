@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from actors.event_hub_client import EventHubClient
-from actors.notifications import StreamNotifier
+from actors.event_hub.client import EventHubClient
+from actors.event_hub.notifications import StreamNotifier
 
 pytestmark = pytest.mark.integration
 

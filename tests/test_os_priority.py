@@ -14,7 +14,7 @@ def run(code: str) -> str:
 def test_every_thread_is_reniced_and_new_threads_inherit():
     out = run("""
         import os, threading
-        from actors.os_priority import lower_priority
+        from actors.substrate.os_priority import lower_priority
         started, stop = threading.Event(), threading.Event()
         seen = {}
         def early():
@@ -35,7 +35,7 @@ def test_a_lower_priority_already_set_is_kept():
     out = run("""
         import os
         os.setpriority(os.PRIO_PROCESS, 0, 15)
-        from actors.os_priority import lower_priority
+        from actors.substrate.os_priority import lower_priority
         print(lower_priority(10), lower_priority(0))
     """)
     assert out == "15 15"

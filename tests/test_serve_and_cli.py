@@ -10,10 +10,10 @@ import httpx
 import pytest
 from ray import serve
 
-from serve_app import cli
+from serve_app.cli import main as cli
 from serve_app.auth import Tokens
 from serve_app.deployment import APP_NAME
-from serve_app.launcher import deploy
+from serve_app.cli.launcher import deploy
 from tests.conftest import OPERATOR_TOKEN
 from tests.wsutil import connect, recv, recv_until
 

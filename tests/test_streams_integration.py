@@ -9,7 +9,7 @@ import pytest
 import ray
 import websockets
 
-from actors.shards import NAMESPACE, shard_name
+from actors.substrate.placement import NAMESPACE, shard_name
 from tests.wsutil import connect, drain, publish, recv, recv_until
 
 pytestmark = pytest.mark.integration

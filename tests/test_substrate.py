@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-from actors.activation import ActivationTable
-from actors.batching import Batcher, ShardedBatcher
-from actors.shards import NAMESPACE, get_or_create, kill_all, shard_for, shard_name
-from actors.turns import TenantTurns
+from actors.substrate.activation import ActivationTable
+from actors.substrate.batching import Batcher, ShardedBatcher
+from actors.substrate.placement import NAMESPACE, get_or_create, kill_all, shard_for, shard_name
+from actors.substrate.turns import TenantTurns
 
 
 async def test_batcher_coalesces_concurrent_submits():
@@ -162,7 +162,7 @@ def test_get_or_create_is_safe_under_racing_creators(ray_session):
 
 
 async def test_run_many_answers_each_operation_alone():
-    from actors.operations import ActorError, run_many
+    from actors.substrate.operations import ActorError, run_many
 
     class Core:
         async def ok(self, tenant, x):
@@ -181,7 +181,7 @@ async def test_run_many_answers_each_operation_alone():
 
 
 async def test_in_flight_tenants_are_not_evicted():
-    from actors.activation import InFlight
+    from actors.substrate.activation import InFlight
 
     async def load(tenants):
         return {t: object() for t in tenants}
@@ -201,8 +201,8 @@ async def test_in_flight_tenants_are_not_evicted():
 async def test_group_commit_undoes_a_refused_batch_and_commits_the_others_alone():
     """One tenant's unstorable write fails only its own operation: the batch is undone newest
     first, and run_many runs each operation again in a transaction of its own."""
-    from actors.group_commit import GroupCommit
-    from actors.operations import ActorError, run_many
+    from actors.substrate.group_commit import GroupCommit
+    from actors.substrate.operations import ActorError, run_many
 
     stored: list[str] = []
     batches: list[list[str]] = []

@@ -17,15 +17,15 @@ import httpx
 import pytest
 import websockets
 
-from serve_app import cli
+from serve_app.cli import main as cli
 from serve_app.auth import valid_tenant
 from serve_app.runtime import Runtime
 from storage.engine import create_engine
 from storage.migrate import upgrade
 from storage.tenants import OWNED, ImportError_, TenantStore
 from tests.conftest import PG_ADMIN_DSN, LiveServer, settings_for
-from tests.test_costs_http import assert_error
-from tests.test_flows_http import flow_body
+from tests.http_support import assert_error
+from tests.http_support import flow_body
 from tests.wsutil import connect, recv
 
 pytestmark = pytest.mark.integration
@@ -346,7 +346,7 @@ def test_cli_token_respects_the_tenant_record(tmp_path, monkeypatch, capsys):
 
 
 async def test_a_revocation_shard_reloads_suspended_tenants_after_a_restart(db_url, tenant):
-    from actors.revocations import RevocationCore, RevocationOptions, TenantRevocations
+    from actors.revocations.core import RevocationCore, RevocationOptions, TenantRevocations
     from storage.credentials import CredentialsStore
 
     engine = create_engine(db_url)

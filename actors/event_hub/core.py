@@ -1,0 +1,289 @@
+"""EventHub: per-tenant event sequencing, durable append, replay and many-tenant long polls.
+
+`EventHubCore` is the plain state logic (tests drive it without Ray); `EventHub` is the Ray actor
+shell. A hub shard owns the tenants that hash to it. For each active tenant it keeps the head seq,
+the oldest stored seq (floor) and a window of recent events; everything else is in the events table.
+
+Appends go through a group commit: every append that arrives while a transaction is running joins
+the next one, and seqs are assigned inside the committer, so a tenant's seqs are gap-free and in
+commit order, and an append returns only once its events are committed.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable, TypeVar
+
+
+from actors.substrate.metrics import NO_METRICS, MetricSink
+from actors.substrate.activation import ActivationTable
+from actors.substrate.batching import Batcher
+from actors.substrate.limits import Limits, LimitsCache
+from storage.events import Event, EventStore
+
+log = logging.getLogger("raytenant.event_hub")
+
+KIND = "event-hub"
+T = TypeVar("T")
+EventIn = dict[str, Any]  # {"type": str, "flow_id": str | None, "data": dict}
+AppendRequest = tuple[str, list[EventIn]]
+
+
+@dataclass(frozen=True)
+class HubOptions:
+    window: int = 1_000  # recent events kept in memory per active tenant
+    limits: Limits = Limits()  # the deployment's defaults: event retention by count, bytes and age
+    retention_interval: float = 30.0  # how often retention by bytes and age is enforced
+    idle_seconds: float = 600.0  # an idle tenant's state leaves memory after this
+    max_tenants: int = 100_000  # active tenants per shard before LRU eviction
+    read_limit: int = 1_000  # most events one poll or read returns per tenant
+    presence_ttl: float = 15.0  # a replica's presence report expires after this
+
+
+@dataclass
+class TenantLog:
+    head: int
+    floor: int
+    window: deque[Event] = field(default_factory=deque)
+
+    def after(self, seq: int, limit: int) -> list[Event] | None:
+        """Events with seq > `seq` from memory, or None when the window does not reach back that far."""
+        if seq >= self.head:
+            return []
+        if not self.window or self.window[0].seq > seq + 1:
+            return None
+        start = seq + 1 - self.window[0].seq
+        return [self.window[i] for i in range(start, min(len(self.window), start + limit))]
+
+
+class EventHubCore:
+    def __init__(self, store: EventStore, options: HubOptions = HubOptions(), clock=time.time, *,
+                 metrics: MetricSink = NO_METRICS, limits: LimitsCache | None = None) -> None:
+        self.store = store
+        self.limits = limits or LimitsCache(None, options.limits)
+        self.metrics = metrics
+        self.options = options
+        self.clock = clock
+        self.tenants: ActivationTable[TenantLog] = ActivationTable(
+            self._load, idle_seconds=options.idle_seconds, max_tenants=options.max_tenants
+        )
+        self._commits: Batcher[AppendRequest, list[Event]] = Batcher(self._commit, isolate="split")
+        self._wake = asyncio.Event()
+        self._presence: dict[str, tuple[float, dict[str, dict[str, int]]]] = {}
+        self._trims: set[asyncio.Task] = set()
+        self._polls: dict[str, dict[str, int]] = {}
+        self.appended = 0
+        self.retention_trims = 0
+
+    async def _load(self, tenants: list[str]) -> dict[str, TenantLog]:
+        bounds = await self.store.bounds(tenants)
+        return {
+            t: TenantLog(b.head, b.floor, deque(maxlen=self.options.window)) for t, b in bounds.items()
+        }
+
+    # -- append -----------------------------------------------------------------------------------
+    async def append(self, requests: list[AppendRequest]) -> list[list[Event]]:
+        """Append each request's events to its tenant's log; returns them, sequenced, once committed."""
+        for tenant in {tenant for tenant, _ in requests}:
+            await self.limits.of(tenant)  # known before the commit trims by the tenant's retention
+        return await self._commits.submit_many(requests)
+
+    async def _commit(self, requests: list[AppendRequest]) -> list[list[Event]]:
+        logs = await self.tenants.activate(tenant for tenant, _ in requests)
+        heads = {tenant: log.head for tenant, log in logs.items()}
+        now = self.clock()
+        events: list[Event] = []
+        results: list[list[Event]] = []
+        for tenant, items in requests:
+            log = logs[tenant]
+            sequenced = []
+            for item in items:
+                log.head += 1
+                sequenced.append(Event(tenant, log.head, item["type"], item.get("flow_id"), item.get("data") or {}, now))
+            events += sequenced
+            results.append(sequenced)
+        try:
+            await self.store.append(events)
+        except BaseException:
+            for tenant, head in heads.items():  # nothing was stored: hand the seqs out again
+                logs[tenant].head = head
+            raise
+        trims: dict[str, int] = {}
+        for event in events:
+            logs[event.tenant].window.append(event)
+        for tenant, log in logs.items():
+            floor = log.head - self.limits.peek(tenant).event_retention_count + 1
+            if floor > log.floor:
+                log.floor = trims[tenant] = floor
+        if trims:
+            self._trim_later(trims)
+        self.appended += len(events)
+        self.metrics.inc("raytenant_events_published", len(events))
+        self._wake.set()
+        self._wake = asyncio.Event()
+        return results
+
+    def _trim_later(self, floors: dict[str, int]) -> None:
+        """Delete trimmed rows off the append path; until then reads below the floor are refused."""
+        task = asyncio.create_task(self.store.trim(floors))
+        self._trims.add(task)
+        task.add_done_callback(self._trims.discard)
+
+    async def enforce_retention(self) -> int:
+        """Trim every active tenant's events beyond its retention by bytes and by age (count is
+        enforced on append). Returns how many tenants were trimmed."""
+        trims: dict[str, int] = {}
+        now = self.clock()
+        for tenant in self.tenants.names():
+            log = self.tenants.peek(tenant)
+            if log is None or log.head < log.floor:
+                continue
+            limits = await self.limits.of(tenant)
+            floor = await self.store.retention_floor(tenant, limits.event_retention_bytes,
+                                                     now - limits.event_retention_seconds, log.head)
+            log = self.tenants.peek(tenant)  # reloaded meanwhile? then its own bounds hold
+            if log is not None and floor > log.floor:
+                log.floor = trims[tenant] = floor
+                while log.window and log.window[0].seq < floor:
+                    log.window.popleft()
+        if trims:
+            self.retention_trims += len(trims)
+            await self.store.trim(trims)
+        return len(trims)
+
+    def set_limits(self, tenant: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
+        return self.limits.put(tenant, overrides).to_dict()
+
+    # -- reads ------------------------------------------------------------------------------------
+    async def heads(self, tenants: list[str]) -> dict[str, int]:
+        logs = await self.tenants.activate(tenants)
+        return {t: log.head for t, log in logs.items()}
+
+    async def read(
+        self, tenant: str, after: int, *, flow_ids: list[str] | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
+        """Events of one tenant with seq > after (optionally only some flows plus tenant-wide ones).
+
+        `gap` is true when events after `after` were already trimmed: the caller cannot catch up
+        exactly and is told the oldest seq still kept (`floor`).
+        """
+        limit = min(limit or self.options.read_limit, self.options.read_limit)
+        log = (await self.tenants.activate([tenant]))[tenant]
+        if after < log.floor - 1:
+            return {"events": [], "head": log.head, "floor": log.floor, "gap": True}
+        events = log.after(after, limit if flow_ids is None else self.options.window)
+        if events is None:
+            events = await self.store.read(tenant, after, limit=limit, flow_ids=flow_ids)
+        elif flow_ids is not None:
+            wanted = set(flow_ids)
+            events = [e for e in events if e.flow_id is None or e.flow_id in wanted][:limit]
+        return {"events": events, "head": log.head, "floor": log.floor, "gap": False}
+
+    async def poll(self, cursors: dict[str, int], timeout: float, poll_id: str | None = None) -> dict[str, Any]:
+        """Long-poll many tenants at once: returns as soon as any has events after its cursor.
+
+        Returns {"events": {tenant: [Event]}, "heads": {tenant: head}, "floors": {tenant: floor}}.
+        A cursor behind the in-memory window is served from storage, so a poller that fell behind
+        (or a hub that just restarted) still delivers every event in order. With a `poll_id`,
+        `join` can add tenants to this poll while it waits.
+        """
+        deadline = self.clock() + max(0.0, timeout)
+        cursors = dict(cursors)
+        if poll_id is not None:
+            self._polls[poll_id] = cursors
+        try:
+            return await self._poll(cursors, deadline)
+        finally:
+            if poll_id is not None and self._polls.get(poll_id) is cursors:
+                del self._polls[poll_id]
+
+    def join(self, poll_id: str, cursors: dict[str, int]) -> bool:
+        """Add tenants to a waiting poll. False when that poll is not waiting (the caller's next
+        poll carries them anyway)."""
+        waiting = self._polls.get(poll_id)
+        if waiting is None:
+            return False
+        for tenant, cursor in cursors.items():
+            waiting.setdefault(tenant, cursor)
+        self._wake.set()
+        self._wake = asyncio.Event()
+        return True
+
+    async def _poll(self, cursors: dict[str, int], deadline: float) -> dict[str, Any]:
+        while True:
+            wake = self._wake
+            logs = await self.tenants.activate(list(cursors))
+            found: dict[str, list[Event]] = {}
+            for tenant, cursor in cursors.items():
+                log = logs[tenant]
+                if cursor >= log.head:
+                    continue
+                events = log.after(max(cursor, log.floor - 1), self.options.read_limit)
+                if events is None:
+                    events = await self.store.read(tenant, max(cursor, log.floor - 1), limit=self.options.read_limit)
+                if events:
+                    found[tenant] = events
+            remaining = deadline - self.clock()
+            if found or remaining <= 0:
+                return {
+                    "events": found,
+                    "heads": {t: log.head for t, log in logs.items()},
+                    "floors": {t: log.floor for t, log in logs.items()},
+                }
+            with contextlib.suppress(asyncio.TimeoutError):  # the timeout ends the poll at the loop's top
+                await asyncio.wait_for(wake.wait(), remaining)
+
+    # -- presence ---------------------------------------------------------------------------------
+    def report_presence(self, replica: str, counts: dict[str, dict[str, int]]) -> None:
+        """An ingress replica's current sockets: {tenant: {"*": connections, flow_id: subscribers}}."""
+        self._presence[replica] = (self.clock(), counts)
+
+    def presence(self, tenants: Iterable[str]) -> dict[str, dict[str, Any]]:
+        now = self.clock()
+        self._presence = {
+            r: (at, c) for r, (at, c) in self._presence.items() if now - at <= self.options.presence_ttl
+        }
+        result: dict[str, dict[str, Any]] = {}
+        for tenant in tenants:
+            total, flows, replicas = 0, {}, 0
+            for _, counts in self._presence.values():
+                mine = counts.get(tenant)
+                if not mine:
+                    continue
+                replicas += 1
+                for key, n in mine.items():
+                    if key == "*":
+                        total += n
+                    else:
+                        flows[key] = flows.get(key, 0) + n
+            result[tenant] = {"connections": total, "flows": flows, "replicas": replicas}
+        return result
+
+    def forget(self, tenant: str) -> bool:
+        """Drop the tenant from this shard's memory (its data was purged, or imported): its next
+        use loads what storage holds."""
+        self.limits.forget(tenant)
+        return self.tenants.forget(tenant)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "active_tenants": len(self.tenants),
+            "appended": self.appended,
+            "commits": self._commits.flushes, "isolated_commits": self._commits.isolations,
+            "activations": self.tenants.activations,
+            "evictions": self.tenants.evictions,
+            "retention_trims": self.retention_trims,
+            "replicas_reporting": len(self._presence),
+        }
+
+
+def wire_events(events: list[Event]) -> list[list[Any]]:
+    return [event.to_wire() for event in events]
+
+
+def unwire_events(wire: list[list[Any]]) -> list[Event]:
+    return [Event.from_wire(item) for item in wire]

@@ -1,0 +1,166 @@
+"""A tenant's quotas and rate limits: what they are, their defaults, and where shards read them.
+
+`Limits` is the whole set for one tenant: the deployment's defaults (settings, RAYTENANT_LIMITS)
+with the operator's per-tenant overrides on top (`PUT /v1/admin/tenants/{tenant}/limits`, stored in
+the tenant_limits table). Each limit is enforced where the state it bounds lives, so no count is
+ever split between two owners:
+
+- request and publish rates: token buckets in the quota shards (actors/quotas/), which replicas
+  lease allotments from (actors/quotas/client.py);
+- WebSocket connections per tenant: slots in the same quota shards; subscriptions per socket: the
+  replica that holds the socket;
+- queued messages: the tenant's mailbox shard; stored patterns: its learning shard; event retention:
+  its hub shard; running and queued flows and the flow weight: its flow runner.
+
+Every shard reads a tenant's limits through a `LimitsCache`: loaded from storage on first use,
+updated at once by the operator's change (pushed to the shard that owns the tenant) and re-read
+after `ttl` seconds in any case, so a missed push converges too.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Awaitable, Callable
+
+# Route classes that have their own request rate: the first path segment after /v1/.
+ROUTE_CLASSES = ("events", "costs", "llm", "learning", "agents", "flows", "other")
+# Generous defaults: a deployment tightens them (RAYTENANT_LIMITS) and the operator per tenant.
+DEFAULT_RATES = {"events": 1_000.0, "costs": 1_000.0, "llm": 200.0, "learning": 1_000.0, "agents": 1_000.0,
+                 "flows": 50.0, "other": 500.0}
+MAX_COUNT = 10**9
+MAX_RATE = 1e6
+
+
+class LimitsError(ValueError):
+    """Limits that cannot be set; `message` says which one and why."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    requests_per_second: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_RATES))
+    events_per_second: float = 5_000.0
+    connections: int = 1_000  # open WebSocket connections of the tenant, cluster-wide
+    subscriptions_per_socket: int = 1_000
+    queued_messages_per_agent: int = 10_000  # ready and in-flight messages of one agent
+    queued_messages: int = 100_000  # of the whole tenant
+    patterns: int = 100_000  # stored learning patterns
+    event_retention_count: int = 100_000
+    event_retention_bytes: int = 1024**3
+    event_retention_seconds: int = 30 * 24 * 3600
+    running_flows: int = 4
+    queued_flows: int = 100
+    flow_weight: float = 1.0  # the tenant's share when runners pick the next queued flow
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def rate(self, name: str) -> float:
+        """The token-bucket rate (per second) of a rate limit: `requests:<class>` or `events`."""
+        if name == "events":
+            return self.events_per_second
+        return self.requests_per_second[name.split(":", 1)[1]]
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "Limits":
+        """These limits with `overrides` on top, validated; raises LimitsError naming the field."""
+        return replace(self, **_validated(self, overrides))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Limits":
+        """The deployment's defaults: RAYTENANT_LIMITS, a JSON object of overrides (empty: built-in)."""
+        return cls().with_overrides(json.loads(text)) if text.strip() else cls()
+
+
+def _positive_rate(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0 < value <= MAX_RATE:
+        raise LimitsError(f"{name} must be a number of requests per second in (0, {MAX_RATE:.0f}]")
+    return float(value)
+
+
+def _validated(base: Limits, overrides: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(overrides, dict):
+        raise LimitsError("limits must be a JSON object")
+    known = {f.name for f in fields(Limits)}
+    found: dict[str, Any] = {}
+    for name, value in overrides.items():
+        if name not in known:
+            raise LimitsError(f"unknown limit {name!r}; known: {sorted(known)}")
+        if name == "requests_per_second":
+            if not isinstance(value, dict):
+                raise LimitsError(f"requests_per_second must be an object keyed by route class {list(ROUTE_CLASSES)}")
+            rates = dict(base.requests_per_second)
+            for route_class, rate in value.items():
+                if route_class not in ROUTE_CLASSES:
+                    raise LimitsError(f"unknown route class {route_class!r}; known: {list(ROUTE_CLASSES)}")
+                rates[route_class] = _positive_rate(f"requests_per_second.{route_class}", rate)
+            found[name] = rates
+        elif name == "events_per_second":
+            found[name] = _positive_rate(name, value)
+        elif name == "flow_weight":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not 0 < value <= 1_000:
+                raise LimitsError("flow_weight must be a number in (0, 1000]")
+            found[name] = float(value)
+        else:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+                raise LimitsError(f"{name} must be an integer between 0 and {MAX_COUNT}")
+            found[name] = value
+    return found
+
+
+Loader = Callable[[str], Awaitable[dict[str, Any] | None]]
+
+
+class LimitsCache:
+    """A shard's view of its tenants' limits: `await of(tenant)`. `load(tenant)` returns the
+    tenant's stored overrides (None: none); defaults apply to every field not overridden."""
+
+    def __init__(self, load: Loader | None, defaults: Limits = Limits(), *, ttl: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._load, self.defaults, self.ttl, self._clock = load, defaults, ttl, clock
+        self._cached: dict[str, tuple[float, Limits]] = {}
+
+    async def of(self, tenant: str) -> Limits:
+        found = self._cached.get(tenant)
+        if found is not None and (self._load is None or self._clock() - found[0] < self.ttl):
+            return found[1]
+        limits = self.defaults
+        if self._load is not None:
+            try:
+                limits = self._resolve(await self._load(tenant))
+            except Exception:  # noqa: BLE001 - storage away: keep what was known, else the defaults
+                if found is not None:
+                    return found[1]
+        self._cached[tenant] = (self._clock(), limits)
+        return limits
+
+    def peek(self, tenant: str) -> Limits:
+        """The limits known now, without loading (the defaults when none are known)."""
+        found = self._cached.get(tenant)
+        return found[1] if found is not None else self.defaults
+
+    def forget(self, tenant: str) -> None:
+        self._cached.pop(tenant, None)
+
+    def put(self, tenant: str, overrides: dict[str, Any] | None) -> Limits:
+        """The operator's change, pushed to the shard that owns the tenant: effective at once."""
+        limits = self._resolve(overrides)
+        self._cached[tenant] = (self._clock(), limits)
+        return limits
+
+    def _resolve(self, overrides: dict[str, Any] | None) -> Limits:
+        if not overrides:
+            return self.defaults
+        try:
+            return self.defaults.with_overrides(overrides)
+        except LimitsError:  # stored under other defaults: keep the fields still valid
+            valid = {}
+            for name, value in overrides.items():
+                try:
+                    self.defaults.with_overrides({name: value})
+                    valid[name] = value
+                except LimitsError:
+                    continue
+            return self.defaults.with_overrides(valid)
