@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from crews.planning import STRATEGIES
+from crews.planning import RATE_NAMES, STRATEGIES
 
 LEVEL_NAMES = ("low", "medium", "high", "critical")
 MAX_SUCCESSES = 200  # items of one phase learned as successes (the first, in the result's order)
@@ -257,6 +257,24 @@ def _recorded(store: str):
     return apply
 
 
+def _rates(result: dict[str, Any], _apps: dict[str, dict[str, Any]]) -> list[tuple[str, Any, dict[str, str]]]:
+    """The unit rates the cost model used: one item per rate, the same context in every flow of
+    the tenant, so a corrected rate is applied to every later flow (decision_model's exact match)."""
+    rates = result.get("rates") or {}
+    return [(name, rates[name], {"rate": name}) for name in RATE_NAMES if name in rates]
+
+
+MAX_RATE = 1e6  # USD per unit and month (or per engineer week)
+
+
+def _rate(corrected: dict[str, Any], _current: Any, _extra: dict[str, Any]) -> float:
+    value = corrected.get("rate")
+    if set(corrected) != {"rate"} or isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not 0 <= value <= MAX_RATE:
+        raise CorrectionError("invalid_correction", f"corrected must be {{\"rate\": USD from 0 to {MAX_RATE:g}}}")
+    return round(float(value), 4)
+
+
 DECISIONS: tuple[Decision, ...] = (
     Decision("data_validation", "personal_data", _columns, _set_personal, _flag("personal_data"),
              "{\"personal_data\": true|false} for a column \"dataset.column\""),
@@ -276,6 +294,8 @@ DECISIONS: tuple[Decision, ...] = (
                          if r.get("current_monthly") else None),
              _recorded("target_factors"), _factor("target_monthly", "current_monthly", positive=False, digits=2),
              "{\"target_monthly\": USD} for an application (learned as a share of its current run cost)", True),
+    Decision("cost_optimization", "unit_rate", _rates, _recorded("unit_rates"), _rate,
+             "{\"rate\": USD} for a unit rate (" + ", ".join(RATE_NAMES) + "), used by the tenant's later flows", True),
     Decision("timeline_planning", "duration_factor",
              _factors_of("schedule", lambda r: 1.0), _recorded("duration_factors"),
              _factor("weeks", "weeks", positive=True, digits=1),
@@ -290,7 +310,7 @@ for _decision in DECISIONS:
     BY_PHASE[_decision.phase] = BY_PHASE.get(_decision.phase, ()) + (_decision,)
 CORRECTION_FIELDS = {  # the field a correction sends -> its decision
     (d.phase, field): d for d, field in zip(DECISIONS, ("personal_data", "accepted", "legacy", "dependency", "level",
-                                                         "strategy", "target_monthly", "weeks", "wave"))}
+                                                         "strategy", "target_monthly", "rate", "weeks", "wave"))}
 
 
 def _wave(corrected: dict[str, Any]) -> int:
@@ -343,6 +363,8 @@ def _valid(decision: Decision, value: Any) -> bool:
         return value in STRATEGIES
     if decision.name == "min_wave":
         return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 1000
+    if decision.name == "unit_rate":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_RATE
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_FACTOR
 
 

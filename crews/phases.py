@@ -13,7 +13,7 @@ from crews.decisions import Guidance, apply_guidance
 from crews.field_mapping import map_fields_sync
 from crews.flow_context import FlowContext
 from crews.inventory import discover
-from crews.planning import assess_risk, cost_model, plan_strategies, plan_timeline
+from crews.planning import assess_risk, cost_model, plan_strategies, plan_timeline, rates_with
 from crews.profiling import columns_of, scan_pii, validate
 
 DEFAULT_TARGET_SCHEMA = {"fields": [
@@ -102,6 +102,7 @@ def _taught(ctx: FlowContext, phase: str, decision: str) -> dict[str, Any]:
 
 def costs(ctx: FlowContext) -> dict[str, Any]:
     found = cost_model(applications(ctx), ctx.result("migration_strategy"),
+                       rates=rates_with(_taught(ctx, "cost_optimization", "unit_rate")),
                        target_factors=_taught(ctx, "cost_optimization", "target_factor"))
     totals = found["totals"]
     found["summary"] = (f"run cost ${totals['current_monthly']:,.0f}/month -> ${totals['target_monthly']:,.0f}/month; "

@@ -6,7 +6,7 @@ can be re-run on resume from what was stored, and a test can check a figure by h
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 STRATEGIES = ("retire", "retain", "repurchase", "rehost", "replatform", "refactor")
@@ -125,6 +125,15 @@ class CostRates:
     gb_storage_month: float = 0.1
     engineer_week: float = 4_000.0
     saas_user_month: float = 4.0
+
+
+RATE_NAMES = ("vcpu_month", "gb_ram_month", "gb_storage_month", "engineer_week", "saas_user_month")
+
+
+def rates_with(taught: dict[str, float] | None) -> CostRates:
+    """The default rates with what the tenant taught (crews/decisions.py `unit_rate`) in their place."""
+    known = {name: float(value) for name, value in (taught or {}).items() if name in RATE_NAMES and value is not None}
+    return replace(CostRates(), **known)
 
 
 RUN_FACTOR = {"retire": 0.0, "retain": 1.0, "repurchase": 0.0, "rehost": 0.85, "replatform": 0.7, "refactor": 0.55}

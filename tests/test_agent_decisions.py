@@ -109,10 +109,34 @@ def test_strategy_cost_and_timeline_apply_taught_values_and_factors():
     assert crm["wave"] >= 4
     earlier = [s for s in results["timeline_planning"]["schedule"] if s["wave"] < crm["wave"]]
     assert crm["start_week"] >= max(s["end_week"] for s in earlier)  # held back until earlier waves end
-    assert {"target_factor"} == {next(iter(i["result"])) for i in successes(
+    assert {"target_factor", "unit_rate"} == {next(iter(i["result"])) for i in successes(
         "cost_optimization", results["cost_optimization"], apps_of(flow, "cost_optimization"))}
     # Nothing taught: the rules' results, nothing listed as learned.
     assert all(not r["learned"] for r in base.values())
+
+
+def test_taught_unit_rates_price_the_plan():
+    """A corrected unit rate is tenant-wide: every rate is an item with the same context in every
+    flow, and the cost model prices the inventory with the taught rates."""
+    base = _run(context("optimization"), OPTIMIZATION, lambda d, i: None)
+    assert base["cost_optimization"]["rates"]["engineer_week"] == 4000.0
+    taught = {("unit_rate", "engineer_week"): 5000.0, ("unit_rate", "vcpu_month"): 40.0}
+    results = _run(context("optimization"), OPTIMIZATION,
+                   lambda d, i: _rec(d, taught[(d, i)]) if (d, i) in taught else None)
+    cost = results["cost_optimization"]
+    assert cost["rates"]["engineer_week"] == 5000.0 and cost["rates"]["vcpu_month"] == 40.0
+    assert cost["rates"]["gb_ram_month"] == base["cost_optimization"]["rates"]["gb_ram_month"]
+    assert cost["unit_rates"] == {"engineer_week": 5000.0, "vcpu_month": 40.0}
+    for row, before in zip(cost["applications"], base["cost_optimization"]["applications"]):
+        assert row["migration_cost"] == round(row["effort_weeks"] * 5000.0, 2)
+        assert before["migration_cost"] == round(before["effort_weeks"] * 4000.0, 2)
+    assert {(a["decision"], a["item"]) for a in cost["learned"]} >= set(taught)
+    rate = decision_for("cost_optimization", {"rate": 1})
+    assert rate.name == "unit_rate" and rate.parse({"rate": 5000}, 4000.0, {}) == 5000.0
+    for bad in ({"rate": -1}, {"rate": True}, {"rate": "5"}, {"rate": float("inf")}, {"rate": 2e6},
+                {"rate": 5, "weeks": 1}):
+        with pytest.raises(CorrectionError):
+            rate.parse(bad, 4000.0, {})
 
 
 def test_guidance_lines_and_correction_schemas():

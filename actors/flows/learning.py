@@ -23,13 +23,14 @@ from crews.field_mapping import SIMILAR_THRESHOLD
 from crews.field_matcher import field_context, parse_schema
 from crews.flow_context import FlowContext
 from crews.phases import applications, apps_of, phases_of
-from crews.planning import cost_model, plan_timeline, planned_weeks
+from crews.planning import cost_model, plan_timeline, planned_weeks, rates_with
 from crews.profiling import columns_of
 
 log = logging.getLogger("raytenant.flows")
 
 MAX_ITEMS = 2_000  # items of one phase asked about (an inventory can be large; the first ones)
-KEPT = ("answer", "handoffs", "learned", "corrections", "computed_by", "target_factors", "duration_factors", "min_waves")
+KEPT = ("answer", "handoffs", "learned", "corrections", "computed_by", "target_factors", "unit_rates", "duration_factors",
+        "min_waves")
 
 
 class CorrectionRefused(Exception):
@@ -126,7 +127,8 @@ def _replan(name: str, result: dict[str, Any], ctx: FlowContext) -> dict[str, An
     """Cost and timeline results computed again with their (corrected) factors."""
     strategies = ctx.results.get("migration_strategy", {})
     if name == "cost_optimization":
-        fresh = cost_model(applications(ctx), strategies, target_factors=result.get("target_factors"))
+        fresh = cost_model(applications(ctx), strategies, rates=rates_with(result.get("unit_rates")),
+                           target_factors=result.get("target_factors"))
     else:
         fresh = plan_timeline(applications(ctx), strategies, duration_factors=result.get("duration_factors"),
                               min_waves=result.get("min_waves"))
