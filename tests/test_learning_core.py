@@ -260,3 +260,27 @@ async def test_a_correction_overrules_its_success_and_decide_generalises_it(engi
     with pytest.raises(Exception) as refused:
         await core.recommendations_many(tenant, [context("os")], 0.3, 2, "nope")
     assert refused.value.code == "invalid_by"
+
+
+async def test_the_later_of_two_equal_lessons_wins_and_keeps_winning_after_a_restart(engine, tenant):
+    """Lessons of one batch have equal confidence; their learning times are strictly increasing,
+    so the later of two contrary lessons is the more trusted, in memory and after a reload (not
+    whichever random id sorts first). The clock stands still, as it may between two items."""
+    core = LearningCore(PatternStore(engine), LearningOptions(), clock=lambda: 1_790_000_000.0)
+    items = []
+    for i in range(20):
+        for target in (f"first_{i}", f"second_{i}"):
+            items.append({"type": "correction", "original": {"source_field": f"field_{i}", "target_field": None},
+                          "corrected": {"source_field": f"field_{i}", "target_field": target},
+                          "context": {"source_field": f"field_{i}"}})
+    await core.learn(tenant, items)
+
+    async def winners(found: LearningCore) -> dict[str, str]:
+        first: dict[str, str] = {}
+        for lesson in await found.corrections(tenant, 1000):
+            first.setdefault(lesson["corrected"]["source_field"], lesson["corrected"]["target_field"])
+        return first
+
+    expected = {f"field_{i}": f"second_{i}" for i in range(20)}
+    assert await winners(core) == expected
+    assert await winners(core_on(engine)) == expected  # reloaded from storage

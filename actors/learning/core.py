@@ -199,6 +199,16 @@ class LearningCore:
             busy=self._commits.in_flight.__contains__,
         )
         self.learned = 0
+        self._last_stamp = 0  # microseconds since the epoch
+
+    def _stamp(self) -> float:
+        """A learning time later than every earlier one, to the microsecond the databases keep.
+        Lessons of one batch otherwise share their time and confidence, and the order between
+        them (which of two contrary lessons is the most trusted) fell to their random ids, and
+        changed when the shard reloaded them. Now the later lesson of a batch is the newer one,
+        in memory and after a reload alike."""
+        self._last_stamp = max(int(self.clock() * 1_000_000), self._last_stamp + 1)
+        return self._last_stamp / 1_000_000
 
     async def _load(self, tenants: list[str]) -> dict[str, TenantPatterns]:
         states = {}
@@ -246,13 +256,13 @@ class LearningCore:
         {"type": "success", "result", "context"}."""
         limits = await self.limits.of(tenant)
         state = await self._state(tenant)
-        now = self.clock()
         touched: dict[str, Pattern] = {}
         created: list[Pattern] = []
         merged: list[tuple[Pattern, float]] = []
         rejected: list[tuple[Pattern, float]] = []  # successes a correction overruled
         results = []
         for item in items:
+            now = self._stamp()
             kind = item["type"]
             body = ({"type": kind, "original": item["original"], "corrected": item["corrected"], "context": item["context"]}
                     if kind == CORRECTION else {"type": kind, "result": item["result"], "context": item["context"]})
@@ -319,7 +329,7 @@ class LearningCore:
             raise LearningError(404, "pattern_not_found", "no pattern with this id")
         field_name = "accepted" if accepted else "rejected"
         setattr(pattern, field_name, getattr(pattern, field_name) + 1)
-        before, pattern.updated_at = pattern.updated_at, self.clock()
+        before, pattern.updated_at = pattern.updated_at, self._stamp()
 
         def undo() -> None:
             setattr(pattern, field_name, getattr(pattern, field_name) - 1)
