@@ -15,7 +15,8 @@ random), and every tenant has the same hidden policy, which the rules do not kno
 
 For each k in --ks, a fresh tenant runs a discovery and an optimisation flow on each of k training
 inventories, and a user corrects every decision that breaks the policy through the API, as the
-console does. Then the tenant runs --held-out inventories it never saw (other seeds, other names)
+console does (critical applications in a move group too, though agreement is measured on the
+others: a group's weeks hide an application's own). Then the tenant runs --held-out inventories it never saw (other seeds, other names)
 and the bench measures each agent's agreement: the share of policy items whose decision follows
 the policy. A quiet tenant teaches nothing and runs the same held-out inventories before and after
 every other tenant taught: its decisions must not change (isolation).
@@ -130,6 +131,26 @@ def policy_checks(inv: dict[str, Any], discovery: dict[str, Any], optimisation: 
     return checks
 
 
+def unmeasured_fixes(inv: dict[str, Any], optimisation: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the user also corrects, though agreement cannot be read off it: a critical application
+    in a move group takes 1.5x its own planned weeks too (the group's weeks hide it, so only its
+    learned factor says whether the plan follows the policy). Left uncorrected, these would teach
+    that critical applications keep their planned weeks, against the tenant's own policy."""
+    apps = {a["name"]: a for a in discover(datasets(inv["data"]))["applications"]}
+    timeline = optimisation["results"]["timeline_planning"]
+    factors = timeline.get("duration_factors") or {}
+    fixes = []
+    for record in inv["data"]["inventory"]:
+        name = record["application"]
+        slot = next((s for s in timeline["schedule"] if s["application"] == name), None)
+        if record["criticality"] != "critical" or slot is None or name not in apps or not slot["move_group"]:
+            continue
+        planned = planned_weeks(apps[name], slot["strategy"])
+        if planned > 0 and factors.get(name) != 1.5:
+            fixes.append({"phase": "timeline_planning", "item": name, "corrected": {"weeks": round(1.5 * planned, 1)}})
+    return fixes
+
+
 class Client:
     def __init__(self, session: aiohttp.ClientSession, url: str, tenant: str) -> None:
         self.session, self.url = session, url
@@ -167,6 +188,7 @@ async def teach(client: Client, seeds: list[int]) -> int:
     for seed, (discovery, optimisation) in zip(seeds, runs):
         checks = policy_checks(inventory(seed), discovery, optimisation)
         wrong = [fix for agent in AGENTS for _, ok, fix in checks[agent] if not ok]
+        wrong += unmeasured_fixes(inventory(seed), optimisation)
         mapping = [fix for fix in wrong if "source_field" in fix]
         for flow, fixes in ((discovery, [f for f in wrong if "phase" in f and f["phase"] in
                                          ("data_validation", "application_discovery", "risk_assessment")]),
