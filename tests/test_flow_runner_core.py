@@ -305,3 +305,35 @@ async def test_a_flow_started_too_often_fails_instead_of_looping(runner, tenant)
     assert [e["type"] for e in events] == ["error_notification", "flow_update"]
     assert events[-1]["data"]["status"] == "failed"
     assert core.metrics.total("raytenant_flows_finished", status="failed") == 1
+
+
+async def test_a_sweep_during_create_leaves_the_new_flow_to_it(runner, tenant):
+    """`create` stores the flow, streams `initialized`, then starts it. A sweep (`resume`) that
+    reads storage in between must not start it too: the flow would run twice, interleaved."""
+    core = runner()
+    await core.resume()
+    announced, release = asyncio.Event(), asyncio.Event()
+    real = core._notifier
+
+    class SlowNotifier:
+        def __init__(self, tenant_: str) -> None:
+            self.inner = real(tenant_)
+
+        async def send_flow_update(self, flow_id, data):
+            if data.get("status") == "initialized":
+                announced.set()
+                await release.wait()
+            return await self.inner.send_flow_update(flow_id, data)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    core._notifier = SlowNotifier
+    creating = asyncio.create_task(core.create(tenant, spec(kind="optimization")))
+    await asyncio.wait_for(announced.wait(), 30)
+    assert await core.resume() == 0  # stored, not yet started: create's to start
+    release.set()
+    flow = await creating
+    done = await finished(core, tenant, flow["flow_id"])
+    assert done["status"] == "completed" and done["attempts"] == 1
+    assert core.counters["started"] == 1 and core.counters["resumed"] == 0

@@ -99,6 +99,9 @@ class FlowRunnerCore:
         self.metrics = metrics
         self.limits = limits or LimitsCache(None, options.limits)
         self.runs: dict[str, Run] = {}
+        # Flows stored but not yet started or queued by `_create`: a sweep (`resume`) that reads
+        # them from storage meanwhile must leave them to it, or the flow runs twice.
+        self.unstarted: set[str] = set()
         self.queued = FairQueue()  # flows waiting for a runner slot or for their tenant's running limit
         self.executor = ThreadPoolExecutor(max_workers=options.threads, thread_name_prefix="crew")
         self.resumed = asyncio.Event()
@@ -163,22 +166,26 @@ class FlowRunnerCore:
             "input": {k: spec.get(k) for k in ("data", "source_schema", "target_schema")}, "results": {},
             "error": None, "attempts": 0, "created_at": now, "updated_at": now, "started_at": None, "finished_at": None,
         }
+        self.unstarted.add(row["id"])
         try:
-            await self.store.create(row)
-        except Exception as error:  # noqa: BLE001 - nothing was stored; the client may retry
-            log.warning("could not store flow: %r", error)
-            raise refused_commit(error, FlowError) from error
-        try:  # announced before its run starts, so the stream shows initialized first
-            await self._notifier(tenant).send_flow_update(row["id"], {"status": row["status"], "phase": None,
-                                                                      "progress": 0, "updated_at": now.isoformat()})
-        except Exception:  # noqa: BLE001 - the flow is stored: it runs and is acknowledged all the same
-            log.warning("the start of flow %s was not streamed", row["id"], exc_info=True)
-        answer = view(row)
-        if queued:
-            self.queued.push(row)
-        else:
-            self._start(row)
-        return answer
+            try:
+                await self.store.create(row)
+            except Exception as error:  # noqa: BLE001 - nothing was stored; the client may retry
+                log.warning("could not store flow: %r", error)
+                raise refused_commit(error, FlowError) from error
+            try:  # announced before its run starts, so the stream shows initialized first
+                await self._notifier(tenant).send_flow_update(row["id"], {"status": row["status"], "phase": None,
+                                                                          "progress": 0, "updated_at": now.isoformat()})
+            except Exception:  # noqa: BLE001 - the flow is stored: it runs and is acknowledged all the same
+                log.warning("the start of flow %s was not streamed", row["id"], exc_info=True)
+            answer = view(row)
+            if queued:
+                self.queued.push(row)
+            else:
+                self._start(row)
+            return answer
+        finally:
+            self.unstarted.discard(row["id"])
 
     # -- the tenant's lifecycle (serve_app/tenants.py) -----------------------------------------------
     async def suspend(self, tenant: str) -> dict[str, Any]:
@@ -319,7 +326,7 @@ class FlowRunnerCore:
         try:
             self.suspended = await self.store.suspended_tenants()
             for row in await self.store.active(self.options.kind):
-                if row["id"] in self.runs or row["id"] in self.queued \
+                if row["id"] in self.runs or row["id"] in self.queued or row["id"] in self.unstarted \
                         or shard_for(row["tenant"], self.options.shards) != self.index:
                     continue
                 if row["status"] == "suspended":  # parked until its tenant is resumed
