@@ -6,33 +6,33 @@ import logging
 import time
 import uuid
 
-from actors.ledger.core import KIND as LEDGER_KIND
-from actors.ledger.core import LedgerOptions
-from actors.ledger.client import CostLedgerClient
-from actors.event_hub.core import KIND, HubOptions
 from actors.event_hub.client import EventHubClient
+from actors.event_hub.core import KIND, HubOptions
+from actors.flows.client import FlowClient
+from actors.flows.options import FlowOptions
+from actors.flows.options import KIND as FLOW_KIND
+from actors.learning.client import LearningClient
 from actors.learning.core import KIND as LEARNING_KIND
 from actors.learning.core import LearningOptions
-from actors.learning.client import LearningClient
-from actors.flows.options import KIND as FLOW_KIND
-from actors.flows.options import FlowOptions
-from actors.flows.client import FlowClient
+from actors.ledger.client import CostLedgerClient
+from actors.ledger.core import KIND as LEDGER_KIND
+from actors.ledger.core import LedgerOptions
+from actors.mailbox.client import MailboxClient
 from actors.mailbox.core import KIND as MAILBOX_KIND
 from actors.mailbox.core import MailboxOptions
-from actors.mailbox.client import MailboxClient
-from actors.substrate.metrics import RayMetrics
 from actors.quotas.client import QuotaClient
 from actors.quotas.core import KIND as QUOTA_KIND
 from actors.quotas.core import QuotaOptions
 from actors.revocations.client import RevocationClient
 from actors.revocations.core import KIND as REVOCATION_KIND
 from actors.revocations.core import RevocationOptions
+from actors.substrate.metrics import RayMetrics
 from crews.providers import Provider, Providers
 from serve_app.audit import Audit
 from serve_app.auth import KeyRing, Tokens
 from serve_app.settings import Settings
-from serve_app.streams import StreamRouter
 from serve_app.signing_keys import SigningKeys
+from serve_app.streams import StreamRouter
 from serve_app.tenants import TenantLifecycle
 from storage.credentials import CredentialsStore
 from storage.engine import create_engine

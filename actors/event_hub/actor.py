@@ -1,18 +1,26 @@
-"""The event_hub shard's Ray shell: the core's public operations, its sweep and its lease."""
+"""The event hub shard's Ray shell: the core's operations over Ray and over the direct channel,
+the retention sweep, and the shard's lease."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
-from typing import Any, Awaitable
+from typing import Any, Awaitable, TypeVar
+
 import ray
-from actors.substrate.metrics import RayMetrics
+
+from actors.event_hub.core import AppendRequest, EventHubCore, HubOptions, wire_events
 from actors.substrate.channel import ChannelServer, channel_host
 from actors.substrate.gc_policy import quiet_gc
 from actors.substrate.limits import LimitsCache
+from actors.substrate.metrics import RayMetrics
 from actors.substrate.shard_actor import serving, shard_lease, stored
 from storage.engine import create_engine
 from storage.events import Event, EventStore
-from actors.event_hub.core import AppendRequest, EventHubCore, HubOptions, T, log, wire_events
+
+log = logging.getLogger("raytenant.event_hub")
+T = TypeVar("T")
+
 
 @ray.remote(num_cpus=0, max_concurrency=10_000)
 class EventHub:

@@ -16,10 +16,10 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 from ray.exceptions import GetTimeoutError, RayActorError
 
+from actors.event_hub.actor import EventHub
+from actors.event_hub.core import KIND, EventIn, HubOptions, unwire_events
 from actors.substrate.batching import ShardedBatcher
 from actors.substrate.channel import ChannelClient, ChannelError
-from actors.event_hub.core import KIND, EventIn, HubOptions, unwire_events
-from actors.event_hub.actor import EventHub
 from actors.substrate.operations import ActorError
 from actors.substrate.placement import get_or_create, shard_for, wait_ready
 from storage.events import Event

@@ -12,23 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable, TypeVar
+from typing import Any, Iterable
 
-
-from actors.substrate.metrics import NO_METRICS, MetricSink
 from actors.substrate.activation import ActivationTable
 from actors.substrate.batching import Batcher
 from actors.substrate.limits import Limits, LimitsCache
+from actors.substrate.metrics import NO_METRICS, MetricSink
 from storage.events import Event, EventStore
 
-log = logging.getLogger("raytenant.event_hub")
 
 KIND = "event-hub"
-T = TypeVar("T")
 EventIn = dict[str, Any]  # {"type": str, "flow_id": str | None, "data": dict}
 AppendRequest = tuple[str, list[EventIn]]
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import ray
 
-from actors.substrate.gc_policy import quiet_gc
-from actors.substrate.os_priority import lower_priority
-from actors.substrate.metrics import RayMetrics
-from actors.substrate.shard_actor import ShardActor, serving, shard_lease
 from actors.flows.options import FlowOptions, KIND
+from actors.substrate.gc_policy import quiet_gc
+from actors.substrate.metrics import RayMetrics
+from actors.substrate.os_priority import lower_priority
+from actors.substrate.shard_actor import ShardActor, serving, shard_lease
 
 PUBLIC_METHODS = frozenset({"create", "get", "list", "cancel", "correct", "set_limits", "suspend", "resume_tenant",
                             "forget"})

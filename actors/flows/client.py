@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from actors.flows.options import KIND, FlowOptions
 from actors.flows.actor import FlowRunner
+from actors.flows.options import KIND, FlowOptions
 from actors.substrate.operations import ActorError
 from actors.substrate.shard_client import ShardClient
 

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from actors.event_hub.notifications import StreamNotifier
 from actors.flows import learning as flow_learning
 from actors.flows.fair_queue import FairQueue
 from actors.flows.options import FlowOptions
 from actors.substrate.limits import LimitsCache
-from actors.substrate.operations import ActorError, refused_commit
 from actors.substrate.metrics import NO_METRICS, MetricSink
-from actors.event_hub.notifications import StreamNotifier
+from actors.substrate.operations import ActorError, refused_commit
 from actors.substrate.placement import shard_for
 from actors.substrate.turns import TenantTurns
 from crews.agents import REGISTRY

@@ -1,14 +1,15 @@
-"""The learning shard's Ray shell: the core's public operations, its sweep and its lease."""
+"""The learning shard's Ray shell: the core's public operations and the shard's lease."""
 from __future__ import annotations
 
 import ray
-from actors.substrate.metrics import RayMetrics
+
+from actors.learning.core import LearningCore, LearningOptions
 from actors.substrate.gc_policy import quiet_gc
-from actors.substrate.shard_actor import ShardActor, shard_lease
 from actors.substrate.limits import LimitsCache
+from actors.substrate.metrics import RayMetrics
+from actors.substrate.shard_actor import ShardActor, shard_lease
 from storage.engine import create_engine
 from storage.patterns import PatternStore
-from actors.learning.core import LearningCore, LearningOptions
 
 PUBLIC_METHODS = frozenset({"decide", "forget", "learn", "learn_from_correction", "learn_from_success", "feedback", "recommendations",
                             "recommendations_many", "corrections", "stats_for", "set_limits"})

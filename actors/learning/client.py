@@ -1,8 +1,8 @@
 """Caller side of the LearningModel shards."""
 from __future__ import annotations
 
-from actors.learning.core import KIND, LearningError, LearningOptions
 from actors.learning.actor import LearningModel
+from actors.learning.core import KIND, LearningError, LearningOptions
 from actors.substrate.shard_client import ShardClient
 
 

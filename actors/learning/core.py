@@ -29,15 +29,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-
-from actors.substrate.metrics import NO_METRICS, MetricSink
-from actors.substrate.activation import ActivationTable
-from actors.substrate.group_commit import GroupCommit, Pending
-from actors.substrate.operations import ActorError
-from actors.substrate.limits import Limits, LimitsCache
 from actors.learning.decision_model import KEEP, Example
 from actors.learning.decision_model import decide as decide_values
 from actors.learning.pattern_index import PatternIndex
+from actors.substrate.activation import ActivationTable
+from actors.substrate.group_commit import GroupCommit, Pending
+from actors.substrate.limits import Limits, LimitsCache
+from actors.substrate.metrics import NO_METRICS, MetricSink
+from actors.substrate.operations import ActorError
+from actors.substrate.stamps import Stamps
 from crews.field_matcher import Learned
 from storage.patterns import PatternStore
 
@@ -199,16 +199,11 @@ class LearningCore:
             busy=self._commits.in_flight.__contains__,
         )
         self.learned = 0
-        self._last_stamp = 0  # microseconds since the epoch
-
-    def _stamp(self) -> float:
-        """A learning time later than every earlier one, to the microsecond the databases keep.
-        Lessons of one batch otherwise share their time and confidence, and the order between
-        them (which of two contrary lessons is the most trusted) fell to their random ids, and
-        changed when the shard reloaded them. Now the later lesson of a batch is the newer one,
-        in memory and after a reload alike."""
-        self._last_stamp = max(int(self.clock() * 1_000_000), self._last_stamp + 1)
-        return self._last_stamp / 1_000_000
+        # Each lesson's learning time is later than the one before: lessons of one batch otherwise
+        # share their time and confidence, and which of two contrary lessons is the more trusted
+        # fell to their random ids and changed when the shard reloaded them. Now the later lesson
+        # of a batch is the newer one, in memory and after a reload alike.
+        self._stamps = Stamps(clock)
 
     async def _load(self, tenants: list[str]) -> dict[str, TenantPatterns]:
         states = {}
@@ -243,9 +238,6 @@ class LearningCore:
                 rows[pattern.id] = pattern.to_row(item.tenant, self.options.prior_weight)
         await self.store.write(list(rows.values()))
 
-    async def _commit(self, tenant: str, patterns: list[Pattern], undo: Callable[[], None]) -> None:
-        await self._commits.commit(tenant, patterns, undo)
-
     async def _state(self, tenant: str) -> TenantPatterns:
         return (await self.tenants.activate([tenant]))[tenant]
 
@@ -262,7 +254,7 @@ class LearningCore:
         rejected: list[tuple[Pattern, float]] = []  # successes a correction overruled
         results = []
         for item in items:
-            now = self._stamp()
+            now = self._stamps.next() / 1_000_000
             kind = item["type"]
             body = ({"type": kind, "original": item["original"], "corrected": item["corrected"], "context": item["context"]}
                     if kind == CORRECTION else {"type": kind, "result": item["result"], "context": item["context"]})
@@ -306,7 +298,7 @@ class LearningCore:
             self.metrics.inc("raytenant_limit_refusals", limit="patterns")
             raise LearningError(429, "quota_exceeded", f"the tenant stores {held} patterns of {limits.patterns}; "
                                 f"{len(created)} more do not fit", limit="patterns", patterns=held, retry_after=3600)
-        await self._commit(tenant, list(touched.values()), undo)
+        await self._commits.commit(tenant, list(touched.values()), undo)
         # Vectors join the index once stored; a pattern merged into a pending one is indexed once.
         self._index(state, [p for p in created if p.row is None])
         self.learned += len(created)
@@ -329,13 +321,13 @@ class LearningCore:
             raise LearningError(404, "pattern_not_found", "no pattern with this id")
         field_name = "accepted" if accepted else "rejected"
         setattr(pattern, field_name, getattr(pattern, field_name) + 1)
-        before, pattern.updated_at = pattern.updated_at, self._stamp()
+        before, pattern.updated_at = pattern.updated_at, self._stamps.next() / 1_000_000
 
         def undo() -> None:
             setattr(pattern, field_name, getattr(pattern, field_name) - 1)
             pattern.updated_at = before
 
-        await self._commit(tenant, [pattern], undo)
+        await self._commits.commit(tenant, [pattern], undo)
         return pattern.view(self.options.prior_weight)
 
     # -- recommendations --------------------------------------------------------------------------

@@ -1,14 +1,16 @@
-"""The ledger shard's Ray shell: the core's public operations, its sweep and its lease."""
+"""The ledger shard's Ray shell: the core's public operations, the expiry sweep and the shard's
+lease; budget alerts go to the tenant's event stream."""
 from __future__ import annotations
 
 import ray
-from actors.substrate.metrics import RayMetrics
-from actors.substrate.gc_policy import quiet_gc
+
 from actors.event_hub.client import stream_publisher
+from actors.ledger.core import LedgerCore, LedgerOptions
+from actors.substrate.gc_policy import quiet_gc
+from actors.substrate.metrics import RayMetrics
 from actors.substrate.shard_actor import ShardActor, shard_lease
 from storage.engine import create_engine
 from storage.ledger import LedgerStore
-from actors.ledger.core import LedgerCore, LedgerOptions
 
 PUBLIC_METHODS = frozenset(
     {"record_usage", "reserve", "settle", "release", "set_budget", "get_budget", "summary", "recommendations",

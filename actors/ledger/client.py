@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.ledger.core import KIND, LedgerError, LedgerOptions
 from actors.ledger.actor import CostLedger
+from actors.ledger.core import KIND, LedgerError, LedgerOptions
 from actors.substrate.shard_client import ShardClient
 
 

@@ -24,16 +24,16 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable, Iterator
 
-
-from actors.substrate.metrics import NO_METRICS, MetricSink
-from actors.substrate.activation import ActivationTable
-from actors.substrate.batching import Batcher
 from actors.ledger.levels import COLUMNS, Level, LevelSettings, RateWindow, Tags, WindowEntry, level_keys, period_bounds, period_id
-from actors.substrate.group_commit import GroupCommit, Pending
 from actors.ledger.model_quality import TASK_QUALITY, model_quality
-from actors.substrate.operations import ActorError
-from actors.substrate.background import BackgroundPublisher
 from actors.ledger.prices import NANOS, Price, PriceCatalog, default_catalog, usd
+from actors.substrate.activation import ActivationTable
+from actors.substrate.background import BackgroundPublisher
+from actors.substrate.batching import Batcher
+from actors.substrate.group_commit import GroupCommit, Pending
+from actors.substrate.metrics import NO_METRICS, MetricSink
+from actors.substrate.operations import ActorError
+from actors.substrate.stamps import Stamps
 from storage.ledger import LedgerStore, LedgerWrites, utc
 
 log = logging.getLogger("raytenant.cost_ledger")
@@ -249,14 +249,13 @@ class LedgerCore:
         # concurrent operations share one query.
         self._key_lookups: Batcher[tuple[str, list[str]], dict[str, dict]] = Batcher(self._lookup_keys)
         self._alerts = BackgroundPublisher(notify, "budget alert")
-        self._last_stamp = 0  # microseconds since the epoch
+        self._stamps = Stamps(clock)
         self.alerts_sent = 0
 
     def _stamp(self) -> datetime:
         """A usage time later than every earlier one, to the microsecond the databases keep: a
         level being set reads the spend before its own stamp and counts what comes after."""
-        self._last_stamp = max(int(self.clock() * 1_000_000), self._last_stamp + 1)
-        return EPOCH + timedelta(microseconds=self._last_stamp)
+        return EPOCH + timedelta(microseconds=self._stamps.next())
 
     # -- activation and commit --------------------------------------------------------------------
     async def _load(self, tenants: list[str]) -> dict[str, TenantCosts]:

@@ -1,15 +1,17 @@
-"""The mailbox shard's Ray shell: the core's public operations, its sweep and its lease."""
+"""The mailbox shard's Ray shell: the core's public operations, the redelivery sweep and the
+shard's lease; agent_message events go to the tenant's event stream."""
 from __future__ import annotations
 
 import ray
-from actors.substrate.metrics import RayMetrics
+
+from actors.event_hub.client import stream_publisher
+from actors.mailbox.core import MailboxCore, MailboxOptions
 from actors.substrate.gc_policy import quiet_gc
 from actors.substrate.limits import LimitsCache
-from actors.event_hub.client import stream_publisher
+from actors.substrate.metrics import RayMetrics
 from actors.substrate.shard_actor import ShardActor, shard_lease
 from storage.engine import create_engine
 from storage.mailbox import MailboxStore
-from actors.mailbox.core import MailboxCore, MailboxOptions
 
 PUBLIC_METHODS = frozenset({"forget", "send", "broadcast", "receive", "ack", "ack_many", "set_topics", "get_topics", "request",
                             "dead_letters", "depth", "set_limits"})

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.mailbox.core import KIND, MailboxError, MailboxOptions
 from actors.mailbox.actor import Mailbox
+from actors.mailbox.core import KIND, MailboxError, MailboxOptions
 from actors.substrate.shard_client import ShardClient
 
 

@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
-
-from actors.substrate.metrics import NO_METRICS, MetricSink
 from actors.substrate.activation import ActivationTable
+from actors.substrate.background import BackgroundPublisher
 from actors.substrate.group_commit import GroupCommit, Pending
 from actors.substrate.limits import Limits, LimitsCache
+from actors.substrate.metrics import NO_METRICS, MetricSink
 from actors.substrate.operations import ActorError
-from actors.substrate.background import BackgroundPublisher
 from storage.mailbox import MailboxStore, MailboxWrites
 
 log = logging.getLogger("raytenant.mailbox")
@@ -171,9 +170,6 @@ class MailboxCore:
             merged.merge(item.writes)
         await self.store.write(merged)
 
-    async def _commit(self, tenant: str, writes: MailboxWrites, undo: Callable[[], None]) -> None:
-        await self._commits.commit(tenant, writes, undo)
-
     def _rows(self, tenant: str, messages: list[Message]) -> MailboxWrites:
         return MailboxWrites(messages={m.id: m.row(tenant) for m in messages})
 
@@ -194,7 +190,7 @@ class MailboxCore:
         self._admit(state, limits, wanted)
         state.sending.update(wanted)  # counted until stored, so concurrent sends cannot overfill
         try:
-            await self._commit(tenant, self._rows(tenant, messages), lambda: None)
+            await self._commits.commit(tenant, self._rows(tenant, messages), lambda: None)
         finally:
             state.sending.subtract(wanted)
             state.sending = +state.sending
@@ -295,7 +291,7 @@ class MailboxCore:
                 m.state, m.attempts, m.visible_at, m.updated_at = st, attempts, visible_at, updated_at
             state.queue(agent).extendleft(reversed(taken))
 
-        await self._commit(tenant, self._rows(tenant, taken), undo)
+        await self._commits.commit(tenant, self._rows(tenant, taken), undo)
         self.counters["delivered"] += len(taken)
         return [m.view() for m in taken]
 
@@ -336,7 +332,7 @@ class MailboxCore:
             state.next_due = min([state.next_due, *(m.visible_at for m in found if m.state == "inflight")])
 
         if found:
-            await self._commit(tenant, self._rows(tenant, found), undo)
+            await self._commits.commit(tenant, self._rows(tenant, found), undo)
             self.counters["acked"] += len(found)
         result: dict[str, list[str]] = {"acked": [m.id for m in found], "not_found": [], "dead": []}
         stored = await self.store.states(tenant, missing)  # one query, however many ids
@@ -377,7 +373,7 @@ class MailboxCore:
                     state.queue(m.receiver).remove(m)
             state.next_due = min([state.next_due, *(m.visible_at for m in due)])
 
-        await self._commit(tenant, self._rows(tenant, due), undo)
+        await self._commits.commit(tenant, self._rows(tenant, due), undo)
         self.counters["redelivered"] += len(again)
         self.counters["dead"] += len(dead)
         self.metrics.inc("raytenant_mailbox_redeliveries", len(again))
@@ -413,7 +409,7 @@ class MailboxCore:
                 state.topics.setdefault(topic, set()).add(agent)
 
         apply(wanted)
-        await self._commit(tenant, MailboxWrites(topics={(tenant, agent): wanted}), lambda: apply(before))
+        await self._commits.commit(tenant, MailboxWrites(topics={(tenant, agent): wanted}), lambda: apply(before))
         return {"agent": agent, "topics": wanted}
 
     async def get_topics(self, tenant: str, agent: str) -> dict[str, Any]:

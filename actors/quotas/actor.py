@@ -1,12 +1,14 @@
-"""The quotas shard's Ray shell: the core's public operations, its sweep and its lease."""
+"""The quota shard's Ray shell: the core's public operations. It holds no lease: its buckets
+live in memory and it only reads the limits table (docs/architecture.md, "Fencing")."""
 from __future__ import annotations
 
 import ray
+
+from actors.quotas.core import QuotaCore, QuotaOptions
 from actors.substrate.gc_policy import quiet_gc
 from actors.substrate.limits import LimitsCache
 from actors.substrate.metrics import RayMetrics
 from actors.substrate.shard_actor import ShardActor
-from actors.quotas.core import QuotaCore, QuotaOptions
 
 PUBLIC_METHODS = frozenset({"forget", "lease", "acquire", "release", "hold", "set_limits", "get_limits", "usage"})
 

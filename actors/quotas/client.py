@@ -18,10 +18,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+from actors.quotas.actor import Quotas
+from actors.quotas.core import KIND, QuotaError, QuotaOptions
 from actors.substrate.metrics import NO_METRICS, MetricSink
 from actors.substrate.operations import ActorError
-from actors.quotas.core import KIND, QuotaError, QuotaOptions
-from actors.quotas.actor import Quotas
 from actors.substrate.shard_client import ShardClient
 
 log = logging.getLogger("raytenant.quotas")

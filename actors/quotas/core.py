@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-
 from actors.substrate.limits import ROUTE_CLASSES, Limits, LimitsCache
 from actors.substrate.metrics import NO_METRICS, MetricSink
 from actors.substrate.operations import ActorError

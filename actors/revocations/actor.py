@@ -1,10 +1,12 @@
-"""The revocations shard's Ray shell: the core's public operations, its sweep and its lease."""
+"""The revocation shard's Ray shell: the core's public operations and its sweep. It holds no
+lease: a revocation only adds a refusal the operator asked for (docs/architecture.md, "Fencing")."""
 from __future__ import annotations
 
 import ray
+
+from actors.revocations.core import KIND, RevocationCore, RevocationOptions
 from actors.substrate.gc_policy import quiet_gc
 from actors.substrate.shard_actor import ShardActor
-from actors.revocations.core import KIND, RevocationCore, RevocationOptions
 
 PUBLIC_METHODS = frozenset({"revoke", "changes", "list", "suspend"})
 

@@ -12,10 +12,10 @@ import logging
 import time
 from typing import Any, Callable
 
-from actors.revocations.core import KIND, RevocationError, RevocationOptions, TenantRevocations
 from actors.revocations.actor import Revocations
-from actors.substrate.shard_client import ShardClient
+from actors.revocations.core import KIND, RevocationError, RevocationOptions, TenantRevocations
 from actors.substrate.placement import shard_for
+from actors.substrate.shard_client import ShardClient
 
 log = logging.getLogger("raytenant.revocations")
 

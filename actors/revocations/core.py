@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-
 from actors.substrate.operations import ActorError
 from actors.substrate.placement import shard_for
 

@@ -11,14 +11,14 @@ from starlette.routing import Route
 
 from datetime import datetime, timezone
 
+from actors.ledger.prices import Price
 from actors.substrate.limits import LimitsError
 from actors.substrate.operations import ActorError
-from actors.ledger.prices import Price
 from serve_app.auth import JTI_PATTERN, bearer, valid_tenant
 from serve_app.errors import ApiError
 from serve_app.requests import int_param, read_json, runtime_of
-from serve_app.signing_keys import public_view, rotate
 from serve_app.routes.costs import _number, _object, ledger
+from serve_app.signing_keys import public_view, rotate
 
 MAX_USD = 1e9
 

@@ -8,10 +8,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from actors.ledger.levels import SCOPES, TENANT_KEY, validate_settings
 from actors.ledger.core import LedgerError
-from serve_app.errors import ApiError
+from actors.ledger.levels import SCOPES, TENANT_KEY, validate_settings
 from serve_app.auth import Claims
+from serve_app.errors import ApiError
 from serve_app.requests import authenticate, read_json, runtime_of
 
 MAX_TOKENS = 10**9
