@@ -52,7 +52,8 @@ OPERATOR_TOKEN = "test-operator-token"
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray for the whole run; shut down only if this fixture started it."""
+    """One local Ray of the run's own (address="local": never one another run left on the machine);
+    shut down only if this fixture started it."""
     import ray
 
     global METRICS_PORT
@@ -60,7 +61,7 @@ def ray_session():
     if started:
         METRICS_PORT = _free_port()
         with metrics_enabled():
-            ray.init(num_cpus=2, include_dashboard=False, namespace="raytenant", log_to_driver=False,
+            ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="raytenant", log_to_driver=False,
                      _metrics_export_port=METRICS_PORT)
     yield ray
     if started:

@@ -106,3 +106,20 @@ def test_cli_run_starts_shows_and_stops(ray_session, tmp_path, monkeypatch, caps
     stop.set()
     runner.join(60)
     assert outcome == [0] and "stopping..." in capsys.readouterr().out
+
+
+def test_start_ray_starts_its_own_ray_whatever_the_machine_points_at(tmp_path):
+    """`raytenant run` (and the test session) start a Ray of their own: a CI run once joined the Ray
+    another run had left on the machine (/tmp/ray/ray_current_cluster) and failed every Ray test.
+    RAY_ADDRESS pointing elsewhere stands in for that leftover."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import ray; from serve_app.cli.launcher import start_ray; start_ray(num_cpus=1, dashboard=False); "
+              "print(ray.get_runtime_context().gcs_address); ray.shutdown()")
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env,
+                          cwd=os.getcwd())
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] != "127.0.0.1:1"

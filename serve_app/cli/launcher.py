@@ -72,6 +72,7 @@ def start_ray(*, num_cpus: int | None = None, dashboard: bool = True, metrics_po
     import ray
 
     kwargs: dict[str, Any] = {
+        "address": "local",  # always our own Ray: never join a cluster another run left behind
         "namespace": "raytenant",
         "include_dashboard": dashboard,
         "dashboard_host": "127.0.0.1",
