@@ -7,10 +7,10 @@ from starlette.middleware import Middleware
 
 from serve_app.errors import EXCEPTION_HANDLERS
 from serve_app.rate_limits import RateLimits
-from serve_app.routes import admin, agents, console, costs, events, flows, health, learning, llm, tenants, tokens
+from serve_app.routes import admin, agents, console, costs, docs, events, flows, health, learning, llm, tenants, tokens
 from serve_app.runtime import Runtime
 
-AREAS = (health, events, tokens, costs, admin, tenants, llm, learning, agents, flows, console)
+AREAS = (health, events, tokens, costs, admin, tenants, llm, learning, agents, flows, console, docs)
 
 
 def create_app(runtime: Runtime) -> Starlette:

@@ -1,15 +1,18 @@
 """What every route reads from its request: the replica's runtime, the caller's verified claims,
-a strict JSON body and bounded integer query values."""
+its body (strict JSON, then a pydantic model: serve_app/schemas/) and its query parameters."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
 
 from starlette.requests import Request
 
 from serve_app.auth import AuthError, Claims, bearer
 from serve_app.errors import ApiError
 from serve_app.runtime import Runtime
+from serve_app.schemas.base import BodyError, Query, describe, validate
 from storage import strict_json
 
 log = logging.getLogger("raytenant.http")
@@ -50,13 +53,22 @@ async def read_json(request: Request) -> Any:
         raise ApiError(status, error.code, f"the request body is not strict JSON: {error.message}") from error
 
 
-def int_param(request: Request, name: str, default: int, *, low: int = 0, high: int | None = None) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    if not raw.isdigit():
-        raise ApiError(422, "invalid_parameter", f"{name} must be a non-negative integer")
-    value = int(raw)
-    if value < low or (high is not None and value > high):
-        raise ApiError(422, "invalid_parameter", f"{name} must be between {low} and {high}")
-    return value
+async def parse_body(request: Request, annotation: Any) -> Any:
+    """The body as `annotation`, or 422 with the code its model names for the first bad value."""
+    try:
+        return validate(annotation, await read_json(request))
+    except BodyError as error:
+        raise ApiError(422, error.code, error.message) from None
+
+
+QueryModel = TypeVar("QueryModel", bound=Query)
+
+
+def parse_query(request: Request, model: type[QueryModel]) -> QueryModel:
+    """The query parameters as `model` (an empty value is an absent one), or 422."""
+    values = {name: value for name, value in request.query_params.items() if value != ""}
+    try:
+        return model.model_validate(values)
+    except ValidationError as error:
+        code, message = describe(model, error.errors(include_url=False), model.body_code)
+        raise ApiError(422, code, message) from None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 from typing import Any
 
 import httpx
@@ -16,12 +18,14 @@ SAMPLE = sample_inventory()
 LATENCY = 0.15  # the OfflineLLM's simulated provider latency: long enough to act mid-flow
 MODEL = "gpt-4o-mini"
 KEY_ENV = "RAYTENANT_TEST_PROVIDER_KEY"
+# The browser the page tests drive (.ci/run installs Debian's chromium where it can).
+CHROMIUM = os.environ.get("RAYTENANT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> None:
     assert response.status_code == status, response.text
     body = response.json()["error"]
-    assert body["code"] == code and body["message"]
+    assert body["code"] == code and body["message"], (code, body)
 
 
 async def stored(db_url: str, table, tenant: str) -> list[dict]:

@@ -8,7 +8,8 @@ import pytest
 from crews.crew_builder import build_crew
 from crews.decisions import (BY_PHASE, CorrectionError, Guidance, contexts_of, decision_for, guidance_for,
                              successes)
-from crews.flow_request import FlowRequestError, parse_corrections
+from serve_app.schemas.base import BodyError as FlowRequestError
+from serve_app.schemas.flows import parse_corrections
 from crews.offline_llm import OfflineLLM
 from crews.phases import DISCOVERY, OPTIMIZATION, apps_of, phase_result
 from tests.crew_support import context

@@ -8,7 +8,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from actors.ledger.levels import LevelSettings, RateWindow, validate_settings
+from actors.ledger.levels import LevelSettings, RateWindow
+from serve_app.schemas.base import validate
+from serve_app.schemas.costs import LevelBody
+
+
+def validate_settings(body: dict) -> LevelSettings:
+    return validate(LevelBody, body).settings()
 from actors.ledger.core import LedgerError
 from actors.ledger.prices import NANOS
 from storage.models import BudgetLevelRow, ReservationRow
@@ -233,7 +239,7 @@ def test_settings_refuse_bad_input():
                        ({"rpm": 0}, "invalid_limit"), ({"amount": 1, "extra": 1}, "unknown_field")):
         with pytest.raises(ValueError) as refused:
             validate_settings(body)
-        assert refused.value.args[0] == code, body
+        assert refused.value.code == code, body
     assert validate_settings({"rpm": 5}).amount is None
 
 

@@ -2,15 +2,13 @@
 watch it reach 100 %, see the spend rise, correct a mapping and see the recommendation change."""
 from __future__ import annotations
 
-import os
-import shutil
-
 import httpx
 import pytest
 
+from tests.http_support import CHROMIUM
+
 
 pytestmark = pytest.mark.integration
-CHROMIUM = os.environ.get("RAYTENANT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 async def test_console_page_and_sample_are_served(pg_flows):

@@ -43,7 +43,7 @@ async def test_operator_cap_and_prices_bind_the_tenant(live, tenant):
     operator = live.operator_auth()
     budget_path = f"/v1/admin/tenants/{tenant}/budget"
     async with httpx.AsyncClient(base_url=live.url) as client:
-        for body, code in (({}, "invalid_cap"), ({"monthly_cap": -1}, "invalid_cap"), ({"monthly_cap": "5"}, "invalid_monthly_cap"),
+        for body, code in (({}, "invalid_cap"), ({"monthly_cap": -1}, "invalid_cap"), ({"monthly_cap": "5"}, "invalid_cap"),
                            ({"monthly_cap": 1e12}, "invalid_cap"), ([], "invalid_body")):
             assert_error(await client.put(budget_path, headers=operator, json=body), 422, code)
         assert_error(await client.put("/v1/admin/tenants/bad%0A/budget", headers=operator, json={"monthly_cap": 1}),

@@ -67,7 +67,7 @@ BAD_USAGE = [
     ({"records": [{"model": MODEL, "input_tokens": 1, "output_tokens": 1, "idempotency_key": "d"}] * 2}, 422,
      "duplicate_idempotency_key"),
     ([1, 2], 422, "invalid_body"),
-    ("text", 422, "invalid_records"),
+    ("text", 422, "invalid_body"),
 ]
 
 
@@ -78,7 +78,7 @@ async def test_bad_input_changes_nothing(live, tenant, db_url):
             assert_error(await client.post("/v1/costs/usage", headers=auth, json=body), status, code)
         assert_error(await client.post("/v1/costs/usage", headers=auth, content=b"{nope"), 400, "malformed_json")
         for budget, code in (({"monthly_budget": 0}, "invalid_budget"), ({"monthly_budget": -5}, "invalid_budget"),
-                             ({}, "invalid_budget"), ({"monthly_budget": "10"}, "invalid_monthly_budget"),
+                             ({}, "invalid_budget"), ({"monthly_budget": "10"}, "invalid_budget"),
                              ({"monthly_budget": 10, "alert_threshold": 0}, "invalid_threshold"),
                              ({"monthly_budget": 10, "alert_threshold": 1.01}, "invalid_threshold")):
             assert_error(await client.put("/v1/costs/budget", headers=live.admin_auth(tenant), json=budget), 422, code)

@@ -8,7 +8,8 @@ from crewai import Process
 from actors.flows.core import apply_corrections
 from crews.agents import REGISTRY, FlowTool, build_agent, observation
 from crews.crew_builder import build_crew
-from crews.flow_request import FlowRequestError, parse_corrections, parse_flow_request
+from serve_app.schemas.base import BodyError as FlowRequestError
+from serve_app.schemas.flows import parse_corrections, parse_flow_request
 from crews.inventory import column_roles, criticality_of, discover
 from crews.offline_llm import OfflineLLM, llm_for
 from crews.phases import DISCOVERY, OPTIMIZATION, phases_of

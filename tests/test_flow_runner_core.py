@@ -12,7 +12,7 @@ from actors.substrate.limits import Limits
 from actors.flows.options import FlowOptions
 from actors.flows.core import FlowError, FlowRunnerCore, Services
 from actors.substrate.metrics import RecordingSink
-from crews.flow_request import parse_flow_request
+from serve_app.schemas.flows import parse_flow_request
 from crews.samples import sample_inventory
 from storage.engine import create_engine
 from storage.flows import ACTIVE, FlowStore

@@ -13,13 +13,12 @@ its windows start empty.
 """
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from actors.ledger.prices import NANOS, usd
+from actors.ledger.prices import usd
 
 SCOPES = ("tenant", "engagement", "user", "agent")
 TENANT_KEY = "all"  # the tenant-wide level's key: it covers every call
@@ -202,35 +201,3 @@ class Level:
             "amount": usd(amount), "used": usd(self.used), "utilization": round(self.used / amount, 6) if amount else None,
             "message": f"LLM spend of {self.scope} {self.key!r} reached {threshold:.0%} of its {self.settings.period}ly budget",
         }
-
-
-def validate_settings(payload: dict[str, Any], max_amount_usd: float = 1e9) -> LevelSettings:
-    """A level's settings from a request body. Raises ValueError(code, message) on bad input."""
-    allowed = {"amount", "period", "mode", "thresholds", "tpm", "rpm"}
-    unknown = sorted(set(payload) - allowed)
-    if unknown:
-        raise ValueError("unknown_field", f"unknown fields {unknown}; a level takes {sorted(allowed)}")
-    amount = payload.get("amount")
-    if amount is not None and (isinstance(amount, bool) or not isinstance(amount, (int, float))
-                               or not math.isfinite(amount) or not 0 < amount <= max_amount_usd):
-        raise ValueError("invalid_budget", f"amount must be a positive number of USD up to {max_amount_usd:g}")
-    period = payload.get("period", "month")
-    if period not in PERIODS:
-        raise ValueError("invalid_period", f"period must be one of {list(PERIODS)}")
-    mode = payload.get("mode", "hard")
-    if mode not in MODES:
-        raise ValueError("invalid_mode", f"mode must be one of {list(MODES)}")
-    thresholds = payload.get("thresholds", [0.8])
-    if (not isinstance(thresholds, list) or len(thresholds) > 10 or any(
-            isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1 for t in thresholds)):
-        raise ValueError("invalid_threshold", "thresholds must be a list of at most 10 numbers in (0, 1]")
-    limits = {}
-    for name in ("tpm", "rpm"):
-        value = payload.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 10**12):
-            raise ValueError("invalid_limit", f"{name} must be a positive integer")
-        limits[name] = value
-    if amount is None and limits["tpm"] is None and limits["rpm"] is None:
-        raise ValueError("invalid_budget", "a level needs an amount, a tpm or an rpm")
-    return LevelSettings(None if amount is None else round(amount * NANOS), period, mode,
-                         tuple(sorted({float(t) for t in thresholds})), limits["tpm"], limits["rpm"])

@@ -104,9 +104,10 @@ def client_worker(config: dict[str, Any], index: int, tokens: dict[str, str], pr
 
 
 async def _work(config: LoadConfig, index: int, tokens: dict[str, str], progress: Any) -> dict[str, Any]:
-    import aiohttp
+    import httpx
 
     from crews.samples import sample_inventory
+    from serve_app.client import AsyncClient, RaytenantError
 
     global SAMPLE
     SAMPLE = sample_inventory()
@@ -120,44 +121,41 @@ async def _work(config: LoadConfig, index: int, tokens: dict[str, str], progress
     stop = asyncio.Event()
     started = time.time()
     opened = failed = 0
+    # one connection pool for the worker, one client (token) per tenant
+    http = httpx.AsyncClient(base_url=config.url, timeout=60.0, limits=httpx.Limits(max_connections=None))
+    clients = {tenant: AsyncClient(config.url, tokens[tenant], http=http) for tenant in mine}
 
-    async def listen(session: aiohttp.ClientSession, tenant: str) -> None:
-        nonlocal opened, failed
+    async def listen(tenant: str) -> None:
+        nonlocal failed
         seqs: list[int] = []
         received.append((tenant, seqs))
-        url = config.url.replace("http", "ws", 1) + "/v1/ws"
+
+        def connected(_message: dict[str, Any]) -> None:
+            nonlocal opened
+            opened += 1
+
         try:
-            async with session.ws_connect(url, headers={"Authorization": f"Bearer {tokens[tenant]}"},
-                                          heartbeat=30) as ws:
-                opened += 1
-                await ws.send_json({"type": "subscribe_flow", "flow_id": "*"})
-                while not stop.is_set():
-                    try:
-                        message = await asyncio.wait_for(ws.receive(), 0.5)
-                    except asyncio.TimeoutError:
-                        continue
-                    if message.type != aiohttp.WSMsgType.TEXT:
-                        break
-                    event = json.loads(message.data)
-                    if event.get("type") == "flow_update" and event.get("flow_id") == "loadtest":
-                        seqs.append(event["seq"])
-        except aiohttp.ClientError:
+            async for event in clients[tenant].stream(flow_id="*", max_retries=0, connected=connected):
+                if event.get("type") == "flow_update" and event.get("flow_id") == "loadtest":
+                    seqs.append(event["seq"])
+        except RaytenantError:
             failed += 1
 
-    def body(operation: str, tenant: str, n: int) -> tuple[str, str, dict[str, Any]]:
+    async def call(operation: str, tenant: str, n: int) -> Any:
+        rt = clients[tenant]
         if operation == "usage":
-            return "POST", "/v1/costs/usage", {"model": "gpt-4o-mini", "input_tokens": random.randint(100, 2000),
-                                               "output_tokens": random.randint(10, 500), "agent": "loadtest",
-                                               "idempotency_key": f"lt-{config.run_id}-{index}-{n}"}
+            return await rt.costs.record({"model": "gpt-4o-mini", "input_tokens": random.randint(100, 2000),
+                                          "output_tokens": random.randint(10, 500), "agent": "loadtest",
+                                          "idempotency_key": f"lt-{config.run_id}-{index}-{n}"})
         if operation == "publish":
-            return "POST", "/v1/events", {"type": "flow_update", "flow_id": "loadtest", "data": {"n": n}}
+            return await rt.events.publish({"type": "flow_update", "flow_id": "loadtest", "data": {"n": n}})
         if operation == "recommend":
-            return "POST", "/v1/learning/recommendations", {"context": {"field": random.choice(
-                ["cust_nm", "customer_name", "hostname", "email_addr", "order_total"])}}
-        return "POST", "/v1/flows", {"name": "loadtest", "kind": random.choice(["discovery", "optimization"]),
-                                     "data": SAMPLE["data"], "target_schema": SAMPLE["target_schema"]}
+            return await rt.learning.recommend({"field": random.choice(
+                ["cust_nm", "customer_name", "hostname", "email_addr", "order_total"])})
+        return await rt.flows.create("loadtest", SAMPLE["data"], kind=random.choice(["discovery", "optimization"]),
+                                     target_schema=SAMPLE["target_schema"])
 
-    async def drive(session: aiohttp.ClientSession) -> None:
+    async def drive() -> None:
         operations = [op for op in OPERATIONS if config.mix.get(op)]
         weights = [config.mix[op] for op in operations]
         pending: set[asyncio.Task] = set()
@@ -168,7 +166,7 @@ async def _work(config: LoadConfig, index: int, tokens: dict[str, str], progress
             n += 1
             tenant = mine[n % len(mine)]
             operation = random.choices(operations, weights)[0]
-            task = asyncio.create_task(one(session, operation, tenant, n))
+            task = asyncio.create_task(one(operation, tenant, n))
             pending.add(task)
             task.add_done_callback(pending.discard)
             next_at += 1 / rate
@@ -176,18 +174,16 @@ async def _work(config: LoadConfig, index: int, tokens: dict[str, str], progress
         if pending:
             await asyncio.wait(pending, timeout=30)
 
-    async def one(session: aiohttp.ClientSession, operation: str, tenant: str, n: int) -> None:
-        method, path, payload = body(operation, tenant, n)
+    async def one(operation: str, tenant: str, n: int) -> None:
         began = time.perf_counter()
-        ok = False
         try:
-            async with session.request(method, config.url + path, json=payload,
-                                       headers={"Authorization": f"Bearer {tokens[tenant]}"}) as response:
-                answer = await response.json(content_type=None)
-                ok = response.status < 400 or (operation == "flow" and response.status == 429)
-                if operation == "publish" and response.status == 201:
-                    published[tenant].update(answer["seqs"])
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            answer = await call(operation, tenant, n)
+            ok = True
+            if operation == "publish":
+                published[tenant].update(answer["seqs"])
+        except RaytenantError as error:
+            ok = operation == "flow" and error.status == 429  # a full flow queue is the limit working
+        except (httpx.HTTPError, ValueError):
             ok = False
         samples.append((time.time(), operation, (time.perf_counter() - began) * 1000, ok))
 
@@ -201,14 +197,15 @@ async def _work(config: LoadConfig, index: int, tokens: dict[str, str], progress
             progress.report.remote(len(new), sum(1 for s in new if not s[3]), now - delivered)
             delivered = now
 
-    timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
-        listeners = [asyncio.create_task(listen(session, mine[i % len(mine)])) for i in range(sockets)]
+    async with http:
+        listeners = [asyncio.create_task(listen(mine[i % len(mine)])) for i in range(sockets)]
         reporter = asyncio.create_task(report())
         await asyncio.sleep(1.0)  # sockets subscribed before the first publish
-        await drive(session)
+        await drive()
         await asyncio.sleep(2.0)  # the last events reach the sockets
         stop.set()
+        for listener in listeners:
+            listener.cancel()
         await asyncio.gather(*listeners, reporter, return_exceptions=True)
     progress.done.remote()
     lost = duplicated = 0

@@ -3,24 +3,24 @@ and its quotas and rate limits (docs/limits.md). Only the operator token reaches
 token, whatever its scopes, can change or exceed what is set here."""
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime, timezone
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from datetime import datetime, timezone
-
 from actors.ledger.prices import Price
 from actors.substrate.limits import LimitsError
 from actors.substrate.operations import ActorError
-from serve_app.auth import JTI_PATTERN, bearer, valid_tenant
+from serve_app.auth import bearer, valid_tenant
+from serve_app.contract import api
 from serve_app.errors import ApiError
-from serve_app.requests import int_param, read_json, runtime_of
-from serve_app.routes.costs import _number, _object, ledger
+from serve_app.requests import parse_body, parse_query, runtime_of
+from serve_app.routes.costs import ledger
+from serve_app.schemas import admin as schemas
 from serve_app.signing_keys import public_view, rotate
 
-MAX_USD = 1e9
+TENANT_PATH = {422: ("invalid_tenant",)}
 
 
 def operator(request: Request) -> None:
@@ -37,19 +37,17 @@ def operator_tenant(request: Request) -> str:
     return tenant
 
 
+@api("Set the tenant's hard monthly cap (null lifts it)", operator=True, body=schemas.CapBody,
+     answer=schemas.Month, errors=TENANT_PATH)
 async def put_budget(request: Request) -> JSONResponse:
     tenant = operator_tenant(request)
-    payload = _object(await read_json(request))
-    if "monthly_cap" not in payload:
-        raise ApiError(422, "invalid_cap", "send {\"monthly_cap\": USD} (null lifts the cap)")
-    cap = _number(payload, "monthly_cap")
-    if cap is not None and not 0 <= cap <= MAX_USD:
-        raise ApiError(422, "invalid_cap", f"monthly_cap must be between 0 and {MAX_USD:.0f} USD, or null")
+    cap = (await parse_body(request, schemas.CapBody)).monthly_cap
     found = await ledger(request, "set_cap", tenant, cap)
     await runtime_of(request).audit.record("operator", "set_cap", tenant, "ok", monthly_cap=cap)
     return JSONResponse(found)
 
 
+@api("The tenant's month: cap, budget and spend", operator=True, answer=schemas.Month, errors=TENANT_PATH)
 async def get_budget(request: Request) -> JSONResponse:
     return JSONResponse(await ledger(request, "month", operator_tenant(request)))
 
@@ -61,18 +59,20 @@ def _model(request: Request) -> str:
     return model
 
 
+@api("Set a negotiated price of one model for the tenant", operator=True, body=schemas.PriceBody,
+     answer=schemas.PriceOverride, errors={422: ("invalid_tenant", "invalid_model")})
 async def put_price(request: Request) -> JSONResponse:
     tenant = operator_tenant(request)
     model = _model(request)
-    payload = _object(await read_json(request))
-    values: list[Any] = [_number(payload, name) for name in ("input_per_token", "output_per_token", "cached_per_token")]
-    if values[0] is None or values[1] is None or any(v is not None and not 0 <= v < 1 for v in values):
-        raise ApiError(422, "invalid_price", "input_per_token and output_per_token are required USD per token in [0, 1)")
+    body = await parse_body(request, schemas.PriceBody)
+    values = [body.input_per_token, body.output_per_token, body.cached_per_token]
     found = await ledger(request, "set_override", tenant, model, Price(*values))
     await runtime_of(request).audit.record("operator", "set_price", tenant, "ok", model=model, price=values)
     return JSONResponse(found)
 
 
+@api("Delete the tenant's price for a model", operator=True, status=204,
+     errors={404: ("override_not_found",), 422: ("invalid_tenant", "invalid_model")})
 async def delete_price(request: Request) -> Response:
     tenant = operator_tenant(request)
     await ledger(request, "delete_override", tenant, _model(request))
@@ -80,10 +80,11 @@ async def delete_price(request: Request) -> Response:
     return Response(status_code=204)
 
 
+@api("Replace the tenant's limit overrides (limits not named take the defaults)", operator=True,
+     body=schemas.LimitsBody, answer=schemas.LimitsAnswer, errors=TENANT_PATH)
 async def put_limits(request: Request) -> JSONResponse:
-    """Replace the tenant's overrides: fields not named take the deployment's defaults."""
     tenant = operator_tenant(request)
-    payload = _object(await read_json(request))
+    payload = (await parse_body(request, schemas.LimitsBody)).model_dump(exclude_none=True)
     runtime = runtime_of(request)
     try:
         limits = runtime.settings.default_limits().with_overrides(payload)
@@ -98,6 +99,7 @@ async def put_limits(request: Request) -> JSONResponse:
     return JSONResponse({"tenant": tenant, "limits": limits.to_dict(), "overrides": payload})
 
 
+@api("The tenant's limits, overrides and usage", operator=True, answer=schemas.LimitsAnswer, errors=TENANT_PATH)
 async def get_limits(request: Request) -> JSONResponse:
     tenant = operator_tenant(request)
     runtime = runtime_of(request)
@@ -107,33 +109,12 @@ async def get_limits(request: Request) -> JSONResponse:
     return JSONResponse({"tenant": tenant, "limits": limits, "overrides": overrides, "usage": usage})
 
 
-def _issued_before(value: Any) -> float:
-    """An ISO-8601 time or epoch seconds, not in the future."""
-    if isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            when = (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
-        except (ValueError, OverflowError) as error:
-            raise ApiError(422, "invalid_issued_before", "issued_before must be an ISO-8601 time") from error
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        when = float(value)
-    else:
-        raise ApiError(422, "invalid_issued_before", "issued_before must be an ISO-8601 time or epoch seconds")
-    if not 0 <= when <= datetime.now(timezone.utc).timestamp() + 1.0:
-        raise ApiError(422, "invalid_issued_before", "issued_before must be a past time after 1970")
-    return when
-
-
+@api("Revoke one token (`jti`) or every token issued before a time", operator=True, body=schemas.RevocationBody,
+     answer=schemas.Revocations, status=201, errors=TENANT_PATH)
 async def revoke(request: Request) -> JSONResponse:
-    """One token (`{"jti"}`) or every token of the tenant issued before a time (`{"issued_before"}`)."""
     tenant = operator_tenant(request)
-    payload = _object(await read_json(request))
-    if set(payload) not in ({"jti"}, {"issued_before"}):
-        raise ApiError(422, "invalid_revocation", "send {\"jti\": ...} or {\"issued_before\": ...}")
-    jti = payload.get("jti")
-    if "jti" in payload and not (isinstance(jti, str) and JTI_PATTERN.fullmatch(jti)):
-        raise ApiError(422, "invalid_jti", "jti must be the 32 hex digits of a token's id")
-    before = _issued_before(payload["issued_before"]) if "issued_before" in payload else None
+    body = await parse_body(request, schemas.RevocationBody)
+    jti, before = body.jti, body.issued_before
     runtime = runtime_of(request)
     try:
         found = await runtime.revocations.call("revoke", tenant, jti, before, runtime.tokens.max_ttl)
@@ -144,18 +125,21 @@ async def revoke(request: Request) -> JSONResponse:
     return JSONResponse(found, status_code=201)
 
 
+@api("The tenant's revocations", operator=True, answer=schemas.Revocations, errors=TENANT_PATH)
 async def list_revocations(request: Request) -> JSONResponse:
     tenant = operator_tenant(request)
     return JSONResponse({"tenant": tenant, **await runtime_of(request).revocations.call("list", tenant)})
 
 
+@api("Start signing with a new key; the old one retires after retire_after_seconds", operator=True,
+     body=schemas.RotateBody, answer=schemas.SigningKey, status=201)
 async def rotate_keys(request: Request) -> JSONResponse:
     operator(request)
     runtime = runtime_of(request)
-    payload = _object(await read_json(request))
+    body = await parse_body(request, schemas.RotateBody)
     longest = runtime.tokens.max_ttl
-    retire_after = payload.get("retire_after_seconds", longest)
-    if isinstance(retire_after, bool) or not isinstance(retire_after, int) or not 0 <= retire_after <= 10 * longest:
+    retire_after = longest if body.retire_after_seconds is None else body.retire_after_seconds
+    if retire_after > 10 * longest:
         raise ApiError(422, "invalid_retire_after", f"retire_after_seconds must be an integer between 0 and {10 * longest}")
     key = await rotate(runtime.credentials, retire_after)
     await runtime.signing_keys.refresh()
@@ -163,22 +147,19 @@ async def rotate_keys(request: Request) -> JSONResponse:
     return JSONResponse(key, status_code=201)
 
 
+@api("The signing keys (never their secrets)", operator=True, answer=schemas.SigningKeys)
 async def list_keys(request: Request) -> JSONResponse:
     operator(request)
     now = datetime.now(timezone.utc).timestamp()
     return JSONResponse({"keys": [public_view(row, now) for row in await runtime_of(request).credentials.keys()]})
 
 
+@api("A page of the audit log, oldest first", operator=True, query=schemas.AuditQuery, answer=schemas.AuditPage)
 async def audit_log(request: Request) -> JSONResponse:
-    """A page of the audit log, oldest first: `?after=<id>&limit=&tenant=`."""
     operator(request)
-    after = int_param(request, "after", 0, high=2**62)
-    limit = int_param(request, "limit", 100, low=1, high=1000)
-    tenant = request.query_params.get("tenant")
-    if tenant is not None and not valid_tenant(tenant):
-        raise ApiError(422, "invalid_tenant", "tenant must be 1-128 characters of letters, digits and . _ : -")
-    rows = await runtime_of(request).credentials.audit_page(after, limit, tenant)
-    return JSONResponse({"entries": rows, "next_after": rows[-1]["id"] if rows else after})
+    query = parse_query(request, schemas.AuditQuery)
+    rows = await runtime_of(request).credentials.audit_page(query.after, query.limit, query.tenant)
+    return JSONResponse({"entries": rows, "next_after": rows[-1]["id"] if rows else query.after})
 
 
 ROUTES = [

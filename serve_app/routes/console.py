@@ -11,6 +11,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from crews.samples import sample_inventory
+from serve_app.contract import api
 
 CONSOLE = Path(__file__).parent.parent / "console"
 HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
@@ -21,6 +22,7 @@ async def index(request: Request) -> FileResponse:
     return FileResponse(CONSOLE / "index.html", headers=HEADERS)
 
 
+@api("The fictional inventory the console starts flows with")
 async def sample(request: Request) -> JSONResponse:
     return JSONResponse(sample_inventory())
 

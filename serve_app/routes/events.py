@@ -2,48 +2,32 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
 from actors.event_hub.client import HubUnavailable
-from actors.event_hub.notifications import STREAM_TYPES
+from serve_app.contract import api
 from serve_app.errors import ApiError
-from serve_app.requests import authenticate, int_param, read_json, runtime_of
-from serve_app.websocket import valid_flow_id, websocket_endpoint
+from serve_app.requests import authenticate, parse_body, parse_query, runtime_of
+from serve_app.schemas import events as schemas
+from serve_app.schemas.base import items_of
+from serve_app.websocket import websocket_endpoint
 
 log = logging.getLogger("raytenant.http")
 
 
-def _validate_events(payload: Any, limit: int) -> list[dict[str, Any]]:
-    items = payload.get("events") if isinstance(payload, dict) and "events" in payload else payload
-    if isinstance(items, dict):
-        items = [items]
-    if not isinstance(items, list) or not items:
-        raise ApiError(422, "invalid_events", "send an event object or {\"events\": [...]} with at least one event")
-    if len(items) > limit:
-        raise ApiError(422, "too_many_events", f"at most {limit} events per request")
-    events = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise ApiError(422, "invalid_events", f"events[{i}] must be an object")
-        kind, flow_id, data = item.get("type"), item.get("flow_id"), item.get("data", {})
-        if kind not in STREAM_TYPES:
-            raise ApiError(422, "invalid_event_type", f"events[{i}].type must be one of {sorted(STREAM_TYPES)}")
-        if flow_id is not None and not valid_flow_id(flow_id):
-            raise ApiError(422, "invalid_flow_id", f"events[{i}].flow_id must be a string of 1-128 characters")
-        if not isinstance(data, dict):
-            raise ApiError(422, "invalid_data", f"events[{i}].data must be an object")
-        events.append({"type": kind, "flow_id": flow_id, "data": data})
-    return events
-
-
+@api("Publish events to the tenant's stream", scope="events:write", body=schemas.EventsBody,
+     answer=schemas.Published, status=201, errors={422: ("too_many_events",), 503: ("stream_unavailable",)})
 async def publish_events(request: Request) -> JSONResponse:
     claims = authenticate(request, "events:write")
     runtime = runtime_of(request)
-    events = _validate_events(await read_json(request), runtime.settings.max_events_per_request)
+    items, _ = items_of(await parse_body(request, schemas.EventsBody))
+    limit = runtime.settings.max_events_per_request
+    if len(items) > limit:
+        raise ApiError(422, "too_many_events", f"at most {limit} events per request")
+    events = [item.model_dump() for item in items]
     wait = await runtime.quotas.admit(claims.tenant, "events", len(events))
     if wait is not None:
         raise ApiError(429, "rate_limited", f"over this tenant's rate of events published; retry after {wait:.3f} s",
@@ -56,14 +40,13 @@ async def publish_events(request: Request) -> JSONResponse:
     return JSONResponse({"seqs": [event.seq for event in stored]}, status_code=201)
 
 
+@api("Replay the tenant's events after a seq, oldest first", scope="events:read", query=schemas.ReplayQuery,
+     answer=schemas.EventsPage, errors={410: ("events_expired",), 503: ("stream_unavailable",)})
 async def replay_events(request: Request) -> JSONResponse:
     claims = authenticate(request, "events:read")
     runtime = runtime_of(request)
-    after = int_param(request, "after", 0)
-    limit = int_param(request, "limit", 100, low=1, high=1000)
-    flow_id = request.query_params.get("flow_id")
-    if flow_id is not None and not valid_flow_id(flow_id):
-        raise ApiError(422, "invalid_flow_id", "flow_id must be a string of 1-128 characters")
+    query = parse_query(request, schemas.ReplayQuery)
+    after, limit, flow_id = query.after, query.limit, query.flow_id
     page = await runtime.hub.read(claims.tenant, after, flow_ids=[flow_id] if flow_id else None, limit=limit)
     if page["gap"]:
         raise ApiError(
@@ -76,6 +59,7 @@ async def replay_events(request: Request) -> JSONResponse:
     )
 
 
+@api("The tenant's open connections across all replicas", scope="events:read", answer=schemas.Presence)
 async def connections(request: Request) -> JSONResponse:
     claims = authenticate(request, "events:read")
     runtime = runtime_of(request)

@@ -8,12 +8,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from crews.flow_request import FlowRequestError, parse_corrections, parse_flow_request
+from serve_app.contract import api
 from serve_app.errors import ApiError
-from serve_app.requests import authenticate, int_param, read_json, runtime_of
+from serve_app.requests import authenticate, parse_body, parse_query, runtime_of
+from serve_app.schemas import flows as schemas
+from serve_app.schemas.base import BodyError
 
 FLOW_ID = re.compile(r"^[0-9a-f]{32}$")
-STATUSES = ("queued", "initialized", "running", "completed", "failed", "cancelled")
+FLOW = {404: ("flow_not_found",), 503: ("flows_unavailable",)}
 
 
 def _flow_id(request: Request) -> str:
@@ -23,47 +25,46 @@ def _flow_id(request: Request) -> str:
     return flow_id
 
 
-def _refused(error: FlowRequestError) -> ApiError:
-    return ApiError(422, error.code, str(error))
-
-
+@api("Start a flow: a crew over the tenant's records, its progress streamed live", scope="flows:write",
+     body=schemas.FlowBody, answer=schemas.Flow, status=202, errors={429: ("quota_exceeded",), 503: ("flows_unavailable",)})
 async def create(request: Request) -> JSONResponse:
     claims = authenticate(request, "flows:write")
-    try:
-        spec = parse_flow_request(await read_json(request))
-    except FlowRequestError as error:
-        raise _refused(error) from error
+    spec = (await parse_body(request, schemas.FlowBody)).spec()
     flow = await runtime_of(request).flows.call("create", claims.tenant, spec)
     return JSONResponse(flow, status_code=202, headers={"Location": f"/v1/flows/{flow['flow_id']}"})
 
 
+@api("The tenant's flows, newest first", scope="flows:read", query=schemas.FlowsQuery, answer=schemas.Flows)
 async def list_flows(request: Request) -> JSONResponse:
     claims = authenticate(request, "flows:read")
-    status = request.query_params.get("status") or None
-    if status is not None and status not in STATUSES:
-        raise ApiError(422, "invalid_parameter", f"status must be one of {', '.join(STATUSES)}")
-    limit = int_param(request, "limit", 50, low=1, high=500)
-    flows = await runtime_of(request).flows.call("list", claims.tenant, status, limit)
+    query = parse_query(request, schemas.FlowsQuery)
+    flows = await runtime_of(request).flows.call("list", claims.tenant, query.status, query.limit)
     return JSONResponse({"flows": flows})
 
 
+@api("A flow, its phases and results", scope="flows:read", answer=schemas.Flow, errors=FLOW)
 async def get(request: Request) -> JSONResponse:
     claims = authenticate(request, "flows:read")
     return JSONResponse(await runtime_of(request).flows.call("get", claims.tenant, _flow_id(request)))
 
 
+@api("Cancel a flow", scope="flows:write", answer=schemas.Flow, errors={**FLOW, 409: ("flow_finished",)})
 async def cancel(request: Request) -> JSONResponse:
     claims = authenticate(request, "flows:write")
     return JSONResponse(await runtime_of(request).flows.call("cancel", claims.tenant, _flow_id(request)))
 
 
+@api("Correct a flow's decisions; its agents learn and the flow's results are redone", scope="flows:write",
+     body=schemas.CorrectionsBody, answer=schemas.Flow,
+     errors={**FLOW, 409: ("phase_not_finished", "no_mapping", "flow_finished"),
+             422: ("invalid_correction", "unknown_item", "unknown_source_field", "unknown_target_field")})
 async def corrections(request: Request) -> JSONResponse:
     claims = authenticate(request, "flows:write")
     flow_id = _flow_id(request)
     try:
-        items = parse_corrections(await read_json(request))
-    except FlowRequestError as error:
-        raise _refused(error) from error
+        items = schemas.corrections_of(await parse_body(request, schemas.CorrectionsBody))
+    except BodyError as error:
+        raise ApiError(422, error.code, error.message) from None
     return JSONResponse(await runtime_of(request).flows.call("correct", claims.tenant, flow_id, items))
 
 

@@ -7,13 +7,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from serve_app.contract import api
 from serve_app.requests import runtime_of
+from serve_app.schemas.base import Answer
 
 
+class Health(Answer):
+    status: str
+
+
+@api("Liveness: the replica answers", answer=Health)
 async def healthz(_request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
+@api("Readiness: the replica reaches the event stream", answer=Health, errors={503: ("not_ready",)})
 async def readyz(request: Request) -> JSONResponse:
     runtime = runtime_of(request)
     try:

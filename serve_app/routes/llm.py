@@ -23,18 +23,14 @@ from starlette.routing import Route
 from crews.providers import Provider, prompt_bound, usage_of
 from serve_app.auth import Claims
 from serve_app.errors import ApiError, error_response
-from serve_app.requests import authenticate, read_json, runtime_of
+from serve_app.contract import api
+from serve_app.requests import authenticate, parse_body, runtime_of
 from serve_app.routes.costs import ledger
+from serve_app.schemas.llm import ChatBody, ChatCompletion
 from storage import strict_json
 
 log = logging.getLogger("raytenant.gateway")
 
-# What the gateway forwards. Anything else is refused rather than passed blind to a paid API.
-FORWARDED = {"model", "messages", "max_tokens", "max_completion_tokens", "stream", "stream_options", "temperature",
-             "top_p", "stop", "presence_penalty", "frequency_penalty", "seed", "user", "response_format", "tools",
-             "tool_choice", "n", "logit_bias", "parallel_tool_calls"}
-ROLES = {"system", "developer", "user", "assistant", "tool"}
-MAX_MESSAGES = 1_000
 MAX_REPLY_BYTES = 1 << 20  # answers kept for idempotent retries
 
 
@@ -47,40 +43,27 @@ def _header(request: Request, name: str) -> str | None:
     return value
 
 
-def _validate(payload: Any, max_tokens_limit: int, default_max_tokens: int) -> tuple[dict[str, Any], int, bool]:
-    if not isinstance(payload, dict):
-        raise ApiError(422, "invalid_body", "send a chat completion request object")
-    unknown = sorted(set(payload) - FORWARDED)
-    if unknown:
-        raise ApiError(422, "unsupported_field", f"the gateway does not forward {unknown}")
-    model = payload.get("model")
-    if not isinstance(model, str) or not 0 < len(model) <= 200:
-        raise ApiError(422, "invalid_model", "model must be a model name")
-    messages = payload.get("messages")
-    if not isinstance(messages, list) or not 0 < len(messages) <= MAX_MESSAGES or not all(
-            isinstance(m, dict) and m.get("role") in ROLES for m in messages):
-        raise ApiError(422, "invalid_messages", f"messages must be 1-{MAX_MESSAGES} objects with a role in {sorted(ROLES)}")
-    if payload.get("n", 1) != 1:
-        raise ApiError(422, "unsupported_n", "n must be 1: each choice is another call's worth of output")
-    raw = payload.get("max_completion_tokens", payload.get("max_tokens", default_max_tokens))
-    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 < raw <= max_tokens_limit:
-        raise ApiError(422, "invalid_max_tokens", f"max_tokens must be an integer between 1 and {max_tokens_limit}")
-    stream = payload.get("stream", False)
-    if not isinstance(stream, bool):
-        raise ApiError(422, "invalid_stream", "stream must be a boolean")
-    return payload, raw, stream
-
-
 def _request_hash(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+@api("An OpenAI-compatible chat completion through the tenant's budgets (plain or server-sent events)",
+     scope="llm:call", body=ChatBody, answer=ChatCompletion,
+     errors={402: ("budget_exceeded",), 403: ("model_not_allowed",),
+             409: ("idempotency_mismatch", "idempotency_in_progress", "idempotency_reply_unavailable"),
+             422: ("unknown_model", "invalid_max_tokens", "invalid_header"), 429: ("provider_error",),
+             502: ("provider_error", "provider_unavailable"), 503: ("ledger_unavailable",),
+             504: ("provider_timeout",)})
 async def chat_completions(request: Request) -> Response:
     claims = authenticate(request, "llm:call")
     runtime = runtime_of(request)
     settings = runtime.settings
-    payload, max_tokens, stream = _validate(await read_json(request), settings.gateway_max_tokens,
-                                            settings.gateway_default_max_tokens)
+    body = await parse_body(request, ChatBody)
+    max_tokens = body.max_completion_tokens or body.max_tokens or settings.gateway_default_max_tokens
+    if max_tokens > settings.gateway_max_tokens:
+        raise ApiError(422, "invalid_max_tokens",
+                       f"max_tokens must be an integer between 1 and {settings.gateway_max_tokens}")
+    payload, stream = body.model_dump(exclude_unset=True), body.stream
     model = payload["model"]
     provider = runtime.providers.for_model(model)
     if provider is None:

@@ -3,14 +3,17 @@ to show and delete, `.../suspend` and `.../resume`, `.../export` (JSON lines, st
 `/v1/admin/tenants/import`. Only the operator token reaches them; each action is audited."""
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from serve_app.auth import valid_tenant
+from serve_app.contract import api
 from serve_app.errors import ApiError
-from serve_app.requests import int_param, read_json, runtime_of
-from serve_app.routes.admin import operator, operator_tenant
+from serve_app.requests import parse_body, parse_query, runtime_of
+from serve_app.routes.admin import TENANT_PATH, operator, operator_tenant
+from serve_app.schemas import admin as schemas
 from storage.tenants import ImportError_
 
 MAX_IMPORT_BYTES = 256 * 1024 * 1024
@@ -21,27 +24,27 @@ def _lifecycle(request: Request):
     return runtime_of(request).tenant_lifecycle
 
 
+@api("Create a tenant", operator=True, body=schemas.TenantBody, answer=schemas.TenantRecord, status=201,
+     errors={409: ("tenant_exists",)})
 async def create_tenant(request: Request) -> JSONResponse:
     operator(request)
-    payload = await read_json(request)
-    name = payload.get("tenant") if isinstance(payload, dict) else None
-    if not isinstance(payload, dict) or set(payload) != {"tenant"} or not valid_tenant(name):
-        raise ApiError(422, "invalid_tenant", "send {\"tenant\": name}: 1-128 characters of letters, digits and . _ : -")
+    name = (await parse_body(request, schemas.TenantBody)).tenant
     created = await _lifecycle(request).create(name)
     await runtime_of(request).audit.record("operator", "create_tenant", name, "ok")
     return JSONResponse(created, status_code=201)
 
 
+@api("A page of tenants in name order, with their figures", operator=True, query=schemas.TenantsQuery,
+     answer=schemas.TenantsPage)
 async def list_tenants(request: Request) -> JSONResponse:
-    """A page of tenants in name order, with their figures: `?after=<name>&limit=`."""
     operator(request)
-    after = request.query_params.get("after", "")
-    if after and not valid_tenant(after):
-        raise ApiError(422, "invalid_parameter", "after must be a tenant name")
-    found = await _lifecycle(request).page(after, int_param(request, "limit", 100, low=1, high=500))
+    query = parse_query(request, schemas.TenantsQuery)
+    found = await _lifecycle(request).page(query.after, query.limit)
     return JSONResponse({"tenants": found, "next_after": found[-1]["tenant"] if found else None})
 
 
+@api("A tenant and its figures", operator=True, answer=schemas.TenantRecord,
+     errors={**TENANT_PATH, 404: ("unknown_tenant",)})
 async def show_tenant(request: Request) -> JSONResponse:
     name = operator_tenant(request)
     found = await _lifecycle(request).show([name])
@@ -62,18 +65,26 @@ async def _act(request: Request, action: str) -> JSONResponse:
     return JSONResponse(found)
 
 
+@api("Suspend a tenant: its tokens are refused, sockets closed, flows parked", operator=True, answer=schemas.TenantRecord,
+     errors={**TENANT_PATH, 404: ("unknown_tenant",)})
 async def suspend_tenant(request: Request) -> JSONResponse:
     return await _act(request, "suspend")
 
 
+@api("Resume a suspended tenant", operator=True, answer=schemas.TenantRecord,
+     errors={**TENANT_PATH, 404: ("unknown_tenant",)})
 async def resume_tenant(request: Request) -> JSONResponse:
     return await _act(request, "resume")
 
 
+@api("Delete a tenant and purge all its data", operator=True, answer=schemas.TenantRecord,
+     errors={**TENANT_PATH, 404: ("unknown_tenant",), 409: ("flows_still_running",)})
 async def delete_tenant(request: Request) -> JSONResponse:
     return await _act(request, "delete")
 
 
+@api("Export a tenant's data as JSON lines (streamed)", operator=True, media_type=NDJSON, answer=list[dict[str, Any]],
+     errors={**TENANT_PATH, 404: ("unknown_tenant",)})
 async def export_tenant(request: Request) -> StreamingResponse:
     name = operator_tenant(request)
     lines = await _lifecycle(request).export(name)
@@ -82,6 +93,8 @@ async def export_tenant(request: Request) -> StreamingResponse:
                              headers={"Content-Disposition": f'attachment; filename="{name}.jsonl"'})
 
 
+@api("Import an export (JSON lines) as a new tenant, all or nothing", operator=True, takes=NDJSON,
+     answer=schemas.Imported, status=201, errors={409: ("tenant_exists",), 413: ("payload_too_large",), 422: ("invalid_import",)})
 async def import_tenant(request: Request) -> JSONResponse:
     """An export (JSON lines) into this deployment, where the tenant must not exist: all or nothing."""
     operator(request)
