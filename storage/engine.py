@@ -15,7 +15,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from storage.strict_json import dumps_stored
+from storage.strict_json import dumps_stored, loads_stored
 
 
 def data_dir() -> Path:
@@ -105,14 +105,14 @@ def create_engine(url: str | None = None, *, limits: PoolLimits | None = None) -
         database = make_url(url).database
         if database and database != ":memory:":
             private_file(Path(database))
-        engine = create_async_engine(url, json_serializer=dumps_stored)
+        engine = create_async_engine(url, json_serializer=dumps_stored, json_deserializer=loads_stored)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     # No pre-ping: it is a round trip per checkout on the commit path. A connection that died is
     # invalidated when its statement fails, and that batch is refused (never half-acknowledged).
     limits = limits or PoolLimits.from_env()
     engine = create_async_engine(
-        url, json_serializer=dumps_stored, pool_size=limits.size, max_overflow=limits.overflow, pool_recycle=3600,
+        url, json_serializer=dumps_stored, json_deserializer=loads_stored, pool_size=limits.size, max_overflow=limits.overflow, pool_recycle=3600,
         pool_timeout=limits.pool_timeout,
         connect_args={"timeout": limits.connect_timeout, "command_timeout": limits.statement_timeout},
     )

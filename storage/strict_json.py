@@ -110,6 +110,21 @@ def is_clean_text(text: str) -> bool:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def _stored_int(text: str) -> int | float:
+    value = int(text)
+    return float(value) if abs(value) > MAX_INT else value
+
+
+_STORED_DECODER = json.JSONDecoder(parse_int=_stored_int)
+
+
+def loads_stored(text: str) -> Any:
+    """A JSON column read back. PostgreSQL's jsonb writes a float such as 1e19 as the integer
+    10000000000000000000; the boundary never lets an integer that large in, so it was a float and
+    is read as one (an export of it, which is strict JSON, failed mid-stream without this)."""
+    return _STORED_DECODER.decode(text)
+
+
 def dumps_stored(value: Any) -> str:
     """JSON for a database column: the fast encoder, then the exact walk only when the text shows
     a NUL or a surrogate. The boundary already checked; this keeps a value that slipped past it

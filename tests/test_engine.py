@@ -28,3 +28,22 @@ async def test_a_connection_the_server_closed_is_replaced(pg_url):
         assert second != first
     finally:
         await engine.dispose()
+
+
+async def test_a_float_jsonb_wrote_as_a_huge_integer_reads_back_as_a_float(pg_url):
+    """jsonb turns 1e19 into 10000000000000000000, which strict JSON (an export, a frame) refuses:
+    schemathesis found a tenant export that broke mid-stream on one."""
+    from sqlalchemy import cast, literal, select
+    from sqlalchemy.dialects.postgresql import JSONB
+
+    from storage import strict_json
+
+    engine = create_engine(pg_url)
+    try:
+        async with engine.connect() as conn:
+            value = (await conn.execute(select(cast(literal('{"big": 1e19, "small": 7}'), JSONB)))).scalar_one()
+        assert value == {"big": 1e19, "small": 7}
+        assert isinstance(value["big"], float) and isinstance(value["small"], int)
+        strict_json.dumps(value)
+    finally:
+        await engine.dispose()

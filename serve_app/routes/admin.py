@@ -42,14 +42,14 @@ def operator_tenant(request: Request) -> str:
 async def put_budget(request: Request) -> JSONResponse:
     tenant = operator_tenant(request)
     cap = (await parse_body(request, schemas.CapBody)).monthly_cap
-    found = await ledger(request, "set_cap", tenant, cap)
+    found = await ledger(request).call("set_cap", tenant, cap)
     await runtime_of(request).audit.record("operator", "set_cap", tenant, "ok", monthly_cap=cap)
     return JSONResponse(found)
 
 
 @api("The tenant's month: cap, budget and spend", operator=True, answer=schemas.Month, errors=TENANT_PATH)
 async def get_budget(request: Request) -> JSONResponse:
-    return JSONResponse(await ledger(request, "month", operator_tenant(request)))
+    return JSONResponse(await ledger(request).call("month", operator_tenant(request)))
 
 
 def _model(request: Request) -> str:
@@ -66,7 +66,7 @@ async def put_price(request: Request) -> JSONResponse:
     model = _model(request)
     body = await parse_body(request, schemas.PriceBody)
     values = [body.input_per_token, body.output_per_token, body.cached_per_token]
-    found = await ledger(request, "set_override", tenant, model, Price(*values))
+    found = await ledger(request).call("set_override", tenant, model, Price(*values))
     await runtime_of(request).audit.record("operator", "set_price", tenant, "ok", model=model, price=values)
     return JSONResponse(found)
 
@@ -75,7 +75,7 @@ async def put_price(request: Request) -> JSONResponse:
      errors={404: ("override_not_found",), 422: ("invalid_tenant", "invalid_model")})
 async def delete_price(request: Request) -> Response:
     tenant = operator_tenant(request)
-    await ledger(request, "delete_override", tenant, _model(request))
+    await ledger(request).call("delete_override", tenant, _model(request))
     await runtime_of(request).audit.record("operator", "delete_price", tenant, "ok", model=_model(request))
     return Response(status_code=204)
 

@@ -8,7 +8,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from actors.ledger.core import LedgerError
 from actors.ledger.levels import SCOPES, TENANT_KEY
 from serve_app.auth import Claims
 from serve_app.contract import api
@@ -17,11 +16,9 @@ from serve_app.requests import authenticate, parse_body, parse_query, runtime_of
 from serve_app.schemas import costs as schemas
 from serve_app.schemas.base import items_of
 
-async def ledger(request: Request, method: str, tenant: str, *args: Any) -> Any:
-    try:
-        return await runtime_of(request).ledger.call(method, tenant, *args)
-    except LedgerError as error:
-        raise ApiError(error.status, error.code, error.message, **error.details) from error
+def ledger(request: Request) -> Any:
+    """The ledger's client; a refusal (LedgerError, an ActorError) is answered as it stands."""
+    return runtime_of(request).ledger
 
 
 def _who(claims: Claims) -> dict[str, str | None]:
@@ -47,7 +44,7 @@ async def record_usage(request: Request) -> JSONResponse:
     keys = [r["idempotency_key"] for r in records if r["idempotency_key"]]
     if len(keys) != len(set(keys)):
         raise ApiError(422, "duplicate_idempotency_key", "an idempotency_key appears twice in this batch")
-    results = await ledger(request, "record_usage", claims.tenant, records)
+    results = await ledger(request).call("record_usage", claims.tenant, records)
     total = round(sum(r["cost"] for r in results if not r["duplicate"]), 9)
     body = results[0] if single else {"records": results, "total_cost": total}
     return JSONResponse(body, status_code=201)
@@ -59,7 +56,7 @@ async def reserve(request: Request) -> JSONResponse:
     claims = authenticate(request, "costs:write")
     body = await parse_body(request, schemas.ReservationBody)
     tags = {**_who(claims), "agent": body.agent}
-    found = await ledger(request, "reserve", claims.tenant, body.model, body.input_tokens, body.max_output_tokens,
+    found = await ledger(request).call("reserve", claims.tenant, body.model, body.input_tokens, body.max_output_tokens,
                          body.ttl_seconds, tags)
     return JSONResponse(found, status_code=201)
 
@@ -79,14 +76,14 @@ async def settle(request: Request) -> JSONResponse:
     claims = authenticate(request, "costs:write")
     rid = _reservation_id(request)
     usage = _usage(await parse_body(request, schemas.Usage), claims)
-    return JSONResponse(await ledger(request, "settle", claims.tenant, rid, usage), status_code=201)
+    return JSONResponse(await ledger(request).call("settle", claims.tenant, rid, usage), status_code=201)
 
 
 @api("Release a reservation unused", scope="costs:write", answer=schemas.Released,
      errors={404: ("reservation_not_found",), 409: ("reservation_closed",)})
 async def release(request: Request) -> JSONResponse:
     claims = authenticate(request, "costs:write")
-    return JSONResponse(await ledger(request, "release", claims.tenant, _reservation_id(request)))
+    return JSONResponse(await ledger(request).call("release", claims.tenant, _reservation_id(request)))
 
 
 @api("Set the tenant's own monthly budget (within the operator's cap)", scope="costs:admin",
@@ -94,14 +91,14 @@ async def release(request: Request) -> JSONResponse:
 async def put_budget(request: Request) -> JSONResponse:
     claims = authenticate(request, "costs:admin")
     body = await parse_body(request, schemas.BudgetBody)
-    return JSONResponse(await ledger(request, "set_budget", claims.tenant, body.monthly_budget, body.alert_threshold))
+    return JSONResponse(await ledger(request).call("set_budget", claims.tenant, body.monthly_budget, body.alert_threshold))
 
 
 @api("This month's budget, spend and reservations", scope="costs:read", answer=schemas.Budget,
      errors={404: ("budget_not_set",)})
 async def get_budget(request: Request) -> JSONResponse:
     claims = authenticate(request, "costs:read")
-    return JSONResponse(await ledger(request, "get_budget", claims.tenant))
+    return JSONResponse(await ledger(request).call("get_budget", claims.tenant))
 
 
 def _level(request: Request) -> tuple[str, str]:
@@ -125,14 +122,14 @@ async def put_level(request: Request) -> JSONResponse:
     claims = authenticate(request, "costs:admin")
     scope, key = _level(request)
     settings = (await parse_body(request, schemas.LevelBody)).settings()
-    return JSONResponse(await ledger(request, "set_level", claims.tenant, scope, key, settings))
+    return JSONResponse(await ledger(request).call("set_level", claims.tenant, scope, key, settings))
 
 
 @api("A budget level and its spend", scope="costs:read", answer=schemas.Level, errors=LEVEL_ERRORS)
 async def get_level(request: Request) -> JSONResponse:
     claims = authenticate(request, "costs:read")
     scope, key = _level(request)
-    [found] = await ledger(request, "levels", claims.tenant, scope, key)
+    [found] = await ledger(request).call("levels", claims.tenant, scope, key)
     return JSONResponse(found)
 
 
@@ -140,7 +137,7 @@ async def get_level(request: Request) -> JSONResponse:
 async def delete_level(request: Request) -> JSONResponse:
     claims = authenticate(request, "costs:admin")
     scope, key = _level(request)
-    await ledger(request, "delete_level", claims.tenant, scope, key)
+    await ledger(request).call("delete_level", claims.tenant, scope, key)
     return JSONResponse({"deleted": {"scope": scope, "key": key}})
 
 
@@ -148,7 +145,7 @@ async def delete_level(request: Request) -> JSONResponse:
 async def list_levels(request: Request) -> JSONResponse:
     claims = authenticate(request, "costs:read")
     scope = parse_query(request, schemas.LevelsQuery).scope
-    return JSONResponse({"levels": await ledger(request, "levels", claims.tenant, scope)})
+    return JSONResponse({"levels": await ledger(request).call("levels", claims.tenant, scope)})
 
 
 @api("Spend by model, agent, flow, day, engagement and user", scope="costs:read", query=schemas.SummaryQuery,
@@ -160,13 +157,13 @@ async def summary(request: Request) -> JSONResponse:
     start = query.start or end - timedelta(days=30)
     if start >= end:
         raise ApiError(422, "invalid_parameter", "start must be before end")
-    return JSONResponse(await ledger(request, "summary", claims.tenant, start, end))
+    return JSONResponse(await ledger(request).call("summary", claims.tenant, start, end))
 
 
 @api("Optimisation advice over the last 30 days", scope="costs:read", answer=schemas.CostAdvice)
 async def recommendations(request: Request) -> JSONResponse:
     claims = authenticate(request, "costs:read")
-    return JSONResponse(await ledger(request, "recommendations", claims.tenant))
+    return JSONResponse(await ledger(request).call("recommendations", claims.tenant))
 
 
 @api("The cheapest model that meets a quality bar", scope="costs:read", body=schemas.SelectModelBody,
@@ -174,7 +171,7 @@ async def recommendations(request: Request) -> JSONResponse:
 async def select_model(request: Request) -> JSONResponse:
     claims = authenticate(request, "costs:read")
     body = await parse_body(request, schemas.SelectModelBody)
-    return JSONResponse(await ledger(request, "select_model", claims.tenant, body.task_type, body.quality_requirement,
+    return JSONResponse(await ledger(request).call("select_model", claims.tenant, body.task_type, body.quality_requirement,
                                      body.cost_constraint))
 
 
@@ -183,7 +180,7 @@ async def select_model(request: Request) -> JSONResponse:
 async def estimate(request: Request) -> JSONResponse:
     claims = authenticate(request, "costs:read")
     body = await parse_body(request, schemas.EstimateBody)
-    return JSONResponse(await ledger(request, "estimate", claims.tenant, body.model, *body.split()))
+    return JSONResponse(await ledger(request).call("estimate", claims.tenant, body.model, *body.split()))
 
 
 @api("Prices: the tenant's overrides first, then catalog matches", scope="costs:read", query=schemas.PricesQuery,
@@ -191,7 +188,7 @@ async def estimate(request: Request) -> JSONResponse:
 async def list_prices(request: Request) -> JSONResponse:
     claims = authenticate(request, "costs:read")
     query = parse_query(request, schemas.PricesQuery)
-    return JSONResponse({"prices": await ledger(request, "prices", claims.tenant, query.model[:200], query.limit)})
+    return JSONResponse({"prices": await ledger(request).call("prices", claims.tenant, query.model[:200], query.limit)})
 
 
 ROUTES = [

@@ -76,7 +76,7 @@ async def chat_completions(request: Request) -> Response:
     bound = prompt_bound(payload["messages"], payload.get("tools"))
     digest = _request_hash(payload)
     levels = {"agent": tags["agent"], "user": claims.user, "engagement": claims.engagement}
-    begun = await ledger(request, "gateway_begin", claims.tenant, model, bound, max_tokens, key, digest, levels)
+    begun = await ledger(request).call("gateway_begin", claims.tenant, model, bound, max_tokens, key, digest, levels)
     if "reply" in begun:
         return _replay(begun["reply"])
     forward = {k: v for k, v in payload.items() if k != "max_completion_tokens"}
@@ -112,13 +112,13 @@ class _Call:
         """The answer is kept only for a call with an Idempotency-Key (its retries replay it)."""
         if self.key is None or (reply is not None and len(json.dumps(reply)) > MAX_REPLY_BYTES):
             reply = None
-        await ledger(self.request, "gateway_finish", self.claims.tenant, self.reservation_id,
+        await ledger(self.request).call("gateway_finish", self.claims.tenant, self.reservation_id,
                      {**usage, **self.tags}, self.key, self.digest, reply)
 
     async def failed(self, error: Exception, provider: Provider) -> Response:
         import openai
 
-        await ledger(self.request, "gateway_abort", self.claims.tenant, self.reservation_id, self.key)
+        await ledger(self.request).call("gateway_abort", self.claims.tenant, self.reservation_id, self.key)
         if isinstance(error, openai.APIStatusError):
             headers = {"retry-after": error.response.headers["retry-after"]} if "retry-after" in error.response.headers else {}
             message = getattr(error, "message", None) or str(error)

@@ -28,6 +28,7 @@ class MintBody(Body):
 
 class TenantBody(Body):
     body_code = "invalid_tenant"
+    unknown_code = not_object_code = "invalid_tenant"  # the body is exactly {"tenant": name}
     tenant: Tenant
 
 

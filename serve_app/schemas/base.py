@@ -43,6 +43,7 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     body_code: ClassVar[str] = "invalid_body"
     unknown_code: ClassVar[str] = "unknown_field"  # a field the model does not take
+    not_object_code: ClassVar[str] = "invalid_body"  # the body is not an object at all
     # Codes the model's cross-field checks raise (for the contract; fields carry their own).
     raised_codes: ClassVar[tuple[str, ...]] = ()
 
@@ -186,7 +187,8 @@ def codes_in(annotation: Any, seen: set[int] | None = None) -> set[str]:
     annotation, metadata = _stripped(annotation)
     found = {m.code for m in metadata if isinstance(m, Code)}
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        found |= {getattr(annotation, "body_code", "invalid_body"), *getattr(annotation, "raised_codes", ())}
+        found |= {getattr(annotation, "body_code", "invalid_body"), getattr(annotation, "not_object_code", "invalid_body"),
+                  *getattr(annotation, "raised_codes", ())}
         if annotation.model_config.get("extra") == "forbid":
             found.add(getattr(annotation, "unknown_code", "unknown_field"))
         for field in annotation.model_fields.values():
@@ -218,7 +220,7 @@ def describe(annotation: Any, errors: list[dict[str, Any]], default: str) -> tup
     elif kind == "extra_forbidden":
         code = getattr(_stripped(annotation)[0], "unknown_code", "unknown_field")
     elif not loc and kind in ("model_type", "model_attributes_type"):
-        code = "invalid_body"  # not an object at all
+        code = getattr(_stripped(annotation)[0], "not_object_code", "invalid_body")  # not an object at all
     else:
         code = code_at(annotation, loc, default)
     place = where(loc)
