@@ -57,7 +57,8 @@ async def cancel(request: Request) -> JSONResponse:
 @api("Correct a flow's decisions; its agents learn and the flow's results are redone", scope="flows:write",
      body=schemas.CorrectionsBody, answer=schemas.Flow,
      errors={**FLOW, 409: ("phase_not_finished", "no_mapping", "flow_finished"),
-             422: ("invalid_correction", "unknown_item", "unknown_source_field", "unknown_target_field")})
+             422: ("invalid_correction", "unknown_phase", "unknown_item", "uncorrectable_item", "unknown_source_field",
+                   "unknown_target_field")})
 async def corrections(request: Request) -> JSONResponse:
     claims = authenticate(request, "flows:write")
     flow_id = _flow_id(request)
