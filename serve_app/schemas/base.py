@@ -44,6 +44,7 @@ class Body(BaseModel):
     body_code: ClassVar[str] = "invalid_body"
     unknown_code: ClassVar[str] = "unknown_field"  # a field the model does not take
     not_object_code: ClassVar[str] = "invalid_body"  # the body is not an object at all
+    batch_key: ClassVar[str | None] = None  # set on the {key: [...]} models one_or_many makes
     # Codes the model's cross-field checks raise (for the contract; fields carry their own).
     raised_codes: ClassVar[tuple[str, ...]] = ()
 
@@ -92,7 +93,7 @@ def one_or_many(item: Any, key: str, *, most: int, code: str, bare_list: bool = 
     `bare_list` also a plain list. `items_of` turns what it parses into (items, was_one)."""
     items = Annotated[list[item], Field(min_length=1, max_length=most), Code(code)]  # type: ignore[valid-type]
     batch = create_model(f"{name or item.__name__}Batch", __base__=Body, **{key: (items, ...)})  # type: ignore[call-overload]
-    batch.body_code = code
+    batch.body_code, batch.batch_key = code, key
     members: list[Any] = [Annotated[batch, Tag("batch")], Annotated[item, Tag("one")]]
     if bare_list:
         members.append(Annotated[items, Tag("list")])
@@ -108,8 +109,8 @@ def one_or_many(item: Any, key: str, *, most: int, code: str, bare_list: bool = 
 def items_of(parsed: Any) -> tuple[list[Any], bool]:
     if isinstance(parsed, list):
         return parsed, False
-    if isinstance(parsed, Body) and type(parsed).__name__.endswith("Batch") and len(type(parsed).model_fields) == 1:
-        [key] = type(parsed).model_fields
+    key = getattr(type(parsed), "batch_key", None)
+    if key is not None:
         return getattr(parsed, key), False
     return [parsed], True
 
