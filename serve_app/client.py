@@ -332,20 +332,19 @@ class Admin(_Area[R]):
 
 
 class _Base(Generic[R]):
-    def __init__(self, url: str, token: str | None = None, *, operator_token: str | None = None) -> None:
-        self.url, self.token, self.operator_token = url.rstrip("/"), token, operator_token
-        self.tokens: Tokens[R] = Tokens(self._send)
-        self.events: Events[R] = Events(self._send)
-        self.costs: Costs[R] = Costs(self._send)
-        self.llm: Llm[R] = Llm(self._send)
-        self.learning: Learning[R] = Learning(self._send)
-        self.mappings: Mappings[R] = Mappings(self._send)
-        self.agents: Agents[R] = Agents(self._send)
-        self.flows: Flows[R] = Flows(self._send)
-        self.admin: Admin[R] = Admin(self._send)
+    """The areas, each sending its calls through `send` (the sync or the async transport)."""
 
-    def _send(self, call: Call) -> R:
-        raise NotImplementedError
+    def __init__(self, url: str, token: str | None, operator_token: str | None, send: Callable[[Call], R]) -> None:
+        self.url, self.token, self.operator_token = url.rstrip("/"), token, operator_token
+        self.tokens: Tokens[R] = Tokens(send)
+        self.events: Events[R] = Events(send)
+        self.costs: Costs[R] = Costs(send)
+        self.llm: Llm[R] = Llm(send)
+        self.learning: Learning[R] = Learning(send)
+        self.mappings: Mappings[R] = Mappings(send)
+        self.agents: Agents[R] = Agents(send)
+        self.flows: Flows[R] = Flows(send)
+        self.admin: Admin[R] = Admin(send)
 
     def _headers(self, call: Call) -> dict[str, str]:
         token = self.operator_token if call.operator else self.token
@@ -406,7 +405,7 @@ class AsyncClient(_Base[Awaitable[Any]]):
 
     def __init__(self, url: str, token: str | None = None, *, operator_token: str | None = None,
                  timeout: float = 60.0, http: httpx.AsyncClient | None = None) -> None:
-        super().__init__(url, token, operator_token=operator_token)
+        super().__init__(url, token, operator_token, self._send)
         self.http = http or httpx.AsyncClient(base_url=self.url, timeout=timeout)
 
     async def __aenter__(self) -> "AsyncClient":
@@ -415,7 +414,7 @@ class AsyncClient(_Base[Awaitable[Any]]):
     async def __aexit__(self, *exc: Any) -> None:
         await self.http.aclose()
 
-    async def _send(self, call: Call) -> Any:  # type: ignore[override]
+    async def _send(self, call: Call) -> Any:
         response = await self.http.request(call.method, call.path, json=call.body, params=call.params or None,
                                            headers=self._headers(call))
         return _answer(response, call.raw)
@@ -452,7 +451,7 @@ class Client(_Base[Any]):
 
     def __init__(self, url: str, token: str | None = None, *, operator_token: str | None = None,
                  timeout: float = 60.0, http: httpx.Client | None = None) -> None:
-        super().__init__(url, token, operator_token=operator_token)
+        super().__init__(url, token, operator_token, self._send)
         self.http = http or httpx.Client(base_url=self.url, timeout=timeout)
 
     def __enter__(self) -> "Client":

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from actors.substrate.operations import ActorError, storage_error
+from serve_app.schemas.base import BodyError
 
 log = logging.getLogger("raytenant.http")
 
@@ -53,6 +54,12 @@ async def api_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status, exc.code, exc.message, **exc.details)
 
 
+async def body_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    """A refused body or query (serve_app/schemas/): 422 with the code its model names."""
+    assert isinstance(exc, BodyError)
+    return error_response(422, exc.code, exc.message)
+
+
 async def http_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     return error_response(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
@@ -73,6 +80,7 @@ async def internal_error_handler(request: Request, exc: Exception) -> JSONRespon
 EXCEPTION_HANDLERS = {
     ApiError: api_error_handler,
     ActorError: api_error_handler,
+    BodyError: body_error_handler,
     HTTPException: http_error_handler,
     Exception: internal_error_handler,
 }

@@ -5,14 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
-
 from starlette.requests import Request
 
 from serve_app.auth import AuthError, Claims, bearer
 from serve_app.errors import ApiError
 from serve_app.runtime import Runtime
-from serve_app.schemas.base import BodyError, Query, describe, validate
+from serve_app.schemas.base import Query, validate
 from storage import strict_json
 
 log = logging.getLogger("raytenant.http")
@@ -54,21 +52,14 @@ async def read_json(request: Request) -> Any:
 
 
 async def parse_body(request: Request, annotation: Any) -> Any:
-    """The body as `annotation`, or 422 with the code its model names for the first bad value."""
-    try:
-        return validate(annotation, await read_json(request))
-    except BodyError as error:
-        raise ApiError(422, error.code, error.message) from None
+    """The body as `annotation`; a refusal (BodyError) is answered 422 with the code its model
+    names for the first bad value."""
+    return validate(annotation, await read_json(request))
 
 
 QueryModel = TypeVar("QueryModel", bound=Query)
 
 
 def parse_query(request: Request, model: type[QueryModel]) -> QueryModel:
-    """The query parameters as `model` (an empty value is an absent one), or 422."""
-    values = {name: value for name, value in request.query_params.items() if value != ""}
-    try:
-        return model.model_validate(values)
-    except ValidationError as error:
-        code, message = describe(model, error.errors(include_url=False), model.body_code)
-        raise ApiError(422, code, message) from None
+    """The query parameters as `model` (an empty value is an absent one); refused like a body."""
+    return validate(model, {name: value for name, value in request.query_params.items() if value != ""})

@@ -31,6 +31,7 @@ DEFAULT_RATES = {"events": 1_000.0, "costs": 1_000.0, "llm": 200.0, "learning": 
                  "flows": 50.0, "other": 500.0}
 MAX_COUNT = 10**9
 MAX_RATE = 1e6
+MAX_FLOW_WEIGHT = 1_000.0
 
 
 class LimitsError(ValueError):
@@ -100,8 +101,8 @@ def _validated(base: Limits, overrides: dict[str, Any]) -> dict[str, Any]:
             found[name] = _positive_rate(name, value)
         elif name == "flow_weight":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or not 0 < value <= 1_000:
-                raise LimitsError("flow_weight must be a number in (0, 1000]")
+                    or not 0 < value <= MAX_FLOW_WEIGHT:
+                raise LimitsError(f"flow_weight must be a number in (0, {MAX_FLOW_WEIGHT:.0f}]")
             found[name] = float(value)
         else:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:

@@ -12,7 +12,6 @@ from serve_app.contract import api
 from serve_app.errors import ApiError
 from serve_app.requests import authenticate, parse_body, parse_query, runtime_of
 from serve_app.schemas import flows as schemas
-from serve_app.schemas.base import BodyError
 
 FLOW_ID = re.compile(r"^[0-9a-f]{32}$")
 FLOW = {404: ("flow_not_found",), 503: ("flows_unavailable",)}
@@ -62,10 +61,7 @@ async def cancel(request: Request) -> JSONResponse:
 async def corrections(request: Request) -> JSONResponse:
     claims = authenticate(request, "flows:write")
     flow_id = _flow_id(request)
-    try:
-        items = schemas.corrections_of(await parse_body(request, schemas.CorrectionsBody))
-    except BodyError as error:
-        raise ApiError(422, error.code, error.message) from None
+    items = schemas.corrections_of(await parse_body(request, schemas.CorrectionsBody))
     return JSONResponse(await runtime_of(request).flows.call("correct", claims.tenant, flow_id, items))
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from actors.substrate.limits import MAX_COUNT, MAX_RATE, ROUTE_CLASSES
+from actors.substrate.limits import MAX_COUNT, MAX_FLOW_WEIGHT, MAX_RATE, ROUTE_CLASSES
 from serve_app.auth import JTI_PATTERN
 from serve_app.schemas.base import NAME_PATTERN, Answer, Body, Code, Name, PrintableText, Query, refusal
 
@@ -77,7 +77,7 @@ class LimitsBody(Body):
     event_retention_seconds: Count | None = None
     running_flows: Count | None = None
     queued_flows: Count | None = None
-    flow_weight: Annotated[float, Field(gt=0, le=1_000), Code("invalid_limits")] | None = None
+    flow_weight: Annotated[float, Field(gt=0, le=MAX_FLOW_WEIGHT), Code("invalid_limits")] | None = None
 
 
 def _issued_before(value: str | float) -> float:

@@ -68,7 +68,7 @@ def refusal(code: str, message: str) -> PydanticCustomError:
     return PydanticCustomError(code, message)
 
 
-def _clean(value: str) -> str:
+def clean_text(value: str) -> str:
     if not strict_json.is_clean_text(value):
         raise ValueError("must not hold \\u0000 or lone surrogates")
     return value
@@ -81,7 +81,7 @@ def _printable(value: str) -> str:
 
 
 # Texts a client names things with: 1-200 characters (tags, models, ids of other systems).
-Text = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_clean)]
+Text = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(clean_text)]
 PrintableText = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_printable)]
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 TokenCount = Annotated[int, Field(ge=0, le=MAX_TOKENS)]

@@ -6,20 +6,13 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field
 
 from actors.event_hub.notifications import STREAM_TYPES
-from serve_app.schemas.base import Answer, Body, Code, Query, one_or_many
-from storage import strict_json
+from serve_app.schemas.base import Answer, Body, Code, Query, clean_text, one_or_many
 
 # A hard ceiling for the schema; the deployment's own (max_events_per_request) is checked by the route.
 MOST_EVENTS = 10_000
 
 
-def _flow_id(value: str) -> str:
-    if not strict_json.is_clean_text(value):
-        raise ValueError("must not hold \\u0000 or lone surrogates")
-    return value
-
-
-FlowId = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_flow_id), Code("invalid_flow_id")]
+FlowId = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(clean_text), Code("invalid_flow_id")]
 
 
 class EventItem(Body):
