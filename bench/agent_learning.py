@@ -42,7 +42,6 @@ import random
 import time
 from typing import Any
 
-import aiohttp
 
 from bench.common import OPERATOR, bench_database, emit, raytenant_service
 from crews.inventory import discover
@@ -50,6 +49,7 @@ from crews.planning import planned_weeks
 from crews.profiling import datasets
 from crews.samples import sample_inventory
 from serve_app.auth import Tokens
+from serve_app.client import AsyncClient, async_pool
 
 AGENTS = ("data_validation", "application_discovery", "field_mapping", "risk_assessment", "migration_strategy",
           "cost_optimization", "timeline_planning")
@@ -151,18 +151,16 @@ def unmeasured_fixes(inv: dict[str, Any], optimisation: dict[str, Any]) -> list[
     return fixes
 
 
-class Client:
-    def __init__(self, session: aiohttp.ClientSession, url: str, tenant: str) -> None:
-        self.session, self.url = session, url
-        self.headers = {"Authorization": f"Bearer {Tokens(OPERATOR).mint(tenant, ttl=3600)[0]}"}
+class Tenant:
+    """One tenant's flows and corrections, through the typed client."""
 
-    async def flow(self, body: dict[str, Any]) -> dict[str, Any]:
-        async with self.session.post(f"{self.url}/v1/flows", json=body, headers=self.headers) as response:
-            created = await response.json()
-            assert response.status == 202, created
+    def __init__(self, http: Any, url: str, tenant: str) -> None:
+        self.rt = AsyncClient(url, Tokens(OPERATOR).mint(tenant, ttl=3600)[0], timeout=120.0, http=http)
+
+    async def flow(self, inv: dict[str, Any], kind: str) -> dict[str, Any]:
+        created = await self.rt.flows.create(inv["name"], inv["data"], kind=kind, target_schema=inv["target_schema"])
         for _ in range(3000):
-            async with self.session.get(f"{self.url}/v1/flows/{created['flow_id']}", headers=self.headers) as response:
-                flow = await response.json()
+            flow = await self.rt.flows.get(created["flow_id"])
             if flow["status"] in ("completed", "failed", "cancelled"):
                 assert flow["status"] == "completed", flow
                 missing = set(flow["phases"]) - set(flow["results"])
@@ -172,16 +170,13 @@ class Client:
         raise RuntimeError("a flow did not end")
 
     async def both(self, inv: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        body = {k: inv[k] for k in ("name", "data", "target_schema")}
-        return await asyncio.gather(self.flow({**body, "kind": "discovery"}), self.flow({**body, "kind": "optimization"}))
+        return await asyncio.gather(self.flow(inv, "discovery"), self.flow(inv, "optimization"))
 
     async def correct(self, flow_id: str, corrections: list[dict[str, Any]]) -> None:
-        async with self.session.post(f"{self.url}/v1/flows/{flow_id}/corrections", json={"corrections": corrections},
-                                     headers=self.headers) as response:
-            assert response.status == 200, await response.text()
+        await self.rt.flows.correct(flow_id, corrections)
 
 
-async def teach(client: Client, seeds: list[int]) -> int:
+async def teach(client: Tenant, seeds: list[int]) -> int:
     """Run the training inventories and correct what breaks the policy; returns corrections sent."""
     runs = await asyncio.gather(*(client.both(inventory(seed)) for seed in seeds))
     sent = 0
@@ -230,7 +225,7 @@ def decisions(discovery: dict[str, Any], optimisation: dict[str, Any]) -> dict[s
     return found
 
 
-async def measure(client: Client, seeds: list[int]) -> dict[str, Any]:
+async def measure(client: Tenant, seeds: list[int]) -> dict[str, Any]:
     """Per agent: agreement (policy items that follow the policy) and, per inventory, every item's
     decision and which items the policy speaks about."""
     runs = await asyncio.gather(*(client.both(inventory(seed)) for seed in seeds))
@@ -268,11 +263,11 @@ async def run(url: str, ks: list[int], held_out: int) -> None:
     stamp = int(time.time()) % 10**6
     held = [1000 + i for i in range(held_out)]
     found: dict[int, dict[str, Any]] = {}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
-        quiet = Client(session, url, f"al-{stamp}-quiet")
+    async with async_pool() as http:
+        quiet = Tenant(http, url, f"al-{stamp}-quiet")
         rules = await measure(quiet, held)  # a tenant that never teaches: the rules alone
         for k in ks:
-            client = Client(session, url, f"al-{stamp}-k{k}")
+            client = Tenant(http, url, f"al-{stamp}-k{k}")
             started = time.perf_counter()
             corrections = await teach(client, list(range(k))) if k else 0
             found[k] = await measure(client, held)

@@ -42,9 +42,8 @@ import random  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 from collections import Counter  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, Awaitable  # noqa: E402
 
-import httpx  # noqa: E402
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -53,6 +52,7 @@ from sqlalchemy import func, select  # noqa: E402
 from bench.common import ResumingListener, bench_database, free_port, percentile, postgres  # noqa: E402
 from crews.samples import sample_inventory  # noqa: E402
 from serve_app.auth import Tokens  # noqa: E402
+from serve_app.client import AsyncClient, RaytenantError, async_pool  # noqa: E402
 from serve_app.cli.balancer import Balancer, serve_targets  # noqa: E402
 from serve_app.deployment import APP_NAME  # noqa: E402
 from serve_app.cli.launcher import deploy  # noqa: E402
@@ -84,62 +84,53 @@ class Soak:
         self.flows: set[tuple[str, str]] = set()
         self.refused: Counter[str] = Counter()
 
-    async def _call(self, http: httpx.AsyncClient, kind: str, tenant: str, method: str, path: str,
-                    body: dict[str, Any] | None = None) -> httpx.Response | None:
+    async def _call(self, kind: str, call: Awaitable[Any]) -> Any | None:
+        """The answer of a typed client call, or None when it failed (counted by its code)."""
         started = time.monotonic()
         try:
-            response = await http.request(method, path, json=body,
-                                          headers={"Authorization": f"Bearer {self.tokens[tenant]}"})
-        except httpx.HTTPError:
+            answer = await call
+        except RaytenantError as error:
             self.requests.append((started, time.monotonic(), kind, False))
-            self.refused[f"{kind}:connection"] += 1
+            self.refused[f"{kind}:{error.status if error.code == 'http_error' else error.code}"] += 1
             return None
-        ok = response.status_code < 300
-        self.requests.append((started, time.monotonic(), kind, ok))
-        if not ok:
-            try:
-                self.refused[f"{kind}:{response.json()['error']['code']}"] += 1
-            except (ValueError, KeyError, TypeError):
-                self.refused[f"{kind}:{response.status_code}"] += 1
-        return response if ok else None
+        self.requests.append((started, time.monotonic(), kind, True))
+        return answer
 
-    async def round(self, http: httpx.AsyncClient, n: int, flow_body: dict[str, Any]) -> None:
-        tenant = list(self.tokens)[n % len(self.tokens)]
-        published = await self._call(http, "publish", tenant, "POST", "/v1/events",
-                                     {"type": "flow_update", "flow_id": "f", "data": {"n": n}})
+    async def round(self, rt: AsyncClient, tenant: str, n: int, sample: dict[str, Any]) -> None:
+        published = await self._call("publish", rt.events.publish({"type": "flow_update", "flow_id": "f",
+                                                                    "data": {"n": n}}))
         if published is not None:
-            self.events.update((tenant, seq) for seq in published.json()["seqs"])
+            self.events.update((tenant, seq) for seq in published["seqs"])
         key = f"u-{n}"
-        if await self._call(http, "usage", tenant, "POST", "/v1/costs/usage",
-                            {"model": MODEL, "input_tokens": 50, "output_tokens": 10, "idempotency_key": key}):
+        if await self._call("usage", rt.costs.record({"model": MODEL, "input_tokens": 50, "output_tokens": 10,
+                                                      "idempotency_key": key})) is not None:
             self.usage.add((tenant, key))
-        held = await self._call(http, "reserve", tenant, "POST", "/v1/costs/reservations",
-                                {"model": MODEL, "input_tokens": 1000, "max_output_tokens": 400})
+        held = await self._call("reserve", rt.costs.reserve(MODEL, 1000, 400))
         if held is not None:
-            reservation = held.json()["reservation_id"]
-            if await self._call(http, "settle", tenant, "POST", f"/v1/costs/reservations/{reservation}/settle",
-                                {"input_tokens": 900, "output_tokens": 300}):
+            reservation = held["reservation_id"]
+            if await self._call("settle", rt.costs.settle(reservation, 900, 300)) is not None:
                 self.settled.add((tenant, reservation))
-        sent = await self._call(http, "message", tenant, "POST", "/v1/agents/mapper/messages",
-                                {"sender": "validator", "content": {"n": n}})
+        sent = await self._call("message", rt.agents.send("mapper", "validator", {"n": n}))
         if sent is not None:
-            self.messages.update(sent.json()["message_ids"])
+            self.messages.update(sent["message_ids"])
         if n % (RATE * 10) == 0:  # a flow every ten seconds
-            started = await self._call(http, "flow", tenant, "POST", "/v1/flows", flow_body)
+            started = await self._call("flow", rt.flows.create("chaos", sample["data"],
+                                                               target_schema=sample["target_schema"]))
             if started is not None:
-                self.flows.add((tenant, started.json()["flow_id"]))
+                self.flows.add((tenant, started["flow_id"]))
 
     async def load(self) -> None:
         sample = sample_inventory()
-        flow_body = {"name": "chaos", "kind": "discovery", "data": sample["data"],
-                     "target_schema": sample["target_schema"]}
         pending: set[asyncio.Task] = set()
-        async with httpx.AsyncClient(base_url=self.url, timeout=10) as http:
+        async with async_pool() as http:
+            clients = {tenant: AsyncClient(self.url, token, timeout=10, http=http) for tenant, token in self.tokens.items()}
+            tenants = list(clients)
             n = 0
             while not self.stop.is_set():
                 n += 1
                 started = time.monotonic()
-                task = asyncio.create_task(self.round(http, n, flow_body))
+                tenant = tenants[n % len(tenants)]
+                task = asyncio.create_task(self.round(clients[tenant], tenant, n, sample))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
                 await asyncio.sleep(max(0.0, 1 / RATE - (time.monotonic() - started)))
@@ -203,31 +194,34 @@ class Faults:
             await self.inject(self.next_kind())
 
 
-async def replay(http: httpx.AsyncClient, token: str) -> list[int]:
+async def replay(rt: AsyncClient) -> list[int]:
     """Every seq of the tenant's stream through the API, page by page (retried while recovering)."""
     seqs: list[int] = []
     after = 0
     while True:
         for attempt in range(30):
-            response = await http.get(f"/v1/events?after={after}&limit=1000", headers={"Authorization": f"Bearer {token}"})
-            if response.status_code == 200:
+            try:
+                page = await rt.events.replay(after, limit=1000)
                 break
-            await asyncio.sleep(1)
-        page = response.json()
+            except RaytenantError:
+                if attempt == 29:
+                    raise
+                await asyncio.sleep(1)
         seqs += [event["seq"] for event in page["events"] if event["type"] == "flow_update"]
         after = page["next_after"]
         if not page["has_more"]:
             return seqs
 
 
-async def flows_ended(http: httpx.AsyncClient, tokens: dict[str, str], flows: set[tuple[str, str]],
-                      timeout: float) -> list[dict[str, Any]]:
+async def flows_ended(clients: dict[str, AsyncClient], flows: set[tuple[str, str]], timeout: float) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     found = []
     for tenant, flow_id in sorted(flows):
         while True:
-            response = await http.get(f"/v1/flows/{flow_id}", headers={"Authorization": f"Bearer {tokens[tenant]}"})
-            flow = response.json() if response.status_code == 200 else {}
+            try:
+                flow = await clients[tenant].flows.get(flow_id)
+            except RaytenantError:
+                flow = {}
             if flow.get("status") in ("completed", "failed", "cancelled") or time.monotonic() > deadline:
                 break
             await asyncio.sleep(1)
@@ -251,11 +245,9 @@ async def soak(database_url: str, cluster: Cluster, workers: list[Any], duration
     minting = Tokens(OPERATOR)
     tokens = {f"{PREFIX}{uuid.uuid4().hex[:8]}-{i}": "" for i in range(TENANTS)}
     tokens = {tenant: minting.mint(tenant)[0] for tenant in tokens}
-    async with httpx.AsyncClient(base_url=balancer.url, timeout=30) as http:
+    async with AsyncClient(balancer.url, operator_token=OPERATOR, timeout=30) as operator:
         for tenant in tokens:
-            response = await http.put(f"/v1/admin/tenants/{tenant}/budget", json={"monthly_cap": CAP_USD},
-                                      headers={"Authorization": f"Bearer {OPERATOR}"})
-            response.raise_for_status()
+            await operator.admin.set_cap(tenant, CAP_USD)
     listeners = [ResumingListener(balancer.url.replace("http", "ws", 1) + "/v1/ws", token)
                  for token in tokens.values() for _ in range(SOCKETS_PER_TENANT)]
     listening = [asyncio.create_task(listener.run()) for listener in listeners]
@@ -271,9 +263,10 @@ async def soak(database_url: str, cluster: Cluster, workers: list[Any], duration
         await loading
         postgres("start")  # whatever happened, the database is up again
     elapsed = time.monotonic() - started
-    async with httpx.AsyncClient(base_url=balancer.url, timeout=30) as http:
-        ended = await flows_ended(http, tokens, load.flows, timeout=180)
-        replayed = {tenant: await replay(http, token) for tenant, token in tokens.items()}
+    async with async_pool() as http:
+        clients = {tenant: AsyncClient(balancer.url, token, timeout=30, http=http) for tenant, token in tokens.items()}
+        ended = await flows_ended(clients, load.flows, timeout=180)
+        replayed = {tenant: await replay(rt) for tenant, rt in clients.items()}
     await asyncio.sleep(2)
     for listener in listeners:
         listener.stop.set()

@@ -9,9 +9,12 @@ import subprocess
 import sys
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator
+
+if TYPE_CHECKING:
+    from serve_app.client import AsyncClient
 
 ROOT = Path(__file__).resolve().parent.parent
 OPERATOR = "bench-operator-" + uuid.uuid4().hex[:8]
@@ -63,6 +66,22 @@ def baseline_server() -> Iterator[str]:
     port = free_port()
     with server_process(["-m", "bench.baseline_broadcaster", str(port), OPERATOR], port) as url:
         yield url
+
+
+@asynccontextmanager
+async def tenant_clients(url: str, tenants: list[str], *, connections: int = 100,
+                         scopes: list[str] | None = None) -> AsyncIterator[dict[str, "AsyncClient"]]:
+    """One typed client per tenant (a token minted with `scopes`, else the default ones), all over
+    one pool of at most `connections` connections: the load generator's, closed when the block ends."""
+    from serve_app.auth import DEFAULT_SCOPES, Tokens
+    from serve_app.client import AsyncClient, async_pool
+
+    tokens = Tokens(OPERATOR)
+    http = async_pool(connections=connections)
+    try:
+        yield {t: AsyncClient(url, tokens.mint(t, scopes=scopes or DEFAULT_SCOPES)[0], http=http) for t in tenants}
+    finally:
+        await http.close()
 
 
 def bench_database(explicit: str | None) -> str:
@@ -125,7 +144,11 @@ class ResumingListener:
     """A WebSocket client that resumes from its last seq whenever its socket closes, as a client
     of the service should: subscribed to all the tenant's flows in the query, so the resume's
     replay covers them (docs/websocket-protocol.md). `connected` is set once the server attached
-    the first socket (its `connection_established`): events published after it reach this client."""
+    the first socket (its `connection_established`): events published after it reach this client.
+
+    It keeps every frame's seq as the server sent it: the chaos and replica scenarios audit the
+    wire (a seq the server sent twice, or out of order), which the typed client's `stream()`
+    would hide, since it delivers each seq once by design."""
 
     def __init__(self, ws_url: str, token: str) -> None:
         self.ws_url, self.token = ws_url, token

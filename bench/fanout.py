@@ -15,109 +15,101 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import time
 import uuid
 from collections import defaultdict
 
-import aiohttp
-import websockets
 
-from bench.common import OPERATOR, baseline_server, bench_database, emit, percentile, raytenant_service
-from serve_app.auth import Tokens
+from bench.common import baseline_server, bench_database, emit, percentile, raytenant_service, tenant_clients
+from serve_app.client import AsyncClient, RaytenantError
 
 STREAM = {"flow_update"}
 
 
 class Subscriber:
-    def __init__(self, tenant: str) -> None:
-        self.tenant = tenant
+    """One socket (the client's stream, not resuming: a dropped socket is the run's loss to count)."""
+
+    def __init__(self, rt: AsyncClient, tenant: str) -> None:
+        self.rt, self.tenant = rt, tenant
         self.seqs: list[int] = []
         self.latencies: list[float] = []
         self.last_at = 0.0
+        self.ready = asyncio.Event()
 
-    async def run(self, ws) -> None:
+    async def run(self) -> None:
         try:
-            async for raw in ws:
+            async for event in self.rt.stream(flow_id="f", max_retries=0, connected=lambda _: self.ready.set(),
+                                              compression=None, max_queue=None, open_timeout=30):
                 now = time.time()
-                message = json.loads(raw)
-                if message.get("type") in STREAM:
-                    self.seqs.append(message["seq"])
-                    self.latencies.append((now - message["data"]["sent_at"]) * 1000)
+                if event.get("type") in STREAM:
+                    self.seqs.append(event["seq"])
+                    self.latencies.append((now - event["data"]["sent_at"]) * 1000)
                     self.last_at = now
-        except websockets.ConnectionClosed:
-            return  # the bench closes the sockets when a run ends
+        except RaytenantError:
+            return  # the socket dropped: what it missed counts as lost
 
 
-async def open_sockets(ws_url: str, tokens: Tokens, tenants: list[str], count: int):
-    subs, sockets, readers = [], [], []
+async def open_sockets(clients: dict[str, AsyncClient], tenants: list[str], count: int) -> tuple[list, list]:
+    """`count` subscribers, opened 50 at a time, each attached (its connection_established) before
+    the next batch."""
+    subs, readers = [], []
     for start in range(0, count, 50):
-        chunk = range(start, min(count, start + 50))
-        opened = await asyncio.gather(
-            *(
-                websockets.connect(f"{ws_url}?flow_id=f&token={tokens.mint(tenants[i % len(tenants)])[0]}", max_queue=None, compression=None)
-                for i in chunk
-            )
-        )
-        for i, ws in zip(chunk, opened):
-            first = json.loads(await asyncio.wait_for(ws.recv(), 30))
-            assert first["type"] == "connection_established", first
-            sub = Subscriber(tenants[i % len(tenants)])
-            subs.append(sub)
-            sockets.append(ws)
-            readers.append(asyncio.create_task(sub.run(ws)))
-    return subs, sockets, readers
+        chunk = [Subscriber(clients[tenants[i % len(tenants)]], tenants[i % len(tenants)])
+                 for i in range(start, min(count, start + 50))]
+        readers += [asyncio.create_task(sub.run()) for sub in chunk]
+        await asyncio.wait_for(asyncio.gather(*(sub.ready.wait() for sub in chunk)), 30)
+        subs += chunk
+    return subs, readers
 
 
 async def run_fanout(label: str, base_url: str, connections: int, tenant_count: int, rate: int, duration: float) -> dict:
-    tokens = Tokens(OPERATOR)
     run_id = uuid.uuid4().hex[:6]
     tenants = [f"bench-{run_id}-{i}" for i in range(tenant_count)]
-    ws_url = base_url.replace("http", "ws", 1) + "/v1/ws"
-    subs, sockets, readers = await open_sockets(ws_url, tokens, tenants, connections)
+    async with tenant_clients(base_url, tenants, connections=500) as clients:
+        return await fan_out(label, clients, connections, rate, duration)
+
+
+async def fan_out(label: str, clients: dict[str, AsyncClient], connections: int, rate: int, duration: float) -> dict:
+    tenants = list(clients)
+    tenant_count = len(tenants)
+    subs, readers = await open_sockets(clients, tenants, connections)
     await asyncio.sleep(1.0)  # let subscriptions settle (the proxy path confirms late)
-    auth = {t: {"Authorization": f"Bearer {tokens.mint(t)[0]}"} for t in tenants}
     published: dict[str, list[int]] = defaultdict(list)
     errors = 0
     post_ms: list[float] = []
     total = int(rate * duration)
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=500)) as session:
+    async def post(k: int) -> None:
+        nonlocal errors
+        tenant = tenants[k % tenant_count]
+        sent = time.time()
+        try:
+            answer = await clients[tenant].events.publish({"type": "flow_update", "flow_id": "f",
+                                                           "data": {"sent_at": sent, "k": k}})
+        except RaytenantError:
+            errors += 1
+            return
+        published[tenant] += answer["seqs"]
+        post_ms.append((time.time() - sent) * 1000)
 
-        async def post(k: int) -> None:
-            nonlocal errors
-            tenant = tenants[k % tenant_count]
-            sent = time.time()
-            body = {"type": "flow_update", "flow_id": "f", "data": {"sent_at": sent, "k": k}}
-            try:
-                async with session.post(f"{base_url}/v1/events", json=body, headers=auth[tenant]) as response:
-                    if response.status == 201:
-                        published[tenant] += (await response.json())["seqs"]
-                        post_ms.append((time.time() - sent) * 1000)
-                    else:
-                        errors += 1
-            except aiohttp.ClientError:
-                errors += 1
-
-        started = time.time()
-        tasks = []
-        for k in range(total):  # fixed offered rate: each publish starts on schedule
-            delay = started + k / rate - time.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(post(k)))
-        await asyncio.gather(*tasks)
+    started = time.time()
+    tasks = []
+    for k in range(total):  # fixed offered rate: each publish starts on schedule
+        delay = started + k / rate - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(post(k)))
+    await asyncio.gather(*tasks)
 
     expected = sum(len(published[s.tenant]) for s in subs)
     deadline = time.time() + 15
     while time.time() < deadline and sum(len(s.seqs) for s in subs) < expected:
         await asyncio.sleep(0.1)
     await asyncio.sleep(0.5)  # catch duplicates that would arrive late
-    for ws in sockets:
-        await ws.close()
     for reader in readers:
         reader.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
 
     lost = dup = delivered = 0
     latencies: list[float] = []

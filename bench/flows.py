@@ -25,11 +25,10 @@ import asyncio
 import time
 from typing import Any, Awaitable, Callable
 
-import aiohttp
 from sqlalchemy import func, select
 
-from bench.common import OPERATOR, bench_database, emit, raytenant_service
-from serve_app.auth import Tokens
+from bench.common import bench_database, emit, raytenant_service, tenant_clients
+from serve_app.client import AsyncClient
 from storage.engine import create_engine
 from storage.models import MessageRow
 from crews.samples import sample_inventory
@@ -39,9 +38,14 @@ Receive = Callable[[str, str, int], Awaitable[list[str]]]
 Ack = Callable[[str, str, list[str]], Awaitable[None]]
 
 
-async def drive(label: str, args, send: Send, receive: Receive, ack: Ack) -> dict[str, Any]:
+def queue_tenants(label: str, args) -> list[str]:
+    """This run's tenants: new ones, so the audit reads only this run's messages."""
     run = f"{label}-{int(time.time() * 1000) % 10**8}"
-    queues = [(f"mb-{run}-{t}", f"agent-{a}") for t in range(args.tenants) for a in range(args.agents)]
+    return [f"mb-{run}-{t}" for t in range(args.tenants)]
+
+
+async def drive(tenants: list[str], args, send: Send, receive: Receive, ack: Ack) -> dict[str, Any]:
+    queues = [(tenant, f"agent-{a}") for tenant in tenants for a in range(args.agents)]
     sent: set[str] = set()
     acked: set[str] = set()
     stop_sending = asyncio.Event()
@@ -124,62 +128,44 @@ async def via_actor(database: str, args) -> dict[str, Any]:
     async def ack(tenant: str, agent: str, ids: list[str]) -> None:
         await client.call("ack_many", tenant, agent, ids)
 
-    return await drive("actor", args, send, receive, ack)
+    return await drive(queue_tenants("actor", args), args, send, receive, ack)
 
 
 async def via_http(url: str, args) -> dict[str, Any]:
-    tokens = Tokens(OPERATOR)
-    auth: dict[str, dict[str, str]] = {}
-
-    def headers(tenant: str) -> dict[str, str]:
-        if tenant not in auth:
-            auth[tenant] = {"Authorization": f"Bearer {tokens.mint(tenant)[0]}"}
-        return auth[tenant]
-
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as session:
+    tenants = queue_tenants("http", args)
+    async with tenant_clients(url, tenants, connections=200) as clients:
 
         async def send(tenant: str, agent: str, contents: list[Any]) -> list[str]:
-            body = {"messages": [{"sender": "producer", "content": c} for c in contents]}
-            async with session.post(f"{url}/v1/agents/{agent}/messages", json=body, headers=headers(tenant)) as r:
-                assert r.status == 201, await r.text()
-                return (await r.json())["message_ids"]
+            answer = await clients[tenant].agents.send_many(agent, [{"sender": "producer", "content": c}
+                                                                   for c in contents])
+            return answer["message_ids"]
 
         async def receive(tenant: str, agent: str, count: int) -> list[str]:
-            async with session.get(f"{url}/v1/agents/{agent}/messages?max={count}&wait=0.5",
-                                   headers=headers(tenant)) as r:
-                assert r.status == 200, await r.text()
-                return [m["message_id"] for m in (await r.json())["messages"]]
+            answer = await clients[tenant].agents.receive(agent, max=count, wait=0.5)
+            return [m["message_id"] for m in answer["messages"]]
 
         async def ack(tenant: str, agent: str, ids: list[str]) -> None:
-            async with session.post(f"{url}/v1/agents/{agent}/messages/ack", json={"message_ids": ids},
-                                    headers=headers(tenant)) as r:
-                assert r.status == 200, await r.text()
+            await clients[tenant].agents.ack_many(agent, ids)
 
-        return await drive("http", args, send, receive, ack)
+        return await drive(tenants, args, send, receive, ack)
 
 
 SAMPLE = sample_inventory()
 
 
 async def flows_per_minute(url: str, concurrency: int, seconds: float, latency: float) -> dict[str, Any]:
-    tokens = Tokens(OPERATOR)
     run = int(time.time() * 1000) % 10**8
-    body = {"name": "bench", "kind": "discovery", "data": SAMPLE["data"], "target_schema": SAMPLE["target_schema"]}
     durations: list[float] = []
     outcomes: dict[str, int] = {}
     deadline = time.perf_counter() + seconds
 
-    async def client(i: int, session: aiohttp.ClientSession) -> None:
-        headers = {"Authorization": f"Bearer {tokens.mint(f'fl-{run}-{i}')[0]}"}
+    async def client(rt: AsyncClient) -> None:
         while time.perf_counter() < deadline:
             started = time.perf_counter()
-            async with session.post(f"{url}/v1/flows", json=body, headers=headers) as r:
-                assert r.status == 202, await r.text()
-                flow_id = (await r.json())["flow_id"]
+            flow_id = (await rt.flows.create("bench", SAMPLE["data"], target_schema=SAMPLE["target_schema"]))["flow_id"]
             while True:
                 await asyncio.sleep(0.05)
-                async with session.get(f"{url}/v1/flows/{flow_id}", headers=headers) as r:
-                    status = (await r.json())["status"]
+                status = (await rt.flows.get(flow_id))["status"]
                 if status in ("completed", "failed", "cancelled"):
                     break
             outcomes[status] = outcomes.get(status, 0) + 1
@@ -187,8 +173,8 @@ async def flows_per_minute(url: str, concurrency: int, seconds: float, latency: 
                 durations.append(time.perf_counter() - started)
 
     began = time.perf_counter()
-    async with aiohttp.ClientSession() as session:
-        await asyncio.gather(*(client(i, session) for i in range(concurrency)))
+    async with tenant_clients(url, [f"fl-{run}-{i}" for i in range(concurrency)]) as clients:
+        await asyncio.gather(*(client(rt) for rt in clients.values()))
     elapsed = time.perf_counter() - began
     durations.sort()
     return {"bench": "flows", "concurrency": concurrency, "llm_latency_s": latency, "seconds": round(elapsed, 1),

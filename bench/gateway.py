@@ -91,38 +91,37 @@ async def latency(gateway: str, provider: str, args: argparse.Namespace) -> dict
 
 
 async def burst(gateway_root: str, database: str, args: argparse.Namespace) -> dict:
-    import httpx
-
     from actors.ledger.prices import NANOS, default_catalog
     from crews.providers import prompt_bound
+    from serve_app.client import AsyncClient, RaytenantError, async_pool
 
     tenant = f"bench-burst-{uuid.uuid4().hex[:6]}"
     worst = default_catalog().lookup(MODEL).cost_nanos(prompt_bound(MESSAGES), MAX_TOKENS)
     cap_nanos = args.fit * worst + worst // 2  # fits `fit` worst cases, not one more
-    body = {"model": f"{MODEL}-held", "messages": MESSAGES, "max_tokens": MAX_TOKENS}
-    async with httpx.AsyncClient(base_url=gateway_root, timeout=120,
-                                 limits=httpx.Limits(max_connections=args.burst + 10)) as http:
-        operator = {"Authorization": f"Bearer {OPERATOR}"}
-        capped = await http.put(f"/v1/admin/tenants/{tenant}/budget", headers=operator,
-                                json={"monthly_cap": cap_nanos / NANOS})
-        assert capped.status_code == 200, capped.text
-        price = {"input_per_token": default_catalog().lookup(MODEL).input,
-                 "output_per_token": default_catalog().lookup(MODEL).output}
-        await http.put(f"/v1/admin/tenants/{tenant}/prices/{MODEL}-held", headers=operator, json=price)
+    async with async_pool(connections=args.burst + 10) as http:
+        operator = AsyncClient(gateway_root, operator_token=OPERATOR, timeout=120, http=http)
+        await operator.admin.set_cap(tenant, cap_nanos / NANOS)
+        catalog = default_catalog().lookup(MODEL)
+        await operator.admin.set_price(tenant, f"{MODEL}-held", catalog.input, catalog.output)
         # The burst tests the budget, not the tenant's request rate (200/s on llm routes by default).
-        limits = await http.put(f"/v1/admin/tenants/{tenant}/limits", headers=operator,
-                                json={"requests_per_second": {"llm": 100_000}})
-        assert limits.status_code == 200, limits.text
-        auth = {"Authorization": f"Bearer {token_for(tenant)}"}
-        answers = await asyncio.gather(*(http.post("/v1/llm/chat/completions", headers=auth, json=body)
-                                         for _ in range(args.burst)))
-        view = (await http.get(f"/v1/admin/tenants/{tenant}/budget", headers=operator)).json()
-    admitted = sum(a.status_code == 200 for a in answers)
-    refused = sum(a.status_code == 402 for a in answers)
+        await operator.admin.set_limits(tenant, {"requests_per_second": {"llm": 100_000}})
+        rt = AsyncClient(gateway_root, token_for(tenant), timeout=120, http=http)
+
+        async def call() -> int:
+            try:
+                await rt.llm.chat(f"{MODEL}-held", MESSAGES, max_tokens=MAX_TOKENS)
+            except RaytenantError as error:
+                return error.status
+            return 200
+
+        answers = await asyncio.gather(*(call() for _ in range(args.burst)))
+        view = await operator.admin.month(tenant)
+    admitted = sum(status == 200 for status in answers)
+    refused = sum(status == 402 for status in answers)
     rows = await stored_records(database, tenant)
     cap_usd = cap_nanos / NANOS
     return {"concurrency": args.burst, "calls": args.burst, "admitted": admitted, "refused": refused,
-            "other_status": sorted({a.status_code for a in answers} - {200, 402}), "budget_fits": args.fit,
+            "other_status": sorted(set(answers) - {200, 402}), "budget_fits": args.fit,
             "overspend_usd": round(max(0.0, view["used"] + view["reserved"] - cap_usd), 9),
             "lost": abs(admitted - rows), "recorded": rows}
 

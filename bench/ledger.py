@@ -25,13 +25,12 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
-import aiohttp
 from sqlalchemy import BigInteger, Boolean, Float, Integer, String, func, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from bench.common import OPERATOR, bench_database, emit, percentile, raytenant_service
-from serve_app.auth import Tokens
+from bench.common import bench_database, emit, percentile, raytenant_service, tenant_clients
+from serve_app.client import RaytenantError
 from storage.engine import create_engine
 from storage.models import BudgetRow, UsageRow
 
@@ -113,36 +112,28 @@ def tenant_names(label: str, count: int) -> list[str]:
 
 # -- the shipped path -----------------------------------------------------------------------------
 async def shipped_http(url: str, args, batch: int, label: str) -> tuple[Outcome, float, list[str], dict]:
-    tokens = Tokens(OPERATOR)
     tenants = tenant_names(label, args.tenants)
     # each tenant sets its own budget: costs:admin, which tokens minted without scopes lack
-    auth = {t: {"Authorization": f"Bearer {tokens.mint(t, scopes=['*'])[0]}"} for t in tenants}
-    one = await price_nanos(url, auth[tenants[0]])
-    budgets = budgets_for(tenants, one, args.tight_fit)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.workers + 8)) as session:
+    async with tenant_clients(url, tenants, connections=args.workers + 8, scopes=["*"]) as clients:
+        estimate = await clients[tenants[0]].costs.estimate(MODEL, INPUT, OUTPUT)
+        one = round(estimate["total_cost"] * 1e9)
+        budgets = budgets_for(tenants, one, args.tight_fit)
         for tenant, amount in budgets.items():
-            body = {"monthly_budget": amount / 1e9, "alert_threshold": 1.0}
-            async with session.put(f"{url}/v1/costs/budget", json=body, headers=auth[tenant]) as response:
-                assert response.status == 200, await response.text()
+            await clients[tenant].costs.set_budget(amount / 1e9, alert_threshold=1.0)
 
         async def send(tenant: str, keys: list[str]) -> bool:
             records = [{"model": MODEL, "input_tokens": INPUT, "output_tokens": OUTPUT, "idempotency_key": k,
                         "agent": "bench"} for k in keys]
-            body = records[0] if len(records) == 1 else {"records": records}
-            async with session.post(f"{url}/v1/costs/usage", json=body, headers=auth[tenant]) as response:
-                if response.status in (201, 402):
-                    return response.status == 201
-                raise RuntimeError(f"{response.status}: {await response.text()}")
+            try:
+                await clients[tenant].costs.record(records[0] if len(records) == 1 else records)
+            except RaytenantError as error:
+                if error.status == 402:
+                    return False
+                raise
+            return True
 
         outcome, elapsed = await drive(args.workers, args.duration, args.max_records, batch, send, tenants)
     return outcome, elapsed, tenants, budgets
-
-
-async def price_nanos(url: str, headers: dict[str, str]) -> int:
-    async with aiohttp.ClientSession() as session:
-        body = {"model": MODEL, "input_tokens": INPUT, "output_tokens": OUTPUT}
-        async with session.post(f"{url}/v1/costs/estimate", json=body, headers=headers) as response:
-            return round((await response.json())["total_cost"] * 1e9)
 
 
 TIGHT_EVERY = 5  # one tenant in five has a tight budget

@@ -30,6 +30,7 @@ from collections import defaultdict
 from typing import Any
 
 from bench.common import OPERATOR, bench_database, emit, percentile, raytenant_service
+from serve_app.client import AsyncClient
 
 AGGRESSOR_RATE = 5.0  # requests/s per route class (flows: 1/s)
 FLOW_RATE = 1.0
@@ -46,85 +47,69 @@ def token_for(tenant: str) -> str:
     return Tokens(OPERATOR).mint(tenant, user="bench")[0]
 
 
-async def status_of(request) -> int:
-    async with request as response:
-        await response.read()
-        return response.status
-
-
 class Victim:
-    """One victim tenant's steady load: latencies and errors per operation."""
+    """One victim tenant's steady load through the typed client: latencies and errors per operation."""
 
-    def __init__(self, tenant: str, urls: list[str], ws_urls: list[str], index: int) -> None:
-        self.tenant, self.url, self.ws_url = tenant, urls[index % len(urls)], ws_urls[index % len(ws_urls)]
-        self.token = token_for(tenant)
-        self.headers = {"Authorization": f"Bearer {self.token}"}
+    def __init__(self, tenant: str, urls: list[str], index: int) -> None:
+        self.tenant = tenant
+        self.rt = AsyncClient(urls[index % len(urls)], token_for(tenant))
         self.latency: dict[str, list[float]] = defaultdict(list)
         self.errors: dict[str, int] = defaultdict(int)
         self.sent: dict[str, float] = {}
         self.trace: list[tuple[float, str, float]] = []  # (start, operation, ms): where the slow ones fall
 
-    async def prepare(self, client) -> None:
+    async def prepare(self) -> None:
         """Patterns to recommend from, and one call of each operation: a tenant's first call
         activates it in each shard (a load from the database), which is not the steady load the
         phases measure, alone or beside the aggressor."""
         for i in range(3):
-            async with client.post(f"{self.url}/v1/learning/corrections", headers=self.headers, json={
-                    "original": {"field_mapping": f"cust_id -> customer_name{i}"},
-                    "corrected": {"field_mapping": "cust_id -> customer_id"}, "context": CONTEXT}) as response:
-                assert response.status == 201, await response.text()
-        for path, body in (("/v1/events", {"type": "agent_insight", "data": {"warm": True}}),
-                           ("/v1/costs/usage", {"model": "gpt-4o-mini", "input_tokens": 1, "output_tokens": 1}),
-                           ("/v1/learning/recommendations", {"context": CONTEXT})):
-            async with client.post(f"{self.url}{path}", headers=self.headers, json=body) as response:
-                assert response.status < 300, await response.text()
+            await self.rt.learning.correct({"field_mapping": f"cust_id -> customer_name{i}"},
+                                           {"field_mapping": "cust_id -> customer_id"}, CONTEXT)
+        await self.rt.events.publish({"type": "agent_insight", "data": {"warm": True}})
+        await self.rt.costs.record({"model": "gpt-4o-mini", "input_tokens": 1, "output_tokens": 1})
+        await self.rt.learning.recommend(CONTEXT)
 
-    async def run(self, client, seconds: float) -> None:
-        import websockets
-
-        ws = await websockets.connect(f"{self.ws_url}?token={self.token}", max_size=2**22)
-        await ws.recv()
+    async def run(self, seconds: float) -> None:
+        attached = asyncio.Event()
+        reader = asyncio.create_task(self._read(attached))
+        await asyncio.wait_for(attached.wait(), 30)
         deadline = time.monotonic() + seconds
-        reader = asyncio.create_task(self._read(ws))
         try:
             await asyncio.gather(
-                self._loop(client, "publish", deadline, lambda: self._publish(client)),
-                self._loop(client, "usage", deadline, lambda: status_of(client.post(
-                    f"{self.url}/v1/costs/usage", headers=self.headers,
-                    json={"model": "gpt-4o-mini", "input_tokens": 100, "output_tokens": 20, "agent": "bench"}))),
-                self._loop(client, "recommend", deadline, lambda: status_of(client.post(
-                    f"{self.url}/v1/learning/recommendations", headers=self.headers, json={"context": CONTEXT}))),
-                self._flows(client, deadline),
+                self._loop("publish", deadline, self._publish),
+                self._loop("usage", deadline, lambda: self.rt.costs.record(
+                    {"model": "gpt-4o-mini", "input_tokens": 100, "output_tokens": 20, "agent": "bench"})),
+                self._loop("recommend", deadline, lambda: self.rt.learning.recommend(CONTEXT)),
+                self._flows(deadline),
             )
             await asyncio.sleep(1.0)  # the last deliveries
         finally:
             reader.cancel()
-            await ws.close()
         self.errors["delivery"] += len(self.sent)  # published, acknowledged, never delivered
 
-    async def _publish(self, client):
+    async def _publish(self) -> None:
         nonce = uuid.uuid4().hex
         self.sent[nonce] = time.perf_counter()
-        status = await status_of(client.post(f"{self.url}/v1/events", headers=self.headers,
-                                             json={"type": "agent_insight", "data": {"nonce": nonce}}))
-        if status != 201:
+        try:
+            await self.rt.events.publish({"type": "agent_insight", "data": {"nonce": nonce}})
+        except Exception:
             self.sent.pop(nonce, None)
-        return status
+            raise
 
-    async def _read(self, ws) -> None:
-        while True:
-            message = json.loads(await ws.recv())
-            nonce = (message.get("data") or {}).get("nonce")
+    async def _read(self, attached: asyncio.Event) -> None:
+        async for event in self.rt.stream(connected=lambda _: attached.set(), max_size=2**22):
+            nonce = (event.get("data") or {}).get("nonce")
             started = self.sent.pop(nonce, None) if nonce else None
             if started is not None:
                 self.latency["delivery"].append((time.perf_counter() - started) * 1000)
 
-    async def _loop(self, client, name: str, deadline: float, call) -> None:
+    async def _loop(self, name: str, deadline: float, call) -> None:
         while time.monotonic() < deadline:
             started = time.perf_counter()
             try:
-                ok = (await call()) < 300
-            except Exception:  # noqa: BLE001 - a failed request is a victim error
+                await call()
+                ok = True
+            except Exception:  # noqa: BLE001 - a refused or failed request is a victim error
                 ok = False
             if ok:
                 self.latency[name].append((time.perf_counter() - started) * 1000)
@@ -133,18 +118,16 @@ class Victim:
                 self.errors[name] += 1
             await asyncio.sleep(max(0.0, VICTIM_INTERVAL - (time.perf_counter() - started)))
 
-    async def _flows(self, client, deadline: float) -> None:
+    async def _flows(self, deadline: float) -> None:
         """A flow every FLOW_EVERY seconds, waited for: its time from create to completed."""
-        body = {"name": "bench", "kind": "optimization", "data": {"rows": [{"hostname": "a", "cpu": 4}]}}
         while time.monotonic() < deadline:
             started = time.perf_counter()
             next_start = time.monotonic() + FLOW_EVERY
             try:
-                async with client.post(f"{self.url}/v1/flows", headers=self.headers, json=body) as made:
-                    flow_id = (await made.json())["flow_id"]
+                flow_id = (await self.rt.flows.create("bench", {"rows": [{"hostname": "a", "cpu": 4}]},
+                                                      kind="optimization"))["flow_id"]
                 while True:
-                    async with client.get(f"{self.url}/v1/flows/{flow_id}", headers=self.headers) as got:
-                        status = (await got.json())["status"]
+                    status = (await self.rt.flows.get(flow_id))["status"]
                     if status not in ("queued", "initialized", "running"):
                         break
                     await asyncio.sleep(0.05)
@@ -174,7 +157,9 @@ def aggressor_limits() -> dict[str, Any]:
 
 async def aggress(urls: list[str], token: str, seconds: float) -> dict[str, Any]:
     """The aggressor, in a process of its own (its load must not queue behind the victims' in one
-    event loop): OFFER x its limits on each route class, open-loop, and SOCKETS sockets."""
+    event loop): OFFER x its limits on each route class, open-loop, and SOCKETS sockets. A hostile
+    tenant, not a user of the typed client: raw requests over aiohttp, the cheapest load this
+    machine can generate, and sockets that do not resume when refused."""
     import aiohttp
     import websockets
 
@@ -247,26 +232,27 @@ def aggressor_process(urls: list[str], token: str, seconds: float):
 
 
 async def phase(victims: list[Victim], seconds: float) -> None:
-    import aiohttp
-
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as client:
-        await asyncio.gather(*(v.run(client, seconds) for v in victims))
+    await asyncio.gather(*(v.run(seconds) for v in victims))
 
 
 async def measure(urls: list[str], replicas: int, args: argparse.Namespace) -> list[dict[str, Any]]:
-    import aiohttp
-
-    ws_urls = [u.replace("http://", "ws://") + "/v1/ws" for u in urls]
     run = uuid.uuid4().hex[:6]
-    make = lambda label: [Victim(f"victim-{run}-{label}-{i}", urls, ws_urls, i) for i in range(args.victims)]  # noqa: E731
+    make = lambda label: [Victim(f"victim-{run}-{label}-{i}", urls, i) for i in range(args.victims)]  # noqa: E731
     warm, solo, loud = make("warm"), make("solo"), make("loud")
-    aggressor = f"aggressor-{run}"
-    async with aiohttp.ClientSession() as client:
+    try:
+        return await measured(warm, solo, loud, urls, replicas, args)
+    finally:
         for victim in warm + solo + loud:
-            await victim.prepare(client)
-        async with client.put(f"{urls[0]}/v1/admin/tenants/{aggressor}/limits",
-                              headers={"Authorization": f"Bearer {OPERATOR}"}, json=aggressor_limits()) as put:
-            assert put.status == 200, await put.text()
+            await victim.rt.aclose()
+
+
+async def measured(warm: list[Victim], solo: list[Victim], loud: list[Victim], urls: list[str], replicas: int,
+                   args: argparse.Namespace) -> list[dict[str, Any]]:
+    aggressor = f"aggressor-{uuid.uuid4().hex[:6]}"
+    for victim in warm + solo + loud:
+        await victim.prepare()
+    async with AsyncClient(urls[0], operator_token=OPERATOR) as operator:
+        await operator.admin.set_limits(aggressor, aggressor_limits())
     await phase(warm, 5.0)  # first flows, first activations, connection pools: not measured
     await phase(solo, args.seconds)
     process = aggressor_process(urls, token_for(aggressor), args.seconds)

@@ -1,5 +1,5 @@
 """A typed Python client for raytenant's HTTP and WebSocket API, sync (`Client`) and async
-(`AsyncClient`), over httpx and websockets. It imports nothing of the server: a tenant's
+(`AsyncClient`), over httpx, aiohttp and websockets. It imports nothing of the server: a tenant's
 application installs the package and uses only this module.
 
     async with AsyncClient("http://127.0.0.1:30000", token) as rt:
@@ -8,10 +8,12 @@ application installs the package and uses only this module.
             ...
 
 Each area (tokens, events, costs, llm, learning, mappings, agents, flows, admin) is written once
-as calls that name a method, path, query and body; `Client` runs them with httpx.Client and
-`AsyncClient` with httpx.AsyncClient. An error answer raises `RaytenantError` with the
-documented code. `stream` resumes after a dropped connection from the last seq it
-delivered, so the caller sees every event once, in order.
+as calls that name a method, path, query and body; `Client` sends them with httpx.Client and
+`AsyncClient` with aiohttp (httpx's async pool spends over ten times aiohttp's CPU per request
+once dozens are in flight, encode/httpx#3215). An error answer raises `RaytenantError` with the
+documented code; no answer at all (refused connection, timeout) raises its `Unreachable`.
+`stream` resumes after a dropped connection from the last seq it delivered, so the caller sees
+every event once, in order.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Generic, Iterator, Literal, TypeVar
 from urllib.parse import urlencode
 
+import aiohttp
 import httpx
 
 Json = dict[str, Any]
@@ -49,6 +52,7 @@ class Call:
     operator: bool = False  # sent with the operator token
     headers: dict[str, str] = field(default_factory=dict)
     raw: bool = False  # the answer's bytes, not JSON (the tenant export)
+    content: bytes | None = None  # a body sent as it is, not as JSON (the tenant import)
 
 
 def _params(**values: Any) -> Json:
@@ -60,17 +64,34 @@ def _fields(**values: Any) -> Json:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _answer(response: httpx.Response, raw: bool) -> Any:
-    if response.status_code >= 400:
+class Unreachable(RaytenantError):
+    """No answer came: the connection was refused or dropped (`unreachable`), or the timeout
+    passed (`timeout`). Status 0: the request may or may not have been carried out."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(0, code, message)
+
+
+def _encoded(call: Call) -> tuple[bytes | None, dict[str, str]]:
+    """The body's bytes and content type: strict JSON (no NaN), or the call's own bytes."""
+    if call.content is not None:
+        return call.content, {}
+    if call.body is None:
+        return None, {}
+    return json.dumps(call.body, allow_nan=False, separators=(",", ":")).encode(), {"Content-Type": "application/json"}
+
+
+def _answer(status: int, content: bytes, raw: bool) -> Any:
+    if status >= 400:
         try:
-            error = response.json()["error"]
+            error = json.loads(content)["error"]
             code, message = error.pop("code"), error.pop("message")
-        except (ValueError, KeyError, TypeError):
-            code, message, error = "http_error", response.text[:500], {}
-        raise RaytenantError(response.status_code, code, message, error)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            code, message, error = "http_error", content[:500].decode(errors="replace"), {}
+        raise RaytenantError(status, code, message, error)
     if raw:
-        return response.content
-    return None if response.status_code == 204 or not response.content else response.json()
+        return content
+    return None if status == 204 or not content else json.loads(content)
 
 
 class _Area(Generic[R]):
@@ -155,7 +176,12 @@ class Costs(_Area[R]):
         return self._send(Call("POST", "/v1/costs/select-model", _fields(
             task_type=task_type, quality_requirement=quality_requirement, cost_constraint=cost_constraint)))
 
-    def estimate(self, model: str, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> R:
+    def estimate(self, model: str, input_tokens: int | None = None, output_tokens: int | None = None,
+                 cached_tokens: int = 0, *, tokens: int | None = None) -> R:
+        """The cost of a call: its input and output tokens, or (the original's form) a `tokens`
+        total, split 2:1 input to output."""
+        if tokens is not None:
+            return self._send(Call("POST", "/v1/costs/estimate", {"model": model, "tokens": tokens}))
         return self._send(Call("POST", "/v1/costs/estimate", {"model": model, "input_tokens": input_tokens,
                                                               "output_tokens": output_tokens,
                                                               "cached_tokens": cached_tokens}))
@@ -186,6 +212,9 @@ class Learning(_Area[R]):
 
     def success(self, result: Any, context: Json) -> R:
         return self._send(Call("POST", "/v1/learning/successes", {"result": result, "context": context}))
+
+    def successes(self, items: list[Json]) -> R:
+        return self._send(Call("POST", "/v1/learning/successes", {"successes": items}))
 
     def recommend(self, context: Json, *, threshold: float | None = None, limit: int | None = None) -> R:
         return self._send(Call("POST", "/v1/learning/recommendations",
@@ -299,6 +328,11 @@ class Admin(_Area[R]):
         """The tenant's data as JSON lines (bytes)."""
         return self._send(Call("GET", f"/v1/admin/tenants/{tenant}/export", operator=True, raw=True))
 
+    def import_tenant(self, lines: bytes) -> R:
+        """A tenant's export (JSON lines) into a service that does not hold it: all of it or nothing."""
+        return self._send(Call("POST", "/v1/admin/tenants/import", operator=True, content=lines,
+                               headers={"Content-Type": "application/x-ndjson"}))
+
     def set_cap(self, tenant: str, monthly_cap: float | None) -> R:
         return self._send(Call("PUT", f"/v1/admin/tenants/{tenant}/budget", {"monthly_cap": monthly_cap},
                                operator=True))
@@ -312,6 +346,9 @@ class Admin(_Area[R]):
             input_per_token=input_per_token, output_per_token=output_per_token, cached_per_token=cached_per_token),
             operator=True))
 
+    def delete_price(self, tenant: str, model: str) -> R:
+        return self._send(Call("DELETE", f"/v1/admin/tenants/{tenant}/prices/{model}", operator=True))
+
     def set_limits(self, tenant: str, overrides: Json) -> R:
         return self._send(Call("PUT", f"/v1/admin/tenants/{tenant}/limits", overrides, operator=True))
 
@@ -321,6 +358,13 @@ class Admin(_Area[R]):
     def revoke(self, tenant: str, *, jti: str | None = None, issued_before: str | float | None = None) -> R:
         return self._send(Call("POST", f"/v1/admin/tenants/{tenant}/revocations",
                                _fields(jti=jti, issued_before=issued_before), operator=True))
+
+    def revocations(self, tenant: str) -> R:
+        return self._send(Call("GET", f"/v1/admin/tenants/{tenant}/revocations", operator=True))
+
+    def keys(self) -> R:
+        """The signing keys' ids and states (never a secret)."""
+        return self._send(Call("GET", "/v1/admin/keys", operator=True))
 
     def rotate_keys(self, retire_after_seconds: int | None = None) -> R:
         return self._send(Call("POST", "/v1/admin/keys/rotate", _fields(retire_after_seconds=retire_after_seconds),
@@ -400,31 +444,55 @@ def _final(code: int | None, reason: str) -> None:
         raise RaytenantError(code, FINAL_CLOSES[code], reason or "the server closed the stream")
 
 
+def async_pool(*, connections: int | None = 100) -> Any:
+    """An aiohttp session of at most `connections` connections (None: no limit) that many
+    AsyncClients can share, one per tenant token say: `AsyncClient(url, token, http=pool)`;
+    `await pool.close()` at the end. Made inside the running event loop."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections or 0))
+
+
 class AsyncClient(_Base[Awaitable[Any]]):
     """`async with AsyncClient(url, token) as rt: await rt.costs.budget()`."""
 
     def __init__(self, url: str, token: str | None = None, *, operator_token: str | None = None,
-                 timeout: float = 60.0, http: httpx.AsyncClient | None = None) -> None:
+                 timeout: float = 60.0, http: Any = None) -> None:
+        """`http`: an aiohttp.ClientSession to share (`async_pool`); by default the client opens
+        its own at the first call and closes it on exit."""
         super().__init__(url, token, operator_token, self._send)
-        self.http = http or httpx.AsyncClient(base_url=self.url, timeout=timeout)
+        self.timeout, self.http, self._owns = timeout, http, http is None
 
     async def __aenter__(self) -> "AsyncClient":
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        await self.http.aclose()
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections, if they are the client's own (not a shared `async_pool`)."""
+        if self._owns and self.http is not None:
+            await self.http.close()
 
     async def _send(self, call: Call) -> Any:
-        response = await self.http.request(call.method, call.path, json=call.body, params=call.params or None,
-                                           headers=self._headers(call))
-        return _answer(response, call.raw)
+        if self.http is None:
+            self.http = async_pool()
+        content, headers = _encoded(call)
+        url = self.url + call.path + (f"?{urlencode(call.params)}" if call.params else "")
+        try:
+            async with self.http.request(call.method, url, data=content, headers={**headers, **self._headers(call)},
+                                         timeout=aiohttp.ClientTimeout(total=self.timeout)) as response:
+                return _answer(response.status, await response.read(), call.raw)
+        except asyncio.TimeoutError as error:
+            raise Unreachable("timeout", f"no answer within {self.timeout} s") from error
+        except aiohttp.ClientError as error:
+            raise Unreachable("unreachable", str(error) or type(error).__name__) from error
 
     async def stream(self, *, flow_id: str | None = None, last_seq: int | None = None,
                      retry_seconds: float = 0.5, max_retries: int | None = None,
-               connected: Callable[[Json], None] | None = None) -> AsyncIterator[Json]:
+                     connected: Callable[[Json], None] | None = None, **options: Any) -> AsyncIterator[Json]:
         """Every event of the tenant (with `flow_id`: that flow's, `"*"` all flows') after
         `last_seq` (default: from now), resuming after a dropped connection. `connected` is called
-        with each connection's `connection_established` message."""
+        with each connection's `connection_established` message; `options` go to
+        `websockets.connect` (e.g. `compression=None`, `max_queue=None`)."""
         from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed
 
@@ -433,7 +501,7 @@ class AsyncClient(_Base[Awaitable[Any]]):
             error: Exception | None = None
             try:
                 async with connect(self._stream_url(flow_id, position.last_seq),
-                                   additional_headers=self._headers(Call("GET", "/v1/ws"))) as socket:
+                                   additional_headers=self._headers(Call("GET", "/v1/ws")), **options) as socket:
                     position.failures = 0
                     async for frame in socket:
                         event = position.take(frame)
@@ -461,13 +529,19 @@ class Client(_Base[Any]):
         self.http.close()
 
     def _send(self, call: Call) -> Any:
-        response = self.http.request(call.method, call.path, json=call.body, params=call.params or None,
-                                     headers=self._headers(call))
-        return _answer(response, call.raw)
+        content, headers = _encoded(call)
+        try:
+            response = self.http.request(call.method, call.path, content=content, params=call.params or None,
+                                         headers={**headers, **self._headers(call)})
+        except httpx.TimeoutException as error:
+            raise Unreachable("timeout", str(error) or "no answer in time") from error
+        except httpx.TransportError as error:
+            raise Unreachable("unreachable", str(error) or type(error).__name__) from error
+        return _answer(response.status_code, response.content, call.raw)
 
     def stream(self, *, flow_id: str | None = None, last_seq: int | None = None, retry_seconds: float = 0.5,
-               max_retries: int | None = None,
-               connected: Callable[[Json], None] | None = None) -> Iterator[Json]:
+               max_retries: int | None = None, connected: Callable[[Json], None] | None = None,
+               **options: Any) -> Iterator[Json]:
         """`AsyncClient.stream`, blocking."""
         from websockets.exceptions import ConnectionClosed
         from websockets.sync.client import connect
@@ -477,7 +551,7 @@ class Client(_Base[Any]):
             error: Exception | None = None
             try:
                 with connect(self._stream_url(flow_id, position.last_seq),
-                             additional_headers=self._headers(Call("GET", "/v1/ws"))) as socket:
+                             additional_headers=self._headers(Call("GET", "/v1/ws")), **options) as socket:
                     position.failures = 0
                     for frame in socket:
                         event = position.take(frame)

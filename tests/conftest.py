@@ -31,6 +31,7 @@ import pytest  # noqa: E402
 import uvicorn  # noqa: E402
 
 from serve_app.app import create_app  # noqa: E402
+from serve_app.client import AsyncClient  # noqa: E402
 from serve_app.runtime import Runtime  # noqa: E402
 from serve_app.settings import Settings  # noqa: E402
 from storage.migrate import upgrade  # noqa: E402
@@ -161,6 +162,12 @@ class LiveServer:
 
     def operator_auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.runtime.settings.operator_token}"}
+
+    def client(self, tenant: str | None = None, **kwargs: Any) -> AsyncClient:
+        """The typed client (serve_app/client.py) as `tenant` (token minted with `kwargs`), with the
+        operator token too: `async with live.client(tenant) as rt: await rt.costs.budget()`."""
+        token = self.token(tenant, **kwargs) if tenant is not None else None
+        return AsyncClient(self.url, token, operator_token=self.runtime.settings.operator_token)
 
 
 @pytest.fixture

@@ -20,17 +20,17 @@ import asyncio  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, Awaitable  # noqa: E402
 
 from tests.conftest import LiveServer  # noqa: E402 - also sets the crewai and Serve environment
 from tests.node_loss_scenario import Listener, flows_ended  # noqa: E402
 
-import httpx  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
 from bench.common import postgres  # noqa: E402
 from crews.samples import sample_inventory  # noqa: E402
+from serve_app.client import AsyncClient, RaytenantError, async_pool  # noqa: E402
 from serve_app.runtime import Runtime  # noqa: E402
 from serve_app.settings import Settings  # noqa: E402
 from storage.engine import create_engine  # noqa: E402
@@ -45,53 +45,51 @@ CORRECTION = {"original": {"field_mapping": "cust_id -> customer_name"},
               "context": {"source_fields": ["cust_id"], "target_schema": "crm"}}
 
 
-def requests_for(n: int, tenant: str) -> list[tuple[str, str, str, dict[str, Any] | None]]:
-    """One round of mixed traffic: (kind, method, path, body). Writes carry keys the scenario can
-    find in the database afterwards."""
+def requests_for(rt: AsyncClient, n: int) -> list[tuple[str, Awaitable[Any]]]:
+    """One round of mixed traffic: (kind, call). Writes carry keys the scenario can find in the
+    database afterwards."""
     return [
-        ("publish", "POST", "/v1/events", {"type": "flow_update", "flow_id": "f", "data": {"n": n}}),
-        ("usage", "POST", "/v1/costs/usage", {"model": "gpt-4o-mini", "input_tokens": 100, "output_tokens": 10,
-                                              "idempotency_key": f"k-{n}"}),
-        ("message", "POST", "/v1/agents/mapper/messages", {"sender": "validator", "content": {"n": n}}),
-        ("correction", "POST", "/v1/learning/corrections", CORRECTION),
-        ("replay", "GET", "/v1/events?after=0&limit=5", None),
-        ("summary", "GET", "/v1/costs/summary", None),
+        ("publish", rt.events.publish({"type": "flow_update", "flow_id": "f", "data": {"n": n}})),
+        ("usage", rt.costs.record({"model": "gpt-4o-mini", "input_tokens": 100, "output_tokens": 10,
+                                   "idempotency_key": f"k-{n}"})),
+        ("message", rt.agents.send("mapper", "validator", {"n": n})),
+        ("correction", rt.learning.correct(**CORRECTION)),
+        ("replay", rt.events.replay(0, limit=5)),
+        ("summary", rt.costs.summary()),
     ]
 
 
 async def traffic(server: LiveServer, tenants: list[str], stop: asyncio.Event, log: list[dict[str, Any]],
                   acked: dict[str, set]) -> None:
-    auth = {t: server.auth(t) for t in tenants}
+    """Rounds of every kind at RATE; each request's outcome logged: `ok`, else its status and code
+    (status 0 when no answer came)."""
 
-    async def one(client: httpx.AsyncClient, n: int, tenant: str, kind: str, method: str, path: str,
-                  body: dict[str, Any] | None) -> None:
+    async def one(n: int, tenant: str, kind: str, call: Awaitable[Any]) -> None:
         started = time.monotonic()
-        status, code = 0, "client_error"
+        status, code, answer = 0, "", None
         try:
-            response = await client.request(method, path, headers=auth[tenant], json=body)
-            status = response.status_code
-            answer = response.json()
-            code = answer["error"]["code"] if status >= 400 else ""
-        except (httpx.HTTPError, ValueError) as error:
-            code = f"client_error:{type(error).__name__}"
-            answer = {}
-        log.append({"kind": kind, "start": started, "end": time.monotonic(), "status": status, "code": code})
-        if status in (200, 201):
+            answer = await call
+        except RaytenantError as error:  # status 0: no answer (Unreachable)
+            status, code = error.status, error.code
+        ok = not code
+        log.append({"kind": kind, "start": started, "end": time.monotonic(), "ok": ok, "status": status, "code": code})
+        if ok:
             if kind == "publish":
                 acked["events"].update((tenant, seq) for seq in answer["seqs"])
             elif kind == "usage":
-                acked["usage"].add((tenant, body["idempotency_key"]))
+                acked["usage"].add((tenant, f"k-{n}"))
             elif kind == "message":
                 acked["messages"].update(answer["message_ids"])
 
-    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+    async with async_pool() as http:
+        clients = {t: AsyncClient(server.url, server.token(t), timeout=30, http=http) for t in tenants}
         n, pending = 0, set()
         while not stop.is_set():
             n += 1
             tenant = tenants[n % len(tenants)]
             round_started = time.monotonic()
-            for request in requests_for(n, tenant):
-                task = asyncio.create_task(one(client, n, tenant, *request))
+            for kind, call in requests_for(clients[tenant], n):
+                task = asyncio.create_task(one(n, tenant, kind, call))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
             await asyncio.sleep(max(0.0, 1 / RATE - (time.monotonic() - round_started)))
@@ -112,12 +110,9 @@ async def scenario(database_url: str, _cluster: Cluster, _workers: list[Any]) ->
         log: list[dict[str, Any]] = []
         acked: dict[str, set] = {"events": set(), "usage": set(), "messages": set()}
         load = asyncio.create_task(traffic(server, tenants, stop, log, acked))
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-            body = {"name": "outage", "kind": "discovery", "data": sample["data"],
-                    "target_schema": sample["target_schema"]}
-            response = await client.post("/v1/flows", headers=server.auth(tenants[0]), json=body)
-            assert response.status_code == 202, response.text
-            flow = (tenants[0], response.json()["flow_id"])
+        async with server.client(tenants[0]) as rt:
+            created = await rt.flows.create("outage", sample["data"], target_schema=sample["target_schema"])
+            flow = (tenants[0], created["flow_id"])
         await asyncio.sleep(3)
         reconnects_before = sum(listener.reconnects for listener in listeners)
         stopped_at = time.monotonic()

@@ -30,11 +30,11 @@ import asyncio  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
-import httpx  # noqa: E402
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from bench.common import ResumingListener, free_port  # noqa: E402
+from serve_app.client import AsyncClient, RaytenantError, async_pool  # noqa: E402
 from serve_app.runtime import Runtime  # noqa: E402
 from serve_app.settings import Settings  # noqa: E402
 from tests.conftest import LiveServer  # noqa: E402
@@ -54,28 +54,28 @@ class Probe:
 
 async def traffic(server: LiveServer, tenants: list[str], stop: asyncio.Event, acked: dict[str, set],
                   log: list[tuple[float, str, bool]]) -> None:
-    auth = {t: server.auth(t) for t in tenants}
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+    async with async_pool() as http:
+        clients = {t: AsyncClient(server.url, server.token(t), timeout=10, http=http) for t in tenants}
         n = 0
         while not stop.is_set():
             n += 1
             tenant = tenants[n % len(tenants)]
+            rt = clients[tenant]
             started = time.monotonic()
-            for kind, path, body in (
-                ("publish", "/v1/events", {"type": "flow_update", "flow_id": "f", "data": {"n": n}}),
-                ("usage", "/v1/costs/usage", {"model": "gpt-4o-mini", "input_tokens": 10, "output_tokens": 5,
-                                              "idempotency_key": f"k-{n}"}),
+            for kind, call in (
+                ("publish", rt.events.publish({"type": "flow_update", "flow_id": "f", "data": {"n": n}})),
+                ("usage", rt.costs.record({"model": "gpt-4o-mini", "input_tokens": 10, "output_tokens": 5,
+                                           "idempotency_key": f"k-{n}"})),
             ):
                 try:
-                    response = await http.post(path, headers=auth[tenant], json=body)
-                    ok = response.status_code == 201
-                except httpx.HTTPError:
+                    answer, ok = await call, True
+                except RaytenantError:
                     ok = False
                 log.append((time.monotonic(), kind, ok))
                 if ok and kind == "publish":
-                    acked["events"].update((tenant, seq) for seq in response.json()["seqs"])
+                    acked["events"].update((tenant, seq) for seq in answer["seqs"])
                 elif ok:
-                    acked["usage"].add((tenant, body["idempotency_key"]))
+                    acked["usage"].add((tenant, f"k-{n}"))
             await asyncio.sleep(max(0.0, 1 / RATE - (time.monotonic() - started)))
 
 

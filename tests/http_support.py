@@ -6,12 +6,13 @@ import asyncio
 import json
 import os
 import shutil
-from typing import Any
+from typing import Any, Awaitable
 
 import httpx
 from sqlalchemy import select
 
 from crews.samples import sample_inventory
+from serve_app.client import AsyncClient, RaytenantError
 from storage.engine import create_engine
 
 SAMPLE = sample_inventory()
@@ -23,9 +24,29 @@ CHROMIUM = os.environ.get("RAYTENANT_CHROMIUM") or shutil.which("chromium") or s
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> None:
+    """A raw request's error answer: for bodies the typed client cannot send (malformed ones)."""
     assert response.status_code == status, response.text
     body = response.json()["error"]
     assert body["code"] == code and body["message"], (code, body)
+
+
+async def refusal(call: Awaitable[Any]) -> tuple[int, str] | None:
+    """The (status, code) a client call is refused with; None when it is answered (for polling)."""
+    try:
+        await call
+    except RaytenantError as error:
+        return error.status, error.code
+    return None
+
+
+async def refused(call: Awaitable[Any], status: int, code: str) -> RaytenantError:
+    """A typed client call's error: `await refused(rt.costs.release("nope"), 404, "not_found")`."""
+    try:
+        answer = await call
+    except RaytenantError as error:
+        assert (error.status, error.code) == (status, code) and error.message, error
+        return error
+    raise AssertionError(f"expected {status} {code}, got the answer {answer!r}")
 
 
 async def stored(db_url: str, table, tenant: str) -> list[dict]:
@@ -42,9 +63,10 @@ def flow_body(**changes: Any) -> dict[str, Any]:
             "target_schema": SAMPLE["target_schema"], **changes}
 
 
-async def wait_flow(client: httpx.AsyncClient, auth: dict, flow_id: str, timeout: float = 90.0) -> dict[str, Any]:
+async def wait_flow(rt: AsyncClient, flow_id: str, timeout: float = 90.0) -> dict[str, Any]:
+    """The flow once it ended (completed, failed or cancelled)."""
     for _ in range(int(timeout / 0.2)):
-        flow = (await client.get(f"/v1/flows/{flow_id}", headers=auth)).json()
+        flow = await rt.flows.get(flow_id)
         if flow["status"] in ("completed", "failed", "cancelled"):
             return flow
         await asyncio.sleep(0.2)

@@ -25,7 +25,6 @@ from typing import Any  # noqa: E402
 
 from tests.conftest import LiveServer  # noqa: E402 - also sets the crewai and Serve environment
 
-import httpx  # noqa: E402
 import ray  # noqa: E402
 import websockets  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -35,6 +34,7 @@ from sqlalchemy import select  # noqa: E402
 from actors.event_hub.actor import EventHub  # noqa: E402
 from actors.substrate.placement import get_or_create  # noqa: E402
 from serve_app.runtime import Runtime  # noqa: E402
+from serve_app.client import AsyncClient, RaytenantError, async_pool  # noqa: E402
 from serve_app.settings import Settings  # noqa: E402
 from storage.engine import create_engine  # noqa: E402
 from storage.models import EventRow, UsageRow  # noqa: E402
@@ -82,7 +82,9 @@ def place(runtime: Runtime, node_id: str) -> dict[str, Any]:
 
 
 class Listener:
-    """A WebSocket client that resumes from its last seq whenever its socket closes."""
+    """A WebSocket client that resumes from its last seq whenever its socket closes. It keeps every
+    seq the server sent, duplicates included: the scenarios audit the wire, which the typed
+    client's `stream()` would hide (it delivers each seq once by design)."""
 
     def __init__(self, server: LiveServer, tenant: str) -> None:
         self.server, self.tenant = server, tenant
@@ -112,43 +114,39 @@ class Listener:
 
 async def traffic(server: LiveServer, tenants: list[str], stop: asyncio.Event, acked: dict[str, Any],
                   errors: dict[str, int], timeline: list[tuple[float, str, bool]]) -> None:
-    auth = {t: server.auth(t) for t in tenants}
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+    async with async_pool() as http:
+        clients = {t: AsyncClient(server.url, server.token(t), timeout=10, http=http) for t in tenants}
         n = 0
         while not stop.is_set():
             n += 1
             tenant = tenants[n % len(tenants)]
+            rt = clients[tenant]
             started = time.monotonic()
-            for kind, request in (
-                ("event", client.post("/v1/events", headers=auth[tenant],
-                                      json={"type": "flow_update", "flow_id": "f", "data": {"n": n}})),
-                ("usage", client.post("/v1/costs/usage", headers=auth[tenant],
-                                      json={"model": "gpt-4o-mini", "input_tokens": 100, "output_tokens": 10,
-                                            "idempotency_key": f"k-{n}"})),
+            for kind, call in (
+                ("event", rt.events.publish({"type": "flow_update", "flow_id": "f", "data": {"n": n}})),
+                ("usage", rt.costs.record({"model": "gpt-4o-mini", "input_tokens": 100, "output_tokens": 10,
+                                           "idempotency_key": f"k-{n}"})),
             ):
                 try:
-                    response = await request
-                    ok = response.status_code in (200, 201)
-                except httpx.HTTPError:
+                    answer, ok = await call, True
+                except RaytenantError:
                     ok = False
                 timeline.append((time.monotonic(), kind, ok))
                 if not ok:
                     errors[kind] = errors.get(kind, 0) + 1
                 elif kind == "event":
-                    acked["events"].setdefault(tenant, []).extend(response.json()["seqs"])
+                    acked["events"].setdefault(tenant, []).extend(answer["seqs"])
                 else:
                     acked["usage"].setdefault(tenant, []).append(f"k-{n}")
             await asyncio.sleep(max(0.0, 1 / RATE - (time.monotonic() - started)))
 
 
 async def start_flows(server: LiveServer, tenants: list[str]) -> list[tuple[str, str]]:
-    body = {"name": "node loss", "kind": "discovery", "data": SAMPLE["data"], "target_schema": SAMPLE["target_schema"]}
     started = []
-    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-        for tenant in tenants:
-            response = await client.post("/v1/flows", headers=server.auth(tenant), json=body)
-            assert response.status_code == 202, response.text
-            started.append((tenant, response.json()["flow_id"]))
+    for tenant in tenants:
+        async with server.client(tenant) as rt:
+            flow = await rt.flows.create("node loss", SAMPLE["data"], target_schema=SAMPLE["target_schema"])
+        started.append((tenant, flow["flow_id"]))
     return started
 
 
@@ -156,16 +154,19 @@ async def flows_ended(server: LiveServer, flows: list[tuple[str, str]], timeout:
     """Each flow once it has ended (or as it stands at the timeout)."""
     deadline = time.monotonic() + timeout
     found: list[dict[str, Any]] = []
-    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-        for tenant, flow_id in flows:
+    for tenant, flow_id in flows:
+        async with server.client(tenant) as rt:
             while True:
-                response = await client.get(f"/v1/flows/{flow_id}", headers=server.auth(tenant))
-                flow = response.json() if response.status_code == 200 else {}
+                try:
+                    flow = await rt.flows.get(flow_id)
+                except RaytenantError:
+                    flow = {}
                 if flow.get("status") in ("completed", "failed", "cancelled") or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.5)
-            found.append(flow)
+        found.append(flow)
     return found
+
 
 
 async def scenario(database_url: str, cluster: Cluster, workers: list[Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any  # noqa: E402
 
 from tests.conftest import _free_port  # noqa: E402 - also sets the crewai and Serve environment
 
-import httpx  # noqa: E402
+import aiohttp  # noqa: E402
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -32,6 +32,7 @@ from sqlalchemy import select  # noqa: E402
 
 from bench.common import ResumingListener  # noqa: E402
 from serve_app.auth import Tokens  # noqa: E402
+from serve_app.client import AsyncClient, RaytenantError  # noqa: E402
 from serve_app.cli.balancer import Balancer, serve_targets  # noqa: E402
 from serve_app.deployment import APP_NAME  # noqa: E402
 from serve_app.cli.launcher import deploy  # noqa: E402
@@ -57,20 +58,18 @@ def replica_actors() -> list[Any]:
 async def publish(url: str, tokens: dict[str, str], stop: asyncio.Event, acked: dict[str, list[int]],
                   failures: list[float]) -> None:
     tenants = list(tokens)
-    async with httpx.AsyncClient(base_url=url, timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as http:
+    # a new connection each time, so publishes spread over the replicas
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        clients = {tenant: AsyncClient(url, token, timeout=10, http=http) for tenant, token in tokens.items()}
         n = 0
         while not stop.is_set():
             n += 1
             tenant = tenants[n % len(tenants)]
             started = time.monotonic()
-            try:  # a new connection each time, so publishes spread over the replicas
-                response = await http.post("/v1/events", headers={"Authorization": f"Bearer {tokens[tenant]}"},
-                                           json={"type": "flow_update", "flow_id": "f", "data": {"n": n}})
-                if response.status_code == 201:
-                    acked.setdefault(tenant, []).extend(response.json()["seqs"])
-                else:
-                    failures.append(started)
-            except httpx.HTTPError:
+            try:
+                answer = await clients[tenant].events.publish({"type": "flow_update", "flow_id": "f", "data": {"n": n}})
+                acked.setdefault(tenant, []).extend(answer["seqs"])
+            except RaytenantError:
                 failures.append(started)
             await asyncio.sleep(max(0.0, 1 / RATE - (time.monotonic() - started)))
 

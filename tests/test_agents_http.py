@@ -9,7 +9,8 @@ import pytest
 import ray
 
 from actors.substrate.placement import NAMESPACE, shard_name
-from tests.http_support import assert_error
+from serve_app.client import RaytenantError
+from tests.http_support import assert_error, refused
 from tests.wsutil import connect, recv, recv_until
 
 pytestmark = pytest.mark.integration
@@ -19,99 +20,88 @@ async def test_send_receive_ack_and_agent_message_events(live, tenant):
     auth = live.auth(tenant)
     ws = await connect(live.ws_url, live.token(tenant))
     assert (await recv(ws))["type"] == "connection_established"
-    async with httpx.AsyncClient(base_url=live.url, timeout=15) as client:
+    async with live.client(tenant) as rt, live.client(f"t-{uuid.uuid4().hex[:12]}") as other, \
+            httpx.AsyncClient(base_url=live.url, timeout=15) as client:
         one = await client.post("/v1/agents/mapper/messages", headers=auth,
                                 json={"sender": "validator", "type": "request", "content": {"table": "customers"}})
         assert one.status_code == 201 and len(one.json()["message_ids"]) == 1
-        many = await client.post("/v1/agents/mapper/messages", headers=auth, json={"messages": [
-            {"sender": "validator", "content": i} for i in range(3)]})
-        assert len(many.json()["message_ids"]) == 3
-        got = (await client.get("/v1/agents/mapper/messages?max=10&visibility=30", headers=auth)).json()["messages"]
+        many = await rt.agents.send_many("mapper", [{"sender": "validator", "content": i} for i in range(3)])
+        assert len(many["message_ids"]) == 3
+        got = (await rt.agents.receive("mapper", max=10, visibility=30))["messages"]
         assert [m["content"] for m in got] == [{"table": "customers"}, 0, 1, 2]
         assert got[0]["type"] == "request" and got[0]["receiver"] == "mapper" and got[0]["attempts"] == 1
-        depth = (await client.get("/v1/agents/mapper", headers=auth)).json()
-        assert depth == {"agent": "mapper", "ready": 0, "inflight": 4}
-        acked = await client.post(f"/v1/agents/mapper/messages/{got[0]['message_id']}/ack", headers=auth)
-        assert acked.json() == {"message_id": got[0]["message_id"], "state": "acked"}
+        assert await rt.agents.depth("mapper") == {"agent": "mapper", "ready": 0, "inflight": 4}
+        acked = await rt.agents.ack("mapper", got[0]["message_id"])
+        assert acked == {"message_id": got[0]["message_id"], "state": "acked"}
         rest = [m["message_id"] for m in got[1:]]
-        batch = await client.post("/v1/agents/mapper/messages/ack", headers=auth, json={"message_ids": rest})
-        assert batch.json() == {"acked": rest, "not_found": [], "dead": []}
+        assert await rt.agents.ack_many("mapper", rest) == {"acked": rest, "not_found": [], "dead": []}
         assert_error(await client.post("/v1/agents/mapper/messages/ack", headers=auth, json={"message_ids": []}),
                      422, "invalid_message_ids")
         event = (await recv_until(ws, lambda m: m["type"] == "agent_message"))[-1]
         assert event["data"]["receiver"] == "mapper" and event["data"]["sender"] == "validator"
         assert event["data"]["content"] == {"table": "customers"}
         # Long poll: a receiver waiting is woken by a send.
-        waiting = asyncio.create_task(client.get("/v1/agents/risk/messages?wait=10", headers=auth))
+        waiting = asyncio.create_task(rt.agents.receive("risk", wait=10))
         await asyncio.sleep(0.3)
-        await client.post("/v1/agents/risk/messages", headers=auth, json={"sender": "mapper", "content": "hi"})
+        await rt.agents.send("risk", "mapper", "hi")
         woke = await asyncio.wait_for(waiting, 10)
-        assert [m["content"] for m in woke.json()["messages"]] == ["hi"]
+        assert [m["content"] for m in woke["messages"]] == ["hi"]
         # Another tenant sees none of it and cannot ack it.
-        other = live.auth(f"t-{uuid.uuid4().hex[:12]}")
-        assert (await client.get("/v1/agents/risk/messages", headers=other)).json() == {"messages": []}
-        rid = woke.json()["messages"][0]["message_id"]
-        assert_error(await client.post(f"/v1/agents/risk/messages/{rid}/ack", headers=other), 404, "message_not_found")
+        assert await other.agents.receive("risk") == {"messages": []}
+        rid = woke["messages"][0]["message_id"]
+        await refused(other.agents.ack("risk", rid), 404, "message_not_found")
     await ws.close()
 
 
 async def test_topics_broadcast_and_request_response(live, tenant):
     auth = live.auth(tenant)
-    async with httpx.AsyncClient(base_url=live.url, timeout=15) as client:
+    async with live.client(tenant) as rt, httpx.AsyncClient(base_url=live.url, timeout=15) as client:
         for agent in ("mapper", "risk", "planner"):
-            put = await client.put(f"/v1/agents/{agent}/topics", headers=auth, json={"topics": ["alerts"]})
-            assert put.json() == {"agent": agent, "topics": ["alerts"]}
-        assert (await client.get("/v1/agents/risk/topics", headers=auth)).json()["topics"] == ["alerts"]
+            assert await rt.agents.set_topics(agent, ["alerts"]) == {"agent": agent, "topics": ["alerts"]}
+        assert (await rt.agents.topics("risk"))["topics"] == ["alerts"]
         sent = await client.post("/v1/topics/alerts/messages", headers=auth,
                                  json={"sender": "mapper", "content": {"schema": "changed"}})
         assert sent.status_code == 201 and sent.json()["recipients"] == 2
-        assert (await client.get("/v1/agents/mapper/messages", headers=auth)).json()["messages"] == []
+        assert (await rt.agents.receive("mapper"))["messages"] == []
 
         async def responder() -> None:
-            got = (await client.get("/v1/agents/oracle/messages?wait=10", headers=auth)).json()["messages"]
+            got = (await rt.agents.receive("oracle", wait=10))["messages"]
             request = next(m for m in got if m["type"] == "request")
-            await client.post("/v1/agents/mapper/messages", headers=auth, json={
-                "sender": "oracle", "type": "response", "content": {"answer": 42},
-                "correlation_id": request["correlation_id"]})
+            await rt.agents.send("mapper", "oracle", {"answer": 42}, type="response",
+                                 correlation_id=request["correlation_id"])
 
         task = asyncio.create_task(responder())
-        answer = await client.post("/v1/agents/mapper/requests", headers=auth,
-                                   json={"receiver": "oracle", "content": {"q": "?"}, "timeout": 10})
+        answer = await rt.agents.request("mapper", "oracle", {"q": "?"}, timeout=10)
         await task
-        assert answer.status_code == 200 and answer.json()["response"]["content"] == {"answer": 42}
-        silent = await client.post("/v1/agents/mapper/requests", headers=auth,
-                                   json={"receiver": "nobody", "content": 1, "timeout": 0.2})
-        assert_error(silent, 504, "request_timeout")
+        assert answer["response"]["content"] == {"answer": 42}
+        await refused(rt.agents.request("mapper", "nobody", 1, timeout=0.2), 504, "request_timeout")
 
 
 async def test_redelivery_and_dead_letter_over_http(live, tenant):
-    auth = live.auth(tenant)
-    async with httpx.AsyncClient(base_url=live.url, timeout=15) as client:
-        await client.post("/v1/agents/flaky/messages", headers=auth, json={"sender": "s", "content": "job"})
+    async with live.client(tenant) as rt:
+        await rt.agents.send("flaky", "s", "job")
         ids = []
         for _ in range(5):  # MailboxOptions.max_attempts
             got = []
             for _ in range(40):
-                got = (await client.get("/v1/agents/flaky/messages?visibility=1", headers=auth)).json()["messages"]
+                got = (await rt.agents.receive("flaky", visibility=1))["messages"]
                 if got:
                     break
                 await asyncio.sleep(0.1)
             ids.append(got[0]["message_id"])
             assert got[0]["attempts"] == len(ids)
         await asyncio.sleep(1.6)
-        assert (await client.get("/v1/agents/flaky/messages", headers=auth)).json()["messages"] == []
-        dead = (await client.get("/v1/agents/flaky/dead-letters", headers=auth)).json()["messages"]
+        assert (await rt.agents.receive("flaky"))["messages"] == []
+        dead = (await rt.agents.dead_letters("flaky"))["messages"]
         assert len(set(ids)) == 1 and [d["message_id"] for d in dead] == ids[:1] and dead[0]["attempts"] == 5
-        assert_error(await client.post(f"/v1/agents/flaky/messages/{ids[0]}/ack", headers=auth), 409, "message_dead")
+        await refused(rt.agents.ack("flaky", ids[0]), 409, "message_dead")
 
 
 async def test_mailbox_shard_killed_loses_no_acknowledged_message(live, tenant):
-    auth = live.auth(tenant)
-    async with httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+    async with live.client(tenant) as rt:
         sent = []
         for i in range(20):
-            response = await client.post("/v1/agents/w/messages", headers=auth, json={"sender": "s", "content": i})
-            sent += response.json()["message_ids"]
+            sent += (await rt.agents.send("w", "s", i))["message_ids"]
         mailbox = live.runtime.mailbox
         ray.kill(ray.get_actor(shard_name(mailbox.kind, mailbox.shard_of(tenant)), namespace=NAMESPACE),
                  no_restart=False)
@@ -119,11 +109,12 @@ async def test_mailbox_shard_killed_loses_no_acknowledged_message(live, tenant):
         # they come back after their (short) visibility timeout. At least once, nothing lost.
         received: list[str] = []
         for _ in range(400):
-            response = await client.get("/v1/agents/w/messages?max=100&visibility=1", headers=auth)
-            if response.status_code == 503:
-                assert response.json()["error"]["code"] == "mailbox_unavailable"
+            try:
+                got = await rt.agents.receive("w", max=100, visibility=1)
+            except RaytenantError as error:
+                assert (error.status, error.code) == (503, "mailbox_unavailable"), error
             else:
-                received += [m["message_id"] for m in response.json()["messages"]]
+                received += [m["message_id"] for m in got["messages"]]
                 if set(received) >= set(sent):
                     break
             await asyncio.sleep(0.05)
@@ -132,7 +123,8 @@ async def test_mailbox_shard_killed_loses_no_acknowledged_message(live, tenant):
 
 async def test_mailbox_bad_input(live, tenant):
     auth = live.auth(tenant)
-    async with httpx.AsyncClient(base_url=live.url) as client:
+    async with live.client(tenant) as rt, live.client(tenant, scopes=["agents:read"]) as reader, \
+            httpx.AsyncClient(base_url=live.url) as client:
         posts = [
             ("/v1/agents/a/messages", {"sender": "s"}, "missing_content"),
             ("/v1/agents/a/messages", {"sender": "bad name", "content": 1}, "invalid_sender"),
@@ -152,11 +144,9 @@ async def test_mailbox_bad_input(live, tenant):
                      "invalid_topic")
         for query in ("max=0", "max=x", "wait=-1", "wait=31", "visibility=0", "wait=abc"):
             assert_error(await client.get(f"/v1/agents/a/messages?{query}", headers=auth), 422, "invalid_parameter")
-        assert_error(await client.post("/v1/agents/a/messages/not-an-id/ack", headers=auth), 404, "message_not_found")
-        assert_error(await client.post("/v1/agents/a/messages/abc123/ack", headers=auth), 404, "message_not_found")
-        assert_error(await client.get("/v1/agents/a%20b/messages", headers=auth), 404, "not_found")
+        await refused(rt.agents.ack("a", "not-an-id"), 404, "message_not_found")
+        await refused(rt.agents.ack("a", "abc123"), 404, "message_not_found")
+        await refused(rt.agents.receive("a b"), 404, "not_found")
         assert_error(await client.post("/v1/agents/a/messages", headers=auth, content=b"{"), 400, "malformed_json")
-        reader = live.auth(tenant, scopes=["agents:read"])
-        assert_error(await client.post("/v1/agents/a/messages", headers=reader, json={"sender": "s", "content": 1}),
-                     403, "forbidden")
-        assert (await client.get("/v1/agents/a", headers=auth)).json() == {"agent": "a", "ready": 0, "inflight": 0}
+        await refused(reader.agents.send("a", "s", 1), 403, "forbidden")
+        assert await rt.agents.depth("a") == {"agent": "a", "ready": 0, "inflight": 0}

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from serve_app.client import AsyncClient, Client, RaytenantError
+from serve_app.client import AsyncClient, Client, RaytenantError, Unreachable
 from tests.http_support import MODEL
 
 pytestmark = pytest.mark.asyncio
@@ -158,3 +158,57 @@ async def test_the_sync_client_does_the_same_calls(pg_live, tenant):
     seqs, replayed, streamed, refused = await asyncio.to_thread(work)
     assert seqs == replayed == streamed
     assert refused == "invalid_model"
+
+
+async def _answer_with(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answer: bytes | None) -> None:
+    """A loopback HTTP/1.1 server's one move: read a request, then answer `answer` (None: never)."""
+    await reader.readuntil(b"\r\n\r\n")
+    if answer is None:
+        await asyncio.sleep(30)
+    writer.write(answer)
+    await writer.drain()
+    writer.close()
+
+
+async def test_the_async_client_decodes_answers_and_names_a_missing_one():
+    """AsyncClient's requests go over aiohttp: a compressed answer is decoded; a hundred requests
+    in flight share its pool; a refused connection and a silent server raise `Unreachable` (a
+    RaytenantError with status 0), as the sync client does, so callers catch one error type."""
+    import gzip
+
+    body = gzip.compress(b'{"events": [], "head": 7}')
+    gzipped = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+               b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)) + body
+    served = await asyncio.start_server(lambda r, w: _answer_with(r, w, gzipped), "127.0.0.1", 0)
+    silent = await asyncio.start_server(lambda r, w: _answer_with(r, w, None), "127.0.0.1", 0)
+    closed = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    closed_url = f"http://127.0.0.1:{closed.sockets[0].getsockname()[1]}"
+    closed.close()
+    await closed.wait_closed()
+    silent_url = f"http://127.0.0.1:{silent.sockets[0].getsockname()[1]}"
+    try:
+        async with AsyncClient(f"http://127.0.0.1:{served.sockets[0].getsockname()[1]}", "token") as rt:
+            assert await asyncio.gather(*(rt.events.replay() for _ in range(100))) == [{"events": [], "head": 7}] * 100
+        async with AsyncClient(closed_url, "token") as rt:
+            with pytest.raises(Unreachable) as error:
+                await rt.events.replay()
+            assert (error.value.status, error.value.code) == (0, "unreachable")
+        async with AsyncClient(silent_url, "token", timeout=0.3) as rt:
+            with pytest.raises(Unreachable) as error:
+                await rt.events.replay()
+            assert (error.value.status, error.value.code) == (0, "timeout")
+
+        def sync_calls() -> list[str]:
+            codes = []
+            for url, timeout in ((closed_url, 5.0), (silent_url, 0.3)):
+                with Client(url, "token", timeout=timeout) as rt:
+                    try:
+                        rt.events.replay()
+                    except Unreachable as error:
+                        codes.append(error.code)
+            return codes
+
+        assert await asyncio.to_thread(sync_calls) == ["unreachable", "timeout"]
+    finally:
+        served.close()
+        silent.close()

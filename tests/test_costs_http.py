@@ -10,9 +10,10 @@ import ray
 
 from actors.ledger.prices import NANOS, default_catalog
 from actors.substrate.placement import NAMESPACE, shard_name
+from serve_app.client import AsyncClient, RaytenantError, async_pool
 from storage.models import BudgetRow, UsageRow
+from tests.http_support import assert_error, refused, stored
 from tests.wsutil import connect, recv, recv_until
-from tests.http_support import assert_error, stored
 
 pytestmark = pytest.mark.integration
 
@@ -24,29 +25,23 @@ def cost(inp: int, out: int, cached: int = 0, model: str = MODEL) -> int:
 
 
 async def test_usage_single_batch_and_idempotency(live, tenant, db_url):
-    auth = live.auth(tenant)
-    async with httpx.AsyncClient(base_url=live.url) as client:
-        one = await client.post("/v1/costs/usage", headers=auth, json={
-            "model": MODEL, "input_tokens": 1000, "output_tokens": 200, "agent": "mapper", "flow_id": "f1",
-            "idempotency_key": "call-1"})
-        assert one.status_code == 201, one.text
-        assert one.json()["cost"] == cost(1000, 200) / NANOS and one.json()["duplicate"] is False
-        mismatch = await client.post("/v1/costs/usage", headers=auth, json={
-            "model": MODEL, "input_tokens": 10, "output_tokens": 10, "idempotency_key": "call-1"})
-        assert_error(mismatch, 409, "idempotency_mismatch")
-        batch = await client.post("/v1/costs/usage", headers=auth, json={"records": [
+    async with live.client(tenant) as rt:
+        one = await rt.costs.record({"model": MODEL, "input_tokens": 1000, "output_tokens": 200, "agent": "mapper",
+                                     "flow_id": "f1", "idempotency_key": "call-1"})
+        assert one["cost"] == cost(1000, 200) / NANOS and one["duplicate"] is False
+        await refused(rt.costs.record({"model": MODEL, "input_tokens": 10, "output_tokens": 10,
+                                       "idempotency_key": "call-1"}), 409, "idempotency_mismatch")
+        body = await rt.costs.record([
             {"model": MODEL, "input_tokens": 1000, "output_tokens": 200, "agent": "mapper", "flow_id": "f1",
              "idempotency_key": "call-1"},
             {"model": "openai/" + MODEL, "input_tokens": 2000, "output_tokens": 0, "cached_tokens": 1000},
-        ]})
-        assert batch.status_code == 201
-        body = batch.json()
-        assert body["records"][0] == {**one.json(), "duplicate": True}
+        ])
+        assert body["records"][0] == {**one, "duplicate": True}
         assert body["records"][1]["cost"] == cost(2000, 0, 1000) / NANOS
         assert body["total_cost"] == body["records"][1]["cost"]
-        retried = await asyncio.gather(*(client.post("/v1/costs/usage", headers=auth, json={
+        retried = await asyncio.gather(*(rt.costs.record({
             "model": MODEL, "input_tokens": 5, "output_tokens": 5, "idempotency_key": "call-2"}) for _ in range(10)))
-        assert sum(not r.json()["duplicate"] for r in retried) == 1
+        assert sum(not r["duplicate"] for r in retried) == 1
     rows = await stored(db_url, UsageRow, tenant)
     assert len(rows) == 3 and sorted(str(r["idempotency_key"]) for r in rows) == ["None", "call-1", "call-2"]
     assert {r["agent"] for r in rows} == {"mapper", None}
@@ -73,7 +68,8 @@ BAD_USAGE = [
 
 async def test_bad_input_changes_nothing(live, tenant, db_url):
     auth = live.auth(tenant)
-    async with httpx.AsyncClient(base_url=live.url) as client:
+    async with (live.client(tenant) as rt, live.client(tenant, scopes=["costs:write"]) as writer,
+                httpx.AsyncClient(base_url=live.url) as client):
         for body, status, code in BAD_USAGE:
             assert_error(await client.post("/v1/costs/usage", headers=auth, json=body), status, code)
         assert_error(await client.post("/v1/costs/usage", headers=auth, content=b"{nope"), 400, "malformed_json")
@@ -82,24 +78,18 @@ async def test_bad_input_changes_nothing(live, tenant, db_url):
                              ({"monthly_budget": 10, "alert_threshold": 0}, "invalid_threshold"),
                              ({"monthly_budget": 10, "alert_threshold": 1.01}, "invalid_threshold")):
             assert_error(await client.put("/v1/costs/budget", headers=live.admin_auth(tenant), json=budget), 422, code)
-        assert_error(await client.get("/v1/costs/budget", headers=auth), 404, "budget_not_set")
+        await refused(rt.costs.budget(), 404, "budget_not_set")
         reservation = {"model": MODEL, "estimated_input_tokens": 10, "estimated_output_tokens": -1}
         assert_error(await client.post("/v1/costs/reservations", headers=auth, json=reservation), 422, "invalid_tokens")
         reservation = {"model": MODEL, "estimated_input_tokens": 10, "estimated_output_tokens": 1, "ttl_seconds": 0}
         assert_error(await client.post("/v1/costs/reservations", headers=auth, json=reservation), 422, "invalid_ttl_seconds")
-        settle = {"input_tokens": 1, "output_tokens": 1}
-        assert_error(await client.post("/v1/costs/reservations/abc/settle", headers=auth, json=settle), 404,
-                     "reservation_not_found")
-        assert_error(await client.post("/v1/costs/reservations/a-b/settle", headers=auth, json=settle), 404,
-                     "reservation_not_found")
-        assert_error(await client.delete("/v1/costs/reservations/abc", headers=auth), 404, "reservation_not_found")
+        await refused(rt.costs.settle("abc", 1, 1), 404, "reservation_not_found")
+        await refused(rt.costs.settle("a-b", 1, 1), 404, "reservation_not_found")
+        await refused(rt.costs.release("abc"), 404, "reservation_not_found")
         assert_error(await client.get("/v1/costs/summary?start=yesterday", headers=auth), 422, "invalid_parameter")
-        assert_error(await client.get("/v1/costs/summary?start=2026-02-01&end=2026-01-01", headers=auth), 422,
-                     "invalid_parameter")
-        assert_error(await client.post("/v1/costs/estimate", headers=auth, json={"model": MODEL, "tokens": -3}), 422,
-                     "invalid_tokens")
-        assert_error(await client.post("/v1/costs/estimate", headers=auth, json={"model": "nope-9", "tokens": 3}), 422,
-                     "unknown_model")
+        await refused(rt.costs.summary("2026-02-01", "2026-01-01"), 422, "invalid_parameter")
+        await refused(rt.costs.estimate(MODEL, tokens=-3), 422, "invalid_tokens")
+        await refused(rt.costs.estimate("nope-9", tokens=3), 422, "unknown_model")
         for body, code in (({"quality_requirement": 2}, "invalid_quality_requirement"),
                            ({"cost_constraint": 0}, "invalid_cost_constraint"), ({"task_type": ""}, "invalid_task_type")):
             assert_error(await client.post("/v1/costs/select-model", headers=auth, json=body), 422, code)
@@ -109,40 +99,34 @@ async def test_bad_input_changes_nothing(live, tenant, db_url):
         assert_error(await client.put(prices, headers=operator, json={"input_per_token": 1e-6}), 422, "invalid_price")
         assert_error(await client.put(prices, headers=operator, json={"input_per_token": -1, "output_per_token": 0}),
                      422, "invalid_price")
-        assert_error(await client.delete(prices, headers=operator), 404, "override_not_found")
-        reader = live.auth(tenant, scopes=["costs:read"])
+        await refused(rt.admin.delete_price(tenant, "mine"), 404, "override_not_found")
+        reader = live.auth(tenant, scopes=["costs:read"])  # the scope is checked before the (bad) body
         assert_error(await client.post("/v1/costs/usage", headers=reader, json=BAD_USAGE[0][0]), 403, "forbidden")
-        writer = live.auth(tenant, scopes=["costs:write"])
-        assert_error(await client.put("/v1/costs/budget", headers=writer, json={"monthly_budget": 1}), 403, "forbidden")
+        await refused(writer.costs.set_budget(1), 403, "forbidden")
         assert_error(await client.get("/v1/costs/summary"), 401, "missing_token")
     assert await stored(db_url, UsageRow, tenant) == []
     assert await stored(db_url, BudgetRow, tenant) == []
 
 
 async def test_500_concurrent_reservations_against_a_budget_for_100(live, tenant, db_url):
-    auth = live.auth(tenant)
     one = cost(10_000, 2_000)
-    async with httpx.AsyncClient(base_url=live.url, limits=httpx.Limits(max_connections=200)) as client:
-        put = await client.put("/v1/costs/budget", headers=live.admin_auth(tenant), json={"monthly_budget": 100 * one / NANOS,
-                                                                       "alert_threshold": 0.9})
-        assert put.status_code == 200 and put.json()["remaining"] == 100 * one / NANOS
-        body = {"model": MODEL, "estimated_input_tokens": 10_000, "estimated_output_tokens": 2_000}
-        answers = await asyncio.gather(*(client.post("/v1/costs/reservations", headers=auth, json=body)
-                                         for _ in range(500)))
-        accepted = [a.json() for a in answers if a.status_code == 201]
-        refused = [a.json()["error"] for a in answers if a.status_code == 402]
-        assert len(accepted) == 100 and len(refused) == 400
-        assert refused[0]["code"] == "budget_exceeded" and refused[0]["remaining"] == 0.0
-        settled = await asyncio.gather(*(client.post(f"/v1/costs/reservations/{a['reservation_id']}/settle", headers=auth,
-                                                     json={"input_tokens": 10_000, "output_tokens": 2_000, "agent": "a"})
+    async with async_pool(connections=200) as http, live.client(tenant, scopes=["*"]) as admin, \
+            AsyncClient(live.url, live.token(tenant), http=http) as rt:
+        put = await admin.costs.set_budget(100 * one / NANOS, 0.9)
+        assert put["remaining"] == 100 * one / NANOS
+        answers = await asyncio.gather(*(rt.costs.reserve(MODEL, 10_000, 2_000) for _ in range(500)),
+                                       return_exceptions=True)
+        accepted = [a for a in answers if isinstance(a, dict)]
+        denied = [a for a in answers if isinstance(a, RaytenantError) and a.status == 402]
+        assert len(accepted) == 100 and len(denied) == 400
+        assert denied[0].code == "budget_exceeded" and denied[0].details["remaining"] == 0.0
+        settled = await asyncio.gather(*(rt.costs.settle(a["reservation_id"], 10_000, 2_000, agent="a")
                                          for a in accepted[:60]))
-        assert all(s.status_code == 201 and s.json()["released"] == 0 for s in settled)
-        released = await asyncio.gather(*(client.delete(f"/v1/costs/reservations/{a['reservation_id']}", headers=auth)
-                                          for a in accepted[60:]))
-        assert all(r.status_code == 200 for r in released)
-        again = await client.delete(f"/v1/costs/reservations/{accepted[-1]['reservation_id']}", headers=auth)
-        assert_error(again, 409, "reservation_closed")
-        budget = (await client.get("/v1/costs/budget", headers=auth)).json()
+        assert all(s["released"] == 0 for s in settled)
+        released = await asyncio.gather(*(rt.costs.release(a["reservation_id"]) for a in accepted[60:]))
+        assert all(r["state"] == "released" for r in released)
+        await refused(rt.costs.release(accepted[-1]["reservation_id"]), 409, "reservation_closed")
+        budget = await rt.costs.budget()
     assert budget["used"] == 60 * one / NANOS and budget["reserved"] == 0
     rows = await stored(db_url, BudgetRow, tenant)
     assert rows[0]["used_nanos"] == 60 * one and rows[0]["reserved_nanos"] == 0
@@ -151,101 +135,86 @@ async def test_500_concurrent_reservations_against_a_budget_for_100(live, tenant
 
 
 async def test_budget_alert_streams_once(live, tenant):
-    auth = live.auth(tenant)
     ws = await connect(live.ws_url, live.token(tenant))
     assert (await recv(ws))["type"] == "connection_established"
     one = cost(1000, 1000)
-    async with httpx.AsyncClient(base_url=live.url) as client:
-        put = await client.put("/v1/costs/budget", headers=live.admin_auth(tenant), json={"monthly_budget": 4 * one / NANOS,
-                                                                       "alert_threshold": 0.5})
-        assert put.json()["alert_threshold"] == 0.5 and put.json()["used"] == 0
+    async with live.client(tenant) as rt, live.client(tenant, scopes=["*"]) as admin:
+        put = await admin.costs.set_budget(4 * one / NANOS, 0.5)
+        assert put["alert_threshold"] == 0.5 and put["used"] == 0
         for _ in range(4):
-            response = await client.post("/v1/costs/usage", headers=auth,
-                                         json={"model": MODEL, "input_tokens": 1000, "output_tokens": 1000})
-            assert response.status_code == 201
-        over = await client.post("/v1/costs/usage", headers=auth,
-                                 json={"model": MODEL, "input_tokens": 1000, "output_tokens": 1000})
-        assert_error(over, 402, "budget_exceeded")
+            await rt.costs.record({"model": MODEL, "input_tokens": 1000, "output_tokens": 1000})
+        await refused(rt.costs.record({"model": MODEL, "input_tokens": 1000, "output_tokens": 1000}), 402,
+                      "budget_exceeded")
         alert = (await recv_until(ws, lambda m: m["type"] == "budget_alert"))[-1]
         assert alert["data"]["utilization"] == 0.5 and alert["seq"] >= 1 and alert["flow_id"] is None
-        replay = await client.get("/v1/events", headers=auth)
-    assert [e["type"] for e in replay.json()["events"]] == ["budget_alert"]
+        replay = await rt.events.replay()
+    assert [e["type"] for e in replay["events"]] == ["budget_alert"]
     await ws.close()
 
 
 async def test_summary_recommendations_estimate_prices(live, tenant):
-    auth = live.auth(tenant)
-    async with httpx.AsyncClient(base_url=live.url) as client:
+    async with live.client(tenant) as rt:
         records = [{"model": "gpt-4o", "input_tokens": 100, "output_tokens": 50, "agent": f"a{i % 2}", "flow_id": "f"}
                    for i in range(10)]
-        assert (await client.post("/v1/costs/usage", headers=auth, json={"records": records})).status_code == 201
-        summary = (await client.get("/v1/costs/summary", headers=auth)).json()
+        await rt.costs.record(records)
+        summary = await rt.costs.summary()
         expected = 10 * cost(100, 50, model="gpt-4o")
         assert summary["total_cost"] == expected / NANOS and summary["total_requests"] == 10
         assert summary["by_agent"]["a0"]["requests"] == 5 and summary["by_flow"]["f"]["tokens"] == 1500
-        old = (await client.get("/v1/costs/summary?start=2020-01-01&end=2020-02-01T00:00:00Z", headers=auth)).json()
+        old = await rt.costs.summary("2020-01-01", "2020-02-01T00:00:00Z")
         assert old["total_requests"] == 0
-        advice = (await client.get("/v1/costs/recommendations", headers=auth)).json()
+        advice = await rt.costs.recommendations()
         assert advice["window_days"] == 30 and isinstance(advice["recommendations"], list)
-        estimate = (await client.post("/v1/costs/estimate", headers=auth, json={"model": "gpt-4o", "tokens": 1000})).json()
+        estimate = await rt.costs.estimate("gpt-4o", tokens=1000)  # the original's total, split 2:1
         assert (estimate["input_tokens"], estimate["output_tokens"]) == (670, 330)
         assert estimate["total_cost"] == cost(670, 330, model="gpt-4o") / NANOS
-        choice = (await client.post("/v1/costs/select-model", headers=auth,
-                                    json={"task_type": "complex", "quality_requirement": 0.9})).json()
+        choice = await rt.costs.select_model("complex", quality_requirement=0.9)
         assert choice["meets_quality"] and choice["quality"] >= 0.9 and choice["reason"]
-        prices = (await client.get("/v1/costs/prices?model=gpt-4o-mini&limit=5", headers=auth)).json()["prices"]
+        prices = (await rt.costs.prices("gpt-4o-mini", limit=5))["prices"]
         assert prices[0]["model"] == "gpt-4o-mini" and prices[0]["source"] == "catalog"
-        house = f"/v1/admin/tenants/{tenant}/prices/acme/house-model"
-        put = await client.put(house, headers=live.operator_auth(), json={"input_per_token": 1e-6, "output_per_token": 2e-6})
-        assert put.status_code == 200 and put.json()["model"] == "acme/house-model"
-        used = await client.post("/v1/costs/usage", headers=auth,
-                                 json={"model": "acme/house-model", "input_tokens": 1000, "output_tokens": 1000})
-        assert used.json()["cost"] == 0.003
-        assert (await client.delete(house, headers=live.operator_auth())).status_code == 204
-        gone = await client.post("/v1/costs/usage", headers=auth,
-                                 json={"model": "acme/house-model", "input_tokens": 1, "output_tokens": 1})
-        assert_error(gone, 422, "unknown_model")
+        put = await rt.admin.set_price(tenant, "acme/house-model", 1e-6, 2e-6)
+        assert put["model"] == "acme/house-model"
+        used = await rt.costs.record({"model": "acme/house-model", "input_tokens": 1000, "output_tokens": 1000})
+        assert used["cost"] == 0.003
+        assert await rt.admin.delete_price(tenant, "acme/house-model") is None  # 204
+        await refused(rt.costs.record({"model": "acme/house-model", "input_tokens": 1, "output_tokens": 1}), 422,
+                      "unknown_model")
 
 
 async def test_tenants_are_isolated(live, tenant):
     other = f"t-{uuid.uuid4().hex[:12]}"
-    async with httpx.AsyncClient(base_url=live.url) as client:
-        mine = await client.post("/v1/costs/reservations", headers=live.auth(tenant),
-                                 json={"model": MODEL, "estimated_input_tokens": 1, "estimated_output_tokens": 1})
-        rid = mine.json()["reservation_id"]
-        theirs = await client.post(f"/v1/costs/reservations/{rid}/settle", headers=live.auth(other),
-                                   json={"input_tokens": 1, "output_tokens": 1})
-        assert_error(theirs, 404, "reservation_not_found")
-        await client.post("/v1/costs/usage", headers=live.auth(tenant),
-                          json={"model": MODEL, "input_tokens": 1, "output_tokens": 1})
-        assert (await client.get("/v1/costs/summary", headers=live.auth(other))).json()["total_requests"] == 0
+    async with live.client(tenant) as rt, live.client(other) as theirs:
+        rid = (await rt.costs.reserve(MODEL, 1, 1))["reservation_id"]
+        await refused(theirs.costs.settle(rid, 1, 1), 404, "reservation_not_found")
+        await rt.costs.record({"model": MODEL, "input_tokens": 1, "output_tokens": 1})
+        assert (await theirs.costs.summary())["total_requests"] == 0
 
 
 async def test_ledger_shard_killed_under_load_loses_and_doubles_nothing(live, tenant, db_url):
     """Writers retry with the same idempotency key until acknowledged; the shard is killed mid-way.
     Every acknowledged key is stored exactly once and the budget's usage equals the stored sum."""
-    auth = live.auth(tenant)
     one = cost(100, 100)
     acknowledged: dict[str, float] = {}
-    refused = 0
+    unavailable = 0
 
-    async with httpx.AsyncClient(base_url=live.url, timeout=30) as client:
-        await client.put("/v1/costs/budget", headers=live.admin_auth(tenant), json={"monthly_budget": 1000.0, "alert_threshold": 1.0})
+    async with live.client(tenant) as rt, live.client(tenant, scopes=["*"]) as admin:
+        await admin.costs.set_budget(1000.0, 1.0)
 
         async def writer(w: int) -> None:
-            nonlocal refused
+            nonlocal unavailable
             for i in range(40):
                 key = f"w{w}-{i}"
                 while True:
-                    response = await client.post("/v1/costs/usage", headers=auth, json={
-                        "model": MODEL, "input_tokens": 100, "output_tokens": 100, "idempotency_key": key})
-                    if response.status_code == 201:
-                        acknowledged[key] = response.json()["cost"]
-                        break
-                    assert response.status_code == 503, response.text
-                    assert response.json()["error"]["code"] == "ledger_unavailable"
-                    refused += 1
-                    await asyncio.sleep(0.05)
+                    try:
+                        answer = await rt.costs.record({"model": MODEL, "input_tokens": 100, "output_tokens": 100,
+                                                        "idempotency_key": key})
+                    except RaytenantError as error:
+                        assert (error.status, error.code) == (503, "ledger_unavailable"), error
+                        unavailable += 1
+                        await asyncio.sleep(0.05)
+                        continue
+                    acknowledged[key] = answer["cost"]
+                    break
 
         writers = [asyncio.create_task(writer(w)) for w in range(8)]
         while len(acknowledged) < 60:
@@ -253,7 +222,7 @@ async def test_ledger_shard_killed_under_load_loses_and_doubles_nothing(live, te
         ledger = live.runtime.ledger
         ray.kill(ray.get_actor(shard_name(ledger.kind, ledger.shard_of(tenant)), namespace=NAMESPACE), no_restart=False)
         await asyncio.wait_for(asyncio.gather(*writers), 120)
-        budget = (await client.get("/v1/costs/budget", headers=auth)).json()
+        budget = await rt.costs.budget()
     rows = await stored(db_url, UsageRow, tenant)
     keys = [r["idempotency_key"] for r in rows]
     assert len(keys) == len(set(keys)) == 320 == len(acknowledged)

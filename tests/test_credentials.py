@@ -5,10 +5,10 @@ audit log records admin actions and refused revoked tokens. On PostgreSQL and SQ
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import datetime, timedelta, timezone
 
-import httpx
 import jwt
 import pytest
 import websockets
@@ -16,11 +16,12 @@ import websockets
 from actors.revocations.core import RevocationCore, RevocationOptions
 from serve_app.cli import main as cli
 from serve_app.auth import AuthError, KeyRing, SigningKey, Tokens
+from serve_app.client import AsyncClient
 from serve_app.runtime import Runtime
 from storage.credentials import CredentialsStore
 from storage.engine import create_engine
 from tests.conftest import LiveServer, settings_for
-from tests.http_support import assert_error
+from tests.http_support import refusal, refused
 from tests.wsutil import connect, recv
 
 OP = "op-secret"
@@ -114,115 +115,111 @@ async def _within(check, seconds: float = 1.0) -> float:
 
 async def test_revocations_reach_every_replica_within_a_second(two_replicas, tenant):
     one, two = two_replicas
-    operator = one.operator_auth()
-    async with httpx.AsyncClient() as client:
-        minted = (await client.post(f"{one.url}/v1/admin/tokens", headers=operator, json={"tenant": tenant})).json()
-        keep = (await client.post(f"{one.url}/v1/admin/tokens", headers=operator, json={"tenant": tenant})).json()
-        auth = {"Authorization": f"Bearer {minted['token']}"}
-        kept = {"Authorization": f"Bearer {keep['token']}"}
-        for server in (one, two):
-            assert (await client.get(f"{server.url}/v1/events", headers=auth)).status_code == 200
-        revocations = f"{one.url}/v1/admin/tenants/{tenant}/revocations"
-        for body, code in (({"jti": "nope"}, "invalid_jti"), ({"jti": minted["jti"], "issued_before": 1}, "invalid_revocation"),
-                           ({"issued_before": (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()}, "invalid_issued_before"),
-                           ({"issued_before": "yesterday"}, "invalid_issued_before"), ({}, "invalid_revocation"),
-                           ({"issued_before": -1e12}, "invalid_issued_before"),
-                           ({"issued_before": "0001-01-01T00:00:00+01:00"}, "invalid_issued_before")):
-            assert_error(await client.post(revocations, headers=operator, json=body), 422, code)
-        assert_error(await client.post(revocations, headers=kept, json={"jti": minted["jti"]}), 401, "operator_token_required")
-        assert_error(await client.post(f"{one.url}/v1/admin/tokens", headers=operator, json={"tenant": tenant, "user": "u" * 201}),
-                     422, "invalid_claims")
-        assert (await client.get(f"{two.url}/v1/events", headers=auth)).status_code == 200  # nothing was revoked
-        open_sockets = [await connect(s.ws_url, minted["token"]) for s in (one, two)]
-        kept_socket = await connect(two.ws_url, keep["token"])
-        for ws in (*open_sockets, kept_socket):
-            assert (await recv(ws))["type"] == "connection_established"
-        revoked = await client.post(revocations, headers=operator, json={"jti": minted["jti"]})
-        assert revoked.status_code == 201, revoked.text
-        for ws in open_sockets:  # sockets it opened before close on every replica, within the second
-            with pytest.raises(websockets.ConnectionClosed) as shut:
-                await recv(ws, timeout=1.0)
-            assert shut.value.rcvd.code == 4001
-        await kept_socket.send('{"type": "ping"}')
-        assert (await recv(kept_socket))["type"] == "pong"  # another token's socket stays
-        await kept_socket.close()
+    async with one.client() as op, two.client() as op_two:
+        minted, keep = await op.tokens.mint(tenant), await op.tokens.mint(tenant)
+        async with AsyncClient(one.url, minted["token"]) as as_one, AsyncClient(two.url, minted["token"]) as as_two, \
+                AsyncClient(one.url, keep["token"]) as kept_one, AsyncClient(two.url, keep["token"]) as kept_two, \
+                AsyncClient(one.url, operator_token=keep["token"]) as posing:
+            for rt in (as_one, as_two):
+                await rt.events.replay()
+            in_an_hour = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+            for revocation, code in (({"jti": "nope"}, "invalid_jti"),
+                                     ({"jti": minted["jti"], "issued_before": 1}, "invalid_revocation"),
+                                     ({"issued_before": in_an_hour}, "invalid_issued_before"),
+                                     ({"issued_before": "yesterday"}, "invalid_issued_before"), ({}, "invalid_revocation"),
+                                     ({"issued_before": -1e12}, "invalid_issued_before"),
+                                     ({"issued_before": "0001-01-01T00:00:00+01:00"}, "invalid_issued_before")):
+                await refused(op.admin.revoke(tenant, **revocation), 422, code)
+            await refused(posing.admin.revoke(tenant, jti=minted["jti"]), 401, "operator_token_required")
+            await refused(op.tokens.mint(tenant, user="u" * 201), 422, "invalid_claims")
+            await as_two.events.replay()  # nothing was revoked
+            open_sockets = [await connect(s.ws_url, minted["token"]) for s in (one, two)]
+            kept_socket = await connect(two.ws_url, keep["token"])
+            for ws in (*open_sockets, kept_socket):
+                assert (await recv(ws))["type"] == "connection_established"
+            await op.admin.revoke(tenant, jti=minted["jti"])
+            for ws in open_sockets:  # sockets it opened before close on every replica, within the second
+                with pytest.raises(websockets.ConnectionClosed) as shut:
+                    await recv(ws, timeout=1.0)
+                assert shut.value.rcvd.code == 4001
+            await kept_socket.send('{"type": "ping"}')
+            assert (await recv(kept_socket))["type"] == "pong"  # another token's socket stays
+            await kept_socket.close()
 
-        async def refused_everywhere() -> bool:
-            answers = [await client.get(f"{s.url}/v1/events", headers=auth) for s in (one, two)]
-            return all(a.status_code == 401 and a.json()["error"]["code"] == "token_revoked" for a in answers)
+            async def refused_everywhere() -> bool:
+                answers = [await refusal(rt.events.replay()) for rt in (as_one, as_two)]
+                return answers == [(401, "token_revoked")] * 2
 
-        assert await _within(refused_everywhere) < 1.0
-        for server in (one, two):  # nor can it open a stream
-            ws = await connect(server.ws_url, minted["token"])
-            with pytest.raises(websockets.ConnectionClosed) as closed:
-                await recv(ws)
-            assert closed.value.rcvd.code == 4001
-        assert (await client.get(f"{two.url}/v1/events", headers=kept)).status_code == 200  # only that token
-        # Every token issued before now: the kept one too, and a token minted after still works.
+            assert await _within(refused_everywhere) < 1.0
+            for server in (one, two):  # nor can it open a stream
+                ws = await connect(server.ws_url, minted["token"])
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await recv(ws)
+                assert closed.value.rcvd.code == 4001
+            await kept_two.events.replay()  # only that token
+            # Every token issued before now: the kept one too, and a token minted after still works.
+            await asyncio.sleep(0.01)
+            await op.admin.revoke(tenant, issued_before=datetime.now(timezone.utc).isoformat())
+
+            async def kept_refused() -> bool:
+                answers = [await refusal(rt.events.replay()) for rt in (kept_one, kept_two)]
+                return all(answer is not None and answer[0] == 401 for answer in answers)
+
+            await _within(kept_refused)
         await asyncio.sleep(0.01)
-        everything = await client.post(revocations, headers=operator,
-                                       json={"issued_before": datetime.now(timezone.utc).isoformat()})
-        assert everything.status_code == 201
-
-        async def kept_refused() -> bool:
-            answers = [await client.get(f"{s.url}/v1/events", headers=kept) for s in (one, two)]
-            return all(a.status_code == 401 for a in answers)
-
-        await _within(kept_refused)
-        await asyncio.sleep(0.01)
-        fresh = (await client.post(f"{two.url}/v1/admin/tokens", headers=operator, json={"tenant": tenant})).json()
+        fresh = await op_two.tokens.mint(tenant)
         for server in (one, two):
-            ok = await client.get(f"{server.url}/v1/events", headers={"Authorization": f"Bearer {fresh['token']}"})
-            assert ok.status_code == 200
-        listed = (await client.get(revocations, headers=operator)).json()
+            async with AsyncClient(server.url, fresh["token"]) as rt:
+                await rt.events.replay()
+        listed = await op.admin.revocations(tenant)
         assert minted["jti"] in listed["jtis"] and listed["before"] > 0
         await asyncio.sleep(0.2)  # the refused attempts' audit rows are written in the background
-        audit = (await client.get(f"{one.url}/v1/admin/audit", params={"tenant": tenant}, headers=operator)).json()
+        audit = await op.admin.audit(tenant=tenant)
     actions = [(e["actor"], e["action"], e["outcome"]) for e in audit["entries"]]
     assert actions.count(("operator", "mint_token", "ok")) == 3
     assert actions.count(("operator", "revoke", "ok")) == 2
-    refused = [e for e in audit["entries"] if e["outcome"] == "token_revoked"]
-    assert refused and refused[0]["actor"] == f"tenant:{tenant}" and refused[0]["detail"]["jti"] == minted["jti"]
+    refusals = [e for e in audit["entries"] if e["outcome"] == "token_revoked"]
+    assert refusals and refusals[0]["actor"] == f"tenant:{tenant}" and refusals[0]["detail"]["jti"] == minted["jti"]
     # Retried many times on two replicas, a revoked token leaves one row a minute on each at most.
-    assert 1 <= len([e for e in refused if e["detail"]["jti"] == minted["jti"]]) <= 2
+    assert 1 <= len([e for e in refusals if e["detail"]["jti"] == minted["jti"]]) <= 2
 
 
 async def test_key_rotation_under_live_traffic_refuses_nothing(two_replicas, tenant):
     one, two = two_replicas
-    operator = one.operator_auth()
-    statuses: list[int] = []
+    answered: list[str] = []
     stop = asyncio.Event()
 
-    async with httpx.AsyncClient() as client:
+    async with one.client() as op, two.client() as op_two:
         async def traffic() -> None:
+            """Mints on both replicas and reads with each new token on both: a refusal raises here and
+            fails the test at `await running`."""
             while not stop.is_set():
-                for server in (one, two):
-                    minted = await client.post(f"{server.url}/v1/admin/tokens", headers=operator, json={"tenant": tenant})
-                    statuses.append(minted.status_code)
-                    token = minted.json()["token"]
+                for minter in (op, op_two):
+                    token = (await minter.tokens.mint(tenant))["token"]
+                    answered.append("mint")
                     for reader in (one, two):
-                        got = await client.get(f"{reader.url}/v1/events", headers={"Authorization": f"Bearer {token}"})
-                        statuses.append(got.status_code)
+                        async with AsyncClient(reader.url, token) as rt:
+                            await rt.events.replay()
+                        answered.append("replay")
                 await asyncio.sleep(0.01)
 
-        before = (await client.post(f"{one.url}/v1/admin/tokens", headers=operator, json={"tenant": tenant})).json()
+        before = await op.tokens.mint(tenant)
         running = asyncio.ensure_future(traffic())
         await asyncio.sleep(0.3)
-        assert_error(await client.post(f"{one.url}/v1/admin/keys/rotate", headers=operator,
-                                       json={"retire_after_seconds": -1}), 422, "invalid_retire_after")
-        rotated = await client.post(f"{two.url}/v1/admin/keys/rotate", headers=operator, json={"retire_after_seconds": 3600})
-        assert rotated.status_code == 201 and "secret" not in rotated.text
+        await refused(op.admin.rotate_keys(-1), 422, "invalid_retire_after")
+        rotated = await op_two.admin.rotate_keys(3600)
+        assert "secret" not in json.dumps(rotated)
         await asyncio.sleep(4.5)  # past the new key's first signature, on both replicas
         stop.set()
         await running
-        after = (await client.post(f"{one.url}/v1/admin/tokens", headers=operator, json={"tenant": tenant})).json()
-        keys = (await client.get(f"{one.url}/v1/admin/keys", headers=operator)).json()["keys"]
+        after = await op.tokens.mint(tenant)
+        keys = (await op.admin.keys())["keys"]
         for token in (before["token"], after["token"]):
             for server in (one, two):
-                got = await client.get(f"{server.url}/v1/events", headers={"Authorization": f"Bearer {token}"})
-                assert got.status_code == 200
-    assert statuses and set(statuses) <= {200, 201}, sorted(set(statuses))
-    assert after["kid"] == rotated.json()["kid"] != before["kid"]
+                async with AsyncClient(server.url, token) as rt:
+                    await rt.events.replay()
+    assert "mint" in answered and "replay" in answered  # traffic ran, and none of it was refused
+    assert after["kid"] == rotated["kid"] != before["kid"]
     states = {k["kid"]: k["state"] for k in keys}
     assert states[after["kid"]] == "active" and states[before["kid"]] == "retiring"
     assert all("secret" not in k for k in keys)

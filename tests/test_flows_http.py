@@ -10,8 +10,8 @@ import ray
 
 from actors.substrate.placement import NAMESPACE, shard_name
 from tests.conftest import LiveServer
+from tests.http_support import assert_error, flow_body, refused, wait_flow
 from tests.wsutil import connect, recv, recv_until
-from tests.http_support import flow_body, wait_flow
 
 pytestmark = pytest.mark.integration
 DISCOVERY = ["data_validation", "application_discovery", "field_mapping", "risk_assessment"]
@@ -32,16 +32,16 @@ def of_flow(messages: list[dict], flow_id: str) -> list[dict]:
 async def test_discovery_flow_streams_its_phases_in_order(flows, tenant):
     auth = flows.auth(tenant)
     ws = await subscribed(flows, tenant)
-    async with httpx.AsyncClient(base_url=flows.url, timeout=30) as client:
+    async with flows.client(tenant) as rt, httpx.AsyncClient(base_url=flows.url, timeout=30) as client:
         created = await client.post("/v1/flows", headers=auth, json=flow_body(process="hierarchical"))
         assert created.status_code == 202, created.text
         flow_id = created.json()["flow_id"]
         assert created.headers["location"] == f"/v1/flows/{flow_id}"
         assert created.json()["status"] == "initialized" and created.json()["phases"] == DISCOVERY
         seen = await recv_until(ws, lambda m: m["type"] == "flow_completed", timeout=90)
-        flow = await wait_flow(client, auth, flow_id)
-        listed = (await client.get("/v1/flows", headers=auth)).json()["flows"]
-        summary = (await client.get("/v1/costs/summary", headers=auth)).json()
+        flow = await wait_flow(rt, flow_id)
+        listed = (await rt.flows.list())["flows"]
+        summary = await rt.costs.summary()
     await ws.close()
     events = of_flow(seen, flow_id)
     assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
@@ -72,11 +72,11 @@ async def test_discovery_flow_streams_its_phases_in_order(flows, tenant):
 
 async def test_optimisation_flow_and_corrections_teach_learning(flows, tenant):
     auth = flows.auth(tenant)
-    async with httpx.AsyncClient(base_url=flows.url, timeout=30) as client:
-        created = await client.post("/v1/flows", headers=auth, json=flow_body(kind="optimization"))
-        discovery = await client.post("/v1/flows", headers=auth, json=flow_body())
-        optimised = await wait_flow(client, auth, created.json()["flow_id"])
-        flow = await wait_flow(client, auth, discovery.json()["flow_id"])
+    async with flows.client(tenant) as rt, httpx.AsyncClient(base_url=flows.url, timeout=30) as client:
+        created = await rt.flows.create(**flow_body(kind="optimization"))
+        discovery = await rt.flows.create(**flow_body())
+        optimised = await wait_flow(rt, created["flow_id"])
+        flow = await wait_flow(rt, discovery["flow_id"])
         assert optimised["status"] == "completed" and set(optimised["results"]) == set(OPTIMIZATION)
         timeline = optimised["results"]["timeline_planning"]
         assert timeline["critical_path"][0] == "ledger-db" and timeline["total_weeks"] > 0
@@ -84,16 +84,12 @@ async def test_optimisation_flow_and_corrections_teach_learning(flows, tenant):
         mapping = {m["source_field"]: m["target_field"] for m in flow["results"]["field_mapping"]["mappings"]}
         assert "storage_gb" not in mapping  # the matcher alone does not see it
         flow_id = flow["flow_id"]
-        corrected = await client.post(f"/v1/flows/{flow_id}/corrections", headers=auth,
-                                      json={"corrections": [{"source_field": "storage_gb", "target_field": "disk_gb"},
-                                                            {"source_field": "application",
-                                                             "target_field": mapping["application"]}]})
-        assert corrected.status_code == 200, corrected.text
-        body = corrected.json()
+        body = await rt.flows.correct(flow_id, [{"source_field": "storage_gb", "target_field": "disk_gb"},
+                                                {"source_field": "application", "target_field": mapping["application"]}])
         assert {"source_field": "storage_gb", "target_field": "disk_gb", "confidence": 1.0, "method": "user"} \
             in body["mapping"]["mappings"]
         assert "storage_gb" not in body["mapping"]["unmapped_source_fields"] and len(body["learned"]) == 2
-        stored = (await client.get(f"/v1/flows/{flow_id}", headers=auth)).json()
+        stored = await rt.flows.get(flow_id)
         assert stored["results"]["field_mapping"] == body["mapping"]
         # "No counterpart" unmaps a field, and is learned.
         assert mapping["technology"] == "tech_stack"
@@ -102,10 +98,10 @@ async def test_optimisation_flow_and_corrections_teach_learning(flows, tenant):
         assert unmapped.status_code == 200, unmapped.text
         assert "technology" in unmapped.json()["mapping"]["unmapped_source_fields"]
         assert unmapped.json()["learned"][0]["type"] == "correction"
-        stored = (await client.get(f"/v1/flows/{flow_id}", headers=auth)).json()
+        stored = await rt.flows.get(flow_id)
         # What was taught changes the next mapping of a similar schema.
-        again = await client.post("/v1/flows", headers=auth, json=flow_body(name="Second import"))
-        second = await wait_flow(client, auth, again.json()["flow_id"])
+        again = await rt.flows.create(**flow_body(name="Second import"))
+        second = await wait_flow(rt, again["flow_id"])
         learned = {m["source_field"]: m for m in second["results"]["field_mapping"]["mappings"]}
         assert learned["storage_gb"]["target_field"] == "disk_gb" and learned["storage_gb"]["method"] != "matcher"
         assert "technology" not in learned and second["results"]["field_mapping"]["no_counterpart"] == ["technology"]
@@ -115,26 +111,24 @@ async def test_optimisation_flow_and_corrections_teach_learning(flows, tenant):
                               ({"source_field": "os", "target_field": "nope"}, "unknown_target_field"),
                               ({"source_field": "os"}, "invalid_correction"),
                               ({"corrections": []}, "invalid_body")):
-            refused = await client.post(f"/v1/flows/{flow_id}/corrections", headers=auth, json=payload)
-            assert refused.status_code == 422 and refused.json()["error"]["code"] == code, refused.text
+            assert_error(await client.post(f"/v1/flows/{flow_id}/corrections", headers=auth, json=payload), 422, code)
         no_mapping = await client.post(f"/v1/flows/{optimised['flow_id']}/corrections", headers=auth,
                                        json={"source_field": "os", "target_field": "x"})
-        assert no_mapping.status_code == 409 and no_mapping.json()["error"]["code"] == "no_mapping"
-        assert (await client.get(f"/v1/flows/{flow_id}", headers=auth)).json()["results"] == stored["results"]
+        assert_error(no_mapping, 409, "no_mapping")
+        assert (await rt.flows.get(flow_id))["results"] == stored["results"]
 
 
 async def test_runner_killed_mid_flow_resumes_after_last_finished_phase(flows, tenant, backend):
-    auth = flows.auth(tenant)
     ws = await subscribed(flows, tenant)
-    async with httpx.AsyncClient(base_url=flows.url, timeout=30) as client:
-        flow_id = (await client.post("/v1/flows", headers=auth, json=flow_body())).json()["flow_id"]
+    async with flows.client(tenant) as rt:
+        flow_id = (await rt.flows.create(**flow_body()))["flow_id"]
         await recv_until(ws, lambda m: m["type"] == "agent_insight" and m["data"]["insight"]["type"] == "phase_completed"
                          and m["data"]["insight"]["phase"] == "application_discovery", timeout=60)
         runner = ray.get_actor(shard_name(f"test-{backend}-fl-flows", 0), namespace=NAMESPACE)
         assert (await runner.stats.remote())["niceness"] == 10  # flows yield the CPU to requests
         ray.kill(runner, no_restart=False)
         seen = await recv_until(ws, lambda m: m["type"] == "flow_completed", timeout=120)
-        flow = await wait_flow(client, auth, flow_id)
+        flow = await wait_flow(rt, flow_id)
     await ws.close()
     assert flow["status"] == "completed" and flow["attempts"] == 2 and set(flow["results"]) == set(DISCOVERY)
     completed = [e["data"]["insight"]["phase"] for e in seen
@@ -145,16 +139,14 @@ async def test_runner_killed_mid_flow_resumes_after_last_finished_phase(flows, t
 
 
 async def test_budget_exhausted_mid_flow_fails_it_with_budget_exceeded(flows, tenant):
-    auth = flows.auth(tenant)
-    async with httpx.AsyncClient(base_url=flows.url, timeout=30) as client:
+    async with flows.client(tenant) as rt, flows.client(tenant, scopes=["*"]) as admin:
         # A call reserves ~$0.0014 (its prompt + 2,048 output tokens) and settles ~$0.0002: a few
         # calls fit, the whole flow (10 calls) does not.
-        put = await client.put("/v1/costs/budget", headers=flows.admin_auth(tenant), json={"monthly_budget": 0.002, "alert_threshold": 1})
-        assert put.status_code == 200
-        flow_id = (await client.post("/v1/flows", headers=auth, json=flow_body())).json()["flow_id"]
-        flow = await wait_flow(client, auth, flow_id)
-        events = (await client.get("/v1/events", headers=auth)).json()["events"]
-        budget = (await client.get("/v1/costs/budget", headers=auth)).json()
+        await admin.costs.set_budget(0.002, alert_threshold=1)
+        flow_id = (await rt.flows.create(**flow_body()))["flow_id"]
+        flow = await wait_flow(rt, flow_id)
+        events = (await rt.events.replay())["events"]
+        budget = await rt.costs.budget()
     assert flow["status"] == "failed" and flow["error"]["reason"] == "budget_exceeded"
     assert flow["error"]["phase"] in DISCOVERY and flow["progress"] < 100
     errors = [e for e in of_flow(events, flow_id) if e["type"] == "error_notification"]
@@ -165,15 +157,13 @@ async def test_budget_exhausted_mid_flow_fails_it_with_budget_exceeded(flows, te
 async def test_validation_failure_cancel_and_running_limit(flows, tenant):
     auth = flows.auth(tenant)
     sparse = {"rows": [{"a": None, "b": ""}, {"a": None, "b": None}, {"a": 1, "b": None}, {"a": None, "b": None}]}
-    async with httpx.AsyncClient(base_url=flows.url, timeout=30) as client:
-        bad = (await client.post("/v1/flows", headers=auth, json=flow_body(data=sparse, target_schema=None))).json()
-        failed = await wait_flow(client, auth, bad["flow_id"])
+    async with flows.client(tenant) as rt, httpx.AsyncClient(base_url=flows.url, timeout=30) as client:
+        bad = await rt.flows.create(**flow_body(data=sparse, target_schema=None))
+        failed = await wait_flow(rt, bad["flow_id"])
         assert failed["status"] == "failed" and failed["error"]["reason"] == "validation_failed"
         assert failed["error"]["phase"] == "data_validation" and list(failed["results"]) == ["data_validation"]
 
-        limits = await client.put(f"/v1/admin/tenants/{tenant}/limits", headers=flows.operator_auth(),
-                                  json={"queued_flows": 1})
-        assert limits.status_code == 200
+        await rt.admin.set_limits(tenant, {"queued_flows": 1})
         ids = []
         for _ in range(3):
             made = await client.post("/v1/flows", headers=auth, json=flow_body())
@@ -181,29 +171,29 @@ async def test_validation_failure_cancel_and_running_limit(flows, tenant):
             ids.append(made.json()["flow_id"])
         queued = await client.post("/v1/flows", headers=auth, json=flow_body())  # over the running limit (3)
         assert queued.status_code == 202 and queued.json()["status"] == "queued"
-        listed = (await client.get("/v1/flows?status=queued", headers=auth)).json()["flows"]
+        listed = (await rt.flows.list(status="queued"))["flows"]
         assert [f["flow_id"] for f in listed] == [queued.json()["flow_id"]]
         over = await client.post("/v1/flows", headers=auth, json=flow_body())  # over the queue limit (1)
         assert over.status_code == 429 and over.json()["error"]["code"] == "quota_exceeded"
         assert over.json()["error"]["limit"] == "queued_flows" and int(over.headers["Retry-After"]) >= 1
         ids.append(queued.json()["flow_id"])
-        cancelled = await client.post(f"/v1/flows/{ids[0]}/cancel", headers=auth)
-        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        assert (await rt.flows.cancel(ids[0]))["status"] == "cancelled"
         for flow_id in ids:
-            await wait_flow(client, auth, flow_id)
-        assert (await client.get(f"/v1/flows/{ids[0]}", headers=auth)).json()["status"] == "cancelled"
-        again = await client.post(f"/v1/flows/{ids[0]}/cancel", headers=auth)
-        assert again.status_code == 409 and again.json()["error"]["code"] == "flow_finished"
+            await wait_flow(rt, flow_id)
+        assert (await rt.flows.get(ids[0]))["status"] == "cancelled"
+        await refused(rt.flows.cancel(ids[0]), 409, "flow_finished")
         after = await client.post("/v1/flows", headers=auth, json=flow_body(kind="optimization"))
         assert after.status_code == 202  # room again once flows ended
-        await wait_flow(client, auth, after.json()["flow_id"])
-        statuses = {f["flow_id"]: f["status"] for f in (await client.get("/v1/flows?status=completed", headers=auth)).json()["flows"]}
+        await wait_flow(rt, after.json()["flow_id"])
+        statuses = {f["flow_id"]: f["status"] for f in (await rt.flows.list(status="completed"))["flows"]}
         assert ids[0] not in statuses and set(ids[1:]) <= set(statuses)
 
 
 async def test_flow_bad_input_and_tenancy(flows, tenant):
     auth = flows.auth(tenant)
-    async with httpx.AsyncClient(base_url=flows.url, timeout=30) as client:
+    async with flows.client(tenant) as rt, flows.client(tenant + "-b") as other, \
+            flows.client(tenant, scopes=["flows:read"]) as reader, \
+            httpx.AsyncClient(base_url=flows.url, timeout=30) as client:
         cases = [
             ([1, 2], "invalid_body"),
             ({"kind": "discovery", "data": [{"a": 1}]}, "invalid_name"),
@@ -221,18 +211,15 @@ async def test_flow_bad_input_and_tenancy(flows, tenant):
             if response.status_code == 422:
                 assert response.json()["error"]["code"] == code, response.text
         assert (await client.post("/v1/flows", headers=auth, content=b"{nope")).status_code == 400
-        assert (await client.get("/v1/flows", headers=auth)).json()["flows"] == []
-        for path in ("/v1/flows/zz", f"/v1/flows/{'0' * 32}"):
-            missing = await client.get(path, headers=auth)
-            assert missing.status_code == 404 and missing.json()["error"]["code"] == "flow_not_found"
+        assert (await rt.flows.list())["flows"] == []
+        for flow_id in ("zz", "0" * 32):
+            await refused(rt.flows.get(flow_id), 404, "flow_not_found")
         assert (await client.get("/v1/flows?status=odd", headers=auth)).status_code == 422
         assert (await client.get("/v1/flows?limit=0", headers=auth)).status_code == 422
         # Another tenant's flow does not exist for this one.
-        other = flows.auth(tenant + "-b")
-        theirs = (await client.post("/v1/flows", headers=other, json=flow_body(kind="optimization"))).json()["flow_id"]
-        assert (await client.get(f"/v1/flows/{theirs}", headers=auth)).status_code == 404
-        assert (await client.post(f"/v1/flows/{theirs}/cancel", headers=auth)).status_code == 404
+        theirs = (await other.flows.create(**flow_body(kind="optimization")))["flow_id"]
+        await refused(rt.flows.get(theirs), 404, "flow_not_found")
+        await refused(rt.flows.cancel(theirs), 404, "flow_not_found")
         assert (await client.post("/v1/flows", json=flow_body())).status_code == 401
-        reader = flows.auth(tenant, scopes=["flows:read"])
-        assert (await client.post("/v1/flows", headers=reader, json=flow_body())).status_code == 403
-        await wait_flow(client, other, theirs)
+        await refused(reader.flows.create(**flow_body()), 403, "forbidden")
+        await wait_flow(other, theirs)

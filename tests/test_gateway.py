@@ -18,7 +18,7 @@ from storage.engine import create_engine
 from storage.models import UsageRow
 from tests.conftest import LiveServer, settings_for
 from tests.loopback_provider import ServedProvider
-from tests.http_support import MODEL, assert_error, flow_body, providers_json, wait_flow
+from tests.http_support import MODEL, assert_error, flow_body, providers_json, refused, wait_flow
 
 pytestmark = pytest.mark.integration
 def client_for(server: LiveServer, tenant: str, **headers: str) -> openai.AsyncOpenAI:
@@ -64,8 +64,8 @@ async def test_plain_and_streaming_calls_are_charged_what_the_provider_reported(
     assert [r["cost_nanos"] for r in rows] == [priced(u) for u in provider.provider.usage_reported]
     assert {(r["agent"], r["flow_id"]) for r in rows} == {("support-bot", "f-7")}
     assert all(r["overrun_nanos"] == 0 for r in rows)  # the byte bound is never below the provider's count
-    async with httpx.AsyncClient(base_url=gateway.url) as http:
-        view = (await http.get(f"/v1/admin/tenants/{tenant}/budget", headers=gateway.operator_auth())).json()
+    async with gateway.client() as op:
+        view = await op.admin.month(tenant)
     assert view["reserved"] == 0 and view["used"] == sum(r["cost_nanos"] for r in rows) / 1e9
 
 
@@ -84,23 +84,24 @@ async def test_failed_provider_calls_cost_nothing_and_pass_their_status(gateway,
     assert slow.value.status_code == 504
     provider.provider.delay = 0.0
     assert await usage_rows(db_url, tenant) == []
-    async with httpx.AsyncClient(base_url=gateway.url) as http:
-        view = (await http.get(f"/v1/admin/tenants/{tenant}/budget", headers=gateway.operator_auth())).json()
+    async with gateway.client() as op:
+        view = await op.admin.month(tenant)
     assert view["reserved"] == 0 and view["used"] == 0
 
 
 async def test_idempotency_key_makes_retries_safe(gateway, provider, tenant, db_url):
     body = {"model": MODEL, "messages": [{"role": "user", "content": "charge me once"}]}
-    async with httpx.AsyncClient(base_url=gateway.url) as http:
-        auth = {**gateway.auth(tenant), "Idempotency-Key": "req-1"}
-        first = await http.post("/v1/llm/chat/completions", headers=auth, json=body)
-        again = await http.post("/v1/llm/chat/completions", headers=auth, json=body)
-        assert first.status_code == again.status_code == 200 and first.json() == again.json()
+    async with gateway.client(tenant) as rt, httpx.AsyncClient(base_url=gateway.url) as http:
+        first = await rt.llm.chat(MODEL, body["messages"], idempotency_key="req-1")
+        # Raw: the replay is told by a response header.
+        again = await http.post("/v1/llm/chat/completions", json=body,
+                                headers={"Authorization": f"Bearer {rt.token}", "Idempotency-Key": "req-1"})
+        assert again.status_code == 200 and first == again.json()
         assert again.headers["idempotent-replay"] == "true"
         assert len(provider.provider.requests) == 1
-        other = await http.post("/v1/llm/chat/completions", headers=auth, json={**body, "temperature": 0.5})
-        assert_error(other, 409, "idempotency_mismatch")
-        streamed = {**gateway.auth(tenant), "Idempotency-Key": "req-2"}
+        await refused(rt.llm.chat(MODEL, body["messages"], idempotency_key="req-1", temperature=0.5), 409,
+                      "idempotency_mismatch")
+        streamed = {**gateway.auth(tenant), "Idempotency-Key": "req-2"}  # raw: the client does not stream a chat
         text = [(await http.post("/v1/llm/chat/completions", headers=streamed, json={**body, "stream": True})).text
                 for _ in range(2)]
         assert text[0] == text[1] and text[0].endswith("data: [DONE]\n\n")
@@ -109,12 +110,12 @@ async def test_idempotency_key_makes_retries_safe(gateway, provider, tenant, db_
 
 
 async def test_bad_gateway_requests_are_refused_and_write_nothing(gateway, provider, tenant, db_url, backend):
-    async with httpx.AsyncClient(base_url=gateway.url) as http:
-        auth = gateway.auth(tenant)
+    async with gateway.client(tenant) as rt, httpx.AsyncClient(base_url=gateway.url) as http:
         message = [{"role": "user", "content": "hi"}]
-        for body, status, code in (
-            ({"model": "nope-1", "messages": message}, 422, "unknown_model"),
-            ({"model": "gpt-4o", "messages": message}, 403, "model_not_allowed"),
+        await refused(rt.llm.chat("nope-1", message), 422, "unknown_model")
+        await refused(rt.llm.chat("gpt-4o", message), 403, "model_not_allowed")
+        auth = {"Authorization": f"Bearer {rt.token}"}
+        for body, status, code in (  # bodies that break the schema
             ({"model": MODEL, "messages": message, "max_tokens": 10**6}, 422, "invalid_max_tokens"),
             ({"model": MODEL, "messages": message, "max_tokens": -1}, 422, "invalid_max_tokens"),
             ({"model": MODEL, "messages": message, "max_tokens": 1.5}, 422, "invalid_max_tokens"),
@@ -124,15 +125,12 @@ async def test_bad_gateway_requests_are_refused_and_write_nothing(gateway, provi
             ({"model": MODEL, "messages": [{"content": "no role"}]}, 422, "invalid_messages"),
         ):
             assert_error(await http.post("/v1/llm/chat/completions", headers=auth, json=body), status, code)
-        reader = gateway.auth(tenant, scopes=["costs:read"])
-        assert_error(await http.post("/v1/llm/chat/completions", headers=reader, json={"model": MODEL, "messages": message}),
-                     403, "forbidden")
-        await http.put(f"/v1/admin/tenants/{tenant}/budget", headers=gateway.operator_auth(), json={"monthly_cap": 1e-6})
-        assert_error(await http.post("/v1/llm/chat/completions", headers=auth, json={"model": MODEL, "messages": message}),
-                     402, "budget_exceeded")
-        premium = gateway.auth(f"premium-{backend}")
-        allowed = await http.post("/v1/llm/chat/completions", headers=premium, json={"model": "gpt-4o", "messages": message})
-        assert allowed.status_code == 200
+        async with gateway.client(tenant, scopes=["costs:read"]) as reader:
+            await refused(reader.llm.chat(MODEL, message), 403, "forbidden")
+        await rt.admin.set_cap(tenant, 1e-6)
+        await refused(rt.llm.chat(MODEL, message), 402, "budget_exceeded")
+        async with gateway.client(f"premium-{backend}") as premium:
+            await premium.llm.chat("gpt-4o", message)  # allowed
     assert provider.provider.requests and all(r["model"] == "gpt-4o" for r in provider.provider.requests)
     assert await usage_rows(db_url, tenant) == []
 
@@ -144,11 +142,9 @@ async def test_a_discovery_flow_on_the_provider_is_charged_exactly(ray_session, 
         settings = settings_for(db_url, backend, actor_prefix=f"test-{backend}-gw-{uuid.uuid4().hex[:6]}-",
                                 llm=MODEL, llm_providers=providers_json(served.base_url))
         async with LiveServer(Runtime(settings)) as server:
-            async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
-                auth = server.auth(tenant)
-                created = await http.post("/v1/flows", headers=auth, json=flow_body())
-                assert created.status_code == 202, created.text
-                flow = await wait_flow(http, auth, created.json()["flow_id"], timeout=120)
+            async with server.client(tenant) as rt:
+                created = await rt.flows.create(**flow_body())
+                flow = await wait_flow(rt, created["flow_id"], timeout=120)
             assert flow["status"] == "completed", flow
             await asyncio.sleep(0.2)
             rows = await usage_rows(db_url, tenant)

@@ -7,10 +7,10 @@ import json
 import httpx
 import pytest
 
+from serve_app.client import AsyncClient
 from serve_app.runtime import Runtime
 from tests.conftest import OPERATOR_TOKEN, LiveServer, settings_for
-from tests.wsutil import publish
-from tests.http_support import assert_error
+from tests.http_support import assert_error, refused
 
 pytestmark = pytest.mark.integration
 
@@ -33,30 +33,33 @@ async def test_publish_validation_changes_nothing(live, tenant):
         # One bad event in a batch rejects the whole batch.
         mixed = {"events": [{"type": "flow_update"}, {"type": "bogus"}]}
         assert_error(await client.post("/v1/events", json=mixed, headers=auth), 422, "invalid_event_type")
-        replay = await client.get("/v1/events", headers=auth)
-        assert replay.json() == {"events": [], "next_after": 0, "head": 0, "has_more": False}
+    async with live.client(tenant) as rt:
+        assert await rt.events.replay() == {"events": [], "next_after": 0, "head": 0, "has_more": False}
 
 
 async def test_auth_failures_and_scopes(live, tenant):
     async with httpx.AsyncClient(base_url=live.url) as client:
         assert_error(await client.get("/v1/events"), 401, "missing_token")
         assert_error(await client.get("/v1/events", headers={"Authorization": "Bearer junk"}), 401, "invalid_token")
-        expired = live.auth(tenant, ttl=1, now=1_000_000)
-        assert_error(await client.get("/v1/events", headers=expired), 401, "token_expired")
-        reader = live.auth(tenant, scopes=["events:read"])
-        assert (await client.get("/v1/events", headers=reader)).status_code == 200
-        assert_error(await client.post("/v1/events", json={"type": "flow_update"}, headers=reader), 403, "forbidden")
+        async with live.client(tenant, ttl=1, now=1_000_000) as expired:
+            await refused(expired.events.replay(), 401, "token_expired")
+        reader = live.token(tenant, scopes=["events:read"])
+        async with AsyncClient(live.url, reader) as rt:
+            await rt.events.replay()
+            await refused(rt.events.publish({"type": "flow_update"}), 403, "forbidden")
         assert_error(await client.get("/nowhere"), 404, "not_found")
-        assert_error(await client.delete("/v1/events", headers=reader), 405, "method_not_allowed")
+        assert_error(await client.delete("/v1/events", headers={"Authorization": f"Bearer {reader}"}), 405,
+                     "method_not_allowed")
 
 
 async def test_operator_mints_tenant_tokens(live, tenant):
-    async with httpx.AsyncClient(base_url=live.url) as client:
+    # `swapped` holds each token in the other's place.
+    async with httpx.AsyncClient(base_url=live.url) as client, \
+            AsyncClient(live.url, OPERATOR_TOKEN, operator_token=live.token(tenant)) as swapped:
         body = {"tenant": tenant, "user": "ann", "engagement": "e1", "scopes": ["events:read"], "ttl_seconds": 60}
         assert_error(await client.post("/v1/admin/tokens", json=body), 401, "operator_token_required")
-        assert_error(
-            await client.post("/v1/admin/tokens", json=body, headers=live.auth(tenant)), 401, "operator_token_required"
-        )
+        await refused(swapped.tokens.mint(tenant, user="ann", engagement="e1", scopes=["events:read"], ttl_seconds=60),
+                      401, "operator_token_required")
         op = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
         for bad, code in [
             ({"tenant": "has space"}, "invalid_tenant"),
@@ -67,28 +70,29 @@ async def test_operator_mints_tenant_tokens(live, tenant):
             ([tenant], "invalid_body"),
         ]:
             assert_error(await client.post("/v1/admin/tokens", json=bad, headers=op), 422, code)
-        minted = await client.post("/v1/admin/tokens", json=body, headers=op)
+        minted = await client.post("/v1/admin/tokens", json=body, headers=op)  # raw: the test checks its 201
         assert minted.status_code == 201
         claims = live.runtime.tokens.verify(minted.json()["token"])
         assert (claims.tenant, claims.user, claims.engagement, claims.scopes) == (tenant, "ann", "e1", ("events:read",))
         # The operator token itself is not a tenant token.
-        assert_error(await client.get("/v1/events", headers=op), 401, "invalid_token")
+        await refused(swapped.events.replay(), 401, "invalid_token")
 
 
 async def test_replay_pages_and_flow_filter(live, tenant):
-    auth = live.auth(tenant)
-    await publish(live.url, auth, [{"type": "flow_update", "flow_id": "a" if i % 2 else "b", "data": {"i": i}} for i in range(25)])
-    async with httpx.AsyncClient(base_url=live.url) as client:
+    async with live.client(tenant) as rt, httpx.AsyncClient(base_url=live.url) as client:
+        await rt.events.publish([{"type": "flow_update", "flow_id": "a" if i % 2 else "b", "data": {"i": i}}
+                                 for i in range(25)])
         seen, after = [], 0
         while True:
-            page = (await client.get("/v1/events", params={"after": after, "limit": 10}, headers=auth)).json()
+            page = await rt.events.replay(after, limit=10)
             seen += [e["seq"] for e in page["events"]]
             after = page["next_after"]
             if not page["has_more"]:
                 break
         assert seen == list(range(1, 26))
-        only_a = (await client.get("/v1/events", params={"flow_id": "a", "limit": 100}, headers=auth)).json()
+        only_a = await rt.events.replay(flow_id="a", limit=100)
         assert [e["data"]["i"] for e in only_a["events"]] == list(range(1, 25, 2))
+        auth = {"Authorization": f"Bearer {rt.token}"}
         for params in ({"after": "-1"}, {"limit": "0"}, {"limit": "1001"}, {"after": "x"}, {"flow_id": "y" * 200}):
             response = await client.get("/v1/events", params=params, headers=auth)
             assert response.status_code == 422 and response.json()["error"]["code"] in ("invalid_parameter", "invalid_flow_id")
@@ -96,15 +100,12 @@ async def test_replay_pages_and_flow_filter(live, tenant):
 
 async def test_expired_history_is_410(ray_session, db_url, backend, tenant):
     settings = settings_for(db_url, backend, hub_retention=5, actor_prefix=f"test-{backend}-short-")
-    async with LiveServer(Runtime(settings)) as live:
-        auth = live.auth(tenant)
-        await publish(live.url, auth, [{"type": "flow_update", "data": {"i": i}} for i in range(12)])
-        async with httpx.AsyncClient(base_url=live.url) as client:
-            response = await client.get("/v1/events", params={"after": 2}, headers=auth)
-            assert_error(response, 410, "events_expired")
-            assert response.json()["error"]["oldest_seq"] == 8
-            ok = await client.get("/v1/events", params={"after": 7}, headers=auth)
-            assert [e["seq"] for e in ok.json()["events"]] == [8, 9, 10, 11, 12]
+    async with LiveServer(Runtime(settings)) as live, live.client(tenant) as rt:
+        await rt.events.publish([{"type": "flow_update", "data": {"i": i}} for i in range(12)])
+        expired = await refused(rt.events.replay(after=2), 410, "events_expired")
+        assert expired.details["oldest_seq"] == 8
+        ok = await rt.events.replay(after=7)
+        assert [e["seq"] for e in ok["events"]] == [8, 9, 10, 11, 12]
 
 
 async def test_health_and_readiness(live):

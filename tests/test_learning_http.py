@@ -8,7 +8,8 @@ import pytest
 import ray
 
 from actors.substrate.placement import NAMESPACE, shard_name
-from tests.http_support import assert_error
+from serve_app.client import RaytenantError
+from tests.http_support import assert_error, refused
 
 pytestmark = pytest.mark.integration
 
@@ -20,38 +21,36 @@ TARGET = {"customer_name": "text", "email_address": "text", "legacy_reference": 
 
 async def test_corrections_recommendations_feedback(live, tenant):
     auth = live.auth(tenant)
-    async with httpx.AsyncClient(base_url=live.url) as client:
+    async with live.client(tenant) as rt, live.client(f"t-{uuid.uuid4().hex[:12]}") as other, \
+            httpx.AsyncClient(base_url=live.url) as client:
         learned = await client.post("/v1/learning/corrections", headers=auth, json={
             "original": {"field_mapping": "cust_id -> customer_name"},
             "corrected": {"field_mapping": "cust_id -> customer_id"}, "context": CONTEXT})
         assert learned.status_code == 201 and learned.json()["confidence"] == 0.95
-        batch = await client.post("/v1/learning/successes", headers=auth, json={"successes": [
-            {"result": {"ok": True}, "context": {"table": "orders"}}, {"result": {"ok": 2}, "context": {"table": "x"}}]})
-        assert batch.status_code == 201 and len(batch.json()["patterns"]) == 2
-        again = await client.post("/v1/learning/corrections", headers=auth, json={"corrections": [{
+        batch = await rt.learning.successes([{"result": {"ok": True}, "context": {"table": "orders"}},
+                                             {"result": {"ok": 2}, "context": {"table": "x"}}])
+        assert len(batch["patterns"]) == 2
+        again = await rt.learning.corrections([{
             "original": {"field_mapping": "cust_id -> customer_name"},
-            "corrected": {"field_mapping": "cust_id -> customer_id"}, "context": CONTEXT}]})
-        assert again.json()["patterns"][0]["merged"] is True and again.json()["patterns"][0]["support"] == 2
-        found = (await client.post("/v1/learning/recommendations", headers=auth, json={"context": CONTEXT})).json()
+            "corrected": {"field_mapping": "cust_id -> customer_id"}, "context": CONTEXT}])
+        assert again["patterns"][0]["merged"] is True and again["patterns"][0]["support"] == 2
+        found = await rt.learning.recommend(CONTEXT)
         [rec] = found["recommendations"]
         assert rec["type"] == "correction_recommendation" and rec["confidence"] > 0.5
         assert rec["recommendation"] == {"field_mapping": "cust_id -> customer_id"}
-        moved = await client.post("/v1/learning/feedback", headers=auth,
-                                  json={"pattern_id": rec["pattern_id"], "accepted": False})
-        assert moved.status_code == 200 and moved.json()["rejected"] == 1 and moved.json()["confidence"] < 0.95
-        stats = (await client.get("/v1/learning/stats", headers=auth)).json()
+        moved = await rt.learning.feedback(rec["pattern_id"], False)
+        assert moved["rejected"] == 1 and moved["confidence"] < 0.95
+        stats = await rt.learning.stats()
         assert stats["patterns"] == 3 and stats["corrections"] == 1
         # Another tenant sees nothing of this one, and cannot give feedback on its patterns.
-        other = live.auth(f"t-{uuid.uuid4().hex[:12]}")
-        none = await client.post("/v1/learning/recommendations", headers=other, json={"context": CONTEXT})
-        assert none.json() == {"recommendations": []}
-        assert_error(await client.post("/v1/learning/feedback", headers=other,
-                                       json={"pattern_id": rec["pattern_id"], "accepted": True}), 404, "pattern_not_found")
+        assert await other.learning.recommend(CONTEXT) == {"recommendations": []}
+        await refused(other.learning.feedback(rec["pattern_id"], True), 404, "pattern_not_found")
 
 
 async def test_learning_bad_input(live, tenant):
     auth = live.auth(tenant)
-    async with httpx.AsyncClient(base_url=live.url) as client:
+    async with live.client(tenant) as rt, live.client(tenant, scopes=["learning:read"]) as reader, \
+            httpx.AsyncClient(base_url=live.url) as client:
         cases = [
             ("/v1/learning/corrections", {"original": 1, "corrected": 2, "context": "text"}, "invalid_context"),
             ("/v1/learning/corrections", {"original": 1, "corrected": 2, "context": {}}, "invalid_context"),
@@ -79,19 +78,16 @@ async def test_learning_bad_input(live, tenant):
         for path, body, code in cases:
             assert_error(await client.post(path, headers=auth, json=body), 422, code)
         assert_error(await client.post("/v1/learning/corrections", headers=auth, content=b"{x"), 400, "malformed_json")
-        huge = {"original": "x" * (1024 * 1024), "corrected": 1, "context": {"a": 1}}
-        assert_error(await client.post("/v1/learning/corrections", headers=auth, json=huge), 413, "payload_too_large")
-        reader = live.auth(tenant, scopes=["learning:read"])
-        body = {"original": 1, "corrected": 2, "context": {"a": 1}}
-        assert_error(await client.post("/v1/learning/corrections", headers=reader, json=body), 403, "forbidden")
-        assert (await client.get("/v1/learning/stats", headers=auth)).json()["patterns"] == 0
+        await refused(rt.learning.correct("x" * (1024 * 1024), 1, {"a": 1}), 413, "payload_too_large")
+        await refused(reader.learning.correct(1, 2, {"a": 1}), 403, "forbidden")
+        assert (await rt.learning.stats())["patterns"] == 0
 
 
 async def test_mapping_applies_what_the_tenant_taught(live, tenant):
     auth = live.auth(tenant)
-    async with httpx.AsyncClient(base_url=live.url) as client:
-        first = (await client.post("/v1/mappings", headers=auth,
-                                   json={"source_schema": SOURCE, "target_schema": TARGET})).json()
+    async with live.client(tenant) as rt, live.client(f"t-{uuid.uuid4().hex[:12]}") as stranger, \
+            httpx.AsyncClient(base_url=live.url) as client:
+        first = await rt.mappings.map(SOURCE, TARGET)
         proposed = {m["source_field"]: m["target_field"] for m in first["mappings"]}
         assert proposed["cust_nm"] == "customer_name" and proposed["eml"] == "email_address"
         assert proposed.get("xref_code") != "legacy_reference" and first["recommendations_applied"] == 0
@@ -99,44 +95,40 @@ async def test_mapping_applies_what_the_tenant_taught(live, tenant):
             "source_field": "xref_code", "target_field": "legacy_reference",
             "proposed_target": proposed.get("xref_code"), "source_type": "varchar"})
         assert taught.status_code == 201
-        second = (await client.post("/v1/mappings", headers=auth,
-                                    json={"source_schema": SOURCE, "target_schema": TARGET})).json()
+        second = await rt.mappings.map(SOURCE, TARGET)
         learned = {m["source_field"]: m for m in second["mappings"]}
         assert learned["xref_code"]["target_field"] == "legacy_reference"
         assert learned["xref_code"]["method"] == "learned" and second["recommendations_applied"] >= 1
         # The synonym learned from it carries to another schema: "xref" now means "legacy reference".
-        other = (await client.post("/v1/mappings", headers=auth, json={
-            "source_schema": [{"name": "order_xref", "type": "varchar"}],
-            "target_schema": {"order_legacy_reference": "text", "order_region": "text"}})).json()
+        other = await rt.mappings.map([{"name": "order_xref", "type": "varchar"}],
+                                      {"order_legacy_reference": "text", "order_region": "text"})
         assert other["mappings"][0]["target_field"] == "order_legacy_reference"
         assert other["mappings"][0]["method"] == "learned_synonyms"
         # "No counterpart" is taught with a null target: the field stays unmapped from then on.
         none = await client.post("/v1/mappings/corrections", headers=auth, json={
             "source_field": "eml", "target_field": None, "proposed_target": "email_address"})
         assert none.status_code == 201 and none.json()["type"] == "correction"
-        third = (await client.post("/v1/mappings", headers=auth,
-                                   json={"source_schema": SOURCE, "target_schema": TARGET})).json()
+        third = await rt.mappings.map(SOURCE, TARGET)
         assert "eml" not in {m["source_field"] for m in third["mappings"]} and third["no_counterpart"] == ["eml"]
         assert_error(await client.post("/v1/mappings/corrections", headers=auth, json={"source_field": "eml"}),
                      422, "invalid_target_field")
         # Another tenant's mappings are untouched by this tenant's teaching.
-        stranger = (await client.post("/v1/mappings", headers=live.auth(f"t-{uuid.uuid4().hex[:12]}"),
-                                      json={"source_schema": SOURCE, "target_schema": TARGET})).json()
-        assert stranger == first
+        assert await stranger.mappings.map(SOURCE, TARGET) == first
 
 
 async def test_learning_shard_restart_rebuilds_from_storage(live, tenant):
-    auth = live.auth(tenant)
-    async with httpx.AsyncClient(base_url=live.url, timeout=30) as client:
-        body = {"original": {"v": 1}, "corrected": {"v": 2}, "context": CONTEXT}
-        pattern = (await client.post("/v1/learning/corrections", headers=auth, json=body)).json()
+    async with live.client(tenant) as rt:
+        pattern = await rt.learning.correct({"v": 1}, {"v": 2}, CONTEXT)
         learning = live.runtime.learning
         handle = ray.get_actor(shard_name(learning.kind, learning.shard_of(tenant)), namespace=NAMESPACE)
         ray.kill(handle, no_restart=False)
         for _ in range(100):
-            answer = await client.post("/v1/learning/recommendations", headers=auth, json={"context": CONTEXT})
-            if answer.status_code == 200:
+            try:
+                found = await rt.learning.recommend(CONTEXT)
                 break
-            assert answer.json()["error"]["code"] == "learning_unavailable"
-        [rec] = answer.json()["recommendations"]
+            except RaytenantError as error:
+                assert error.code == "learning_unavailable", error
+        else:
+            raise AssertionError("the learning shard did not answer again")
+        [rec] = found["recommendations"]
         assert rec["pattern_id"] == pattern["pattern_id"]

@@ -13,73 +13,67 @@ from serve_app.rate_limits import EdgeRateLimits, serve_at_edge
 from serve_app.runtime import Runtime
 from storage.models import MessageRow, PatternRow
 from tests.conftest import LiveServer, settings_for
-from tests.http_support import stored
-from tests.http_support import assert_error
+from tests.http_support import assert_error, stored
 from tests.wsutil import connect, recv, recv_until
 
 pytestmark = pytest.mark.integration
 
 
-async def set_limits(client: httpx.AsyncClient, live, tenant: str, **limits) -> dict:
-    response = await client.put(f"/v1/admin/tenants/{tenant}/limits", headers=live.operator_auth(), json=limits)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
 def assert_limited(response: httpx.Response, code: str, limit: str) -> None:
+    """A raw request's refusal over a limit, with its Retry-After header (which the client does not expose)."""
     assert_error(response, 429, code)
     assert response.json()["error"]["limit"] == limit and int(response.headers["Retry-After"]) >= 1
 
 
 async def test_only_the_operator_sets_limits_and_bad_ones_change_nothing(live, tenant):
     path = f"/v1/admin/tenants/{tenant}/limits"
-    async with httpx.AsyncClient(base_url=live.url) as client:
+    async with live.client() as operator, httpx.AsyncClient(base_url=live.url) as client:
         assert_error(await client.put(path, headers=live.admin_auth(tenant), json={"connections": 1000000}),
                      401, "operator_token_required")
         for body in ({"connections": -1}, {"connections": "5"}, {"bogus": 1}, {"requests_per_second": {"events": 0}},
                      {"flow_weight": 1e9}, []):
             response = await client.put(path, headers=live.operator_auth(), json=body)
             assert response.status_code == 422, (body, response.text)
-        view = (await client.get(path, headers=live.operator_auth())).json()
+        view = await operator.admin.limits(tenant)
         assert "overrides" in view, view
         assert view["overrides"] == {} and view["limits"]["connections"] == live.runtime.settings.default_limits().connections
-        changed = await set_limits(client, live, tenant, connections=3, requests_per_second={"llm": 2})
+        changed = await operator.admin.set_limits(tenant, {"connections": 3, "requests_per_second": {"llm": 2}})
         assert changed["limits"]["connections"] == 3 and changed["limits"]["requests_per_second"]["llm"] == 2
-        view = (await client.get(path, headers=live.operator_auth())).json()
+        view = await operator.admin.limits(tenant)
         assert view["overrides"] == {"connections": 3, "requests_per_second": {"llm": 2}}
         assert view["limits"]["connections"] == 3 and view["usage"]["connections"] == 0
-        await set_limits(client, live, tenant)  # an empty object: back to the defaults
-        assert (await client.get(path, headers=live.operator_auth())).json()["overrides"] == {}
+        await operator.admin.set_limits(tenant, {})  # an empty object: back to the defaults
+        assert (await operator.admin.limits(tenant))["overrides"] == {}
 
 
 async def test_a_tenant_over_its_request_rate_gets_429_and_others_do_not(live, tenant):
     other = tenant + "-other"
     leases_before = sum(s["leases"] for s in await live.runtime.quotas.stats())  # shards outlive a test
-    async with httpx.AsyncClient(base_url=live.url) as client:
-        await set_limits(client, live, tenant, requests_per_second={"events": 5})
+    async with (live.client(tenant) as rt, live.client(other) as theirs,
+                httpx.AsyncClient(base_url=live.url) as client):
+        await rt.admin.set_limits(tenant, {"requests_per_second": {"events": 5}})
+        # raw: the refusals' Retry-After header is checked
         answers = await asyncio.gather(*(client.get("/v1/events", headers=live.auth(tenant)) for _ in range(40)))
-        theirs = await asyncio.gather(*(client.get("/v1/events", headers=live.auth(other)) for _ in range(40)))
+        await asyncio.gather(*(theirs.events.replay() for _ in range(40)))  # none refused
         statuses = [r.status_code for r in answers]
         assert 5 <= statuses.count(200) <= 8 and statuses.count(429) == 40 - statuses.count(200), statuses
         assert_limited(next(r for r in answers if r.status_code == 429), "rate_limited", "requests:events")
-        assert {r.status_code for r in theirs} == {200}
         # Other route classes of the same tenant have their own buckets.
-        assert (await client.get("/v1/costs/summary", headers=live.auth(tenant))).status_code == 200
+        await rt.costs.summary()  # not refused
         await asyncio.sleep(1.1)
-        assert (await client.get("/v1/events", headers=live.auth(tenant))).status_code == 200  # refilled
+        await rt.events.replay()  # refilled: not refused
     leases = sum(s["leases"] for s in await live.runtime.quotas.stats()) - leases_before
     assert leases < 40 + 40  # leased allotments: not one actor call per request
 
 
 async def test_events_per_second_refuses_and_publishes_nothing(live, tenant):
-    async with httpx.AsyncClient(base_url=live.url) as client:
-        await set_limits(client, live, tenant, events_per_second=10)
+    async with live.client(tenant) as rt, httpx.AsyncClient(base_url=live.url) as client:
+        await rt.admin.set_limits(tenant, {"events_per_second": 10})
         events = [{"type": "agent_insight", "data": {"i": i}} for i in range(10)]
-        first = await client.post("/v1/events", headers=live.auth(tenant), json={"events": events})
-        assert first.status_code == 201
+        await rt.events.publish(events)
         refused = await client.post("/v1/events", headers=live.auth(tenant), json={"events": events})
         assert_limited(refused, "rate_limited", "events_per_second")
-        page = (await client.get("/v1/events", headers=live.auth(tenant))).json()
+        page = await rt.events.replay()
         assert page["head"] == 10
 
 
@@ -96,8 +90,8 @@ async def admitted_again(live, token: str, attempts: int = 50):
 
 
 async def test_socket_over_the_connection_cap_closes_4029_and_subscriptions_are_capped(live, tenant):
-    async with httpx.AsyncClient(base_url=live.url) as client:
-        await set_limits(client, live, tenant, connections=2, subscriptions_per_socket=2)
+    async with live.client() as operator:
+        await operator.admin.set_limits(tenant, {"connections": 2, "subscriptions_per_socket": 2})
     token = live.token(tenant)
     first, second = await connect(live.ws_url, token), await connect(live.ws_url, token)
     for ws in (first, second):
@@ -126,31 +120,23 @@ async def test_socket_over_the_connection_cap_closes_4029_and_subscriptions_are_
 
 async def test_queued_messages_and_patterns_have_quotas(live, tenant, db_url):
     auth = live.auth(tenant)
-    async with httpx.AsyncClient(base_url=live.url) as client:
-        await set_limits(client, live, tenant, queued_messages_per_agent=3, queued_messages=5, patterns=2)
-        sent = await client.post("/v1/agents/a/messages", headers=auth,
-                                 json={"messages": [{"sender": "s", "content": i} for i in range(3)]})
-        assert sent.status_code == 201
+    # The refusals stay raw requests: their Retry-After header is checked.
+    async with live.client(tenant) as rt, httpx.AsyncClient(base_url=live.url) as client:
+        await rt.admin.set_limits(tenant, {"queued_messages_per_agent": 3, "queued_messages": 5, "patterns": 2})
+        await rt.agents.send_many("a", [{"sender": "s", "content": i} for i in range(3)])
         assert_limited(await client.post("/v1/agents/a/messages", headers=auth, json={"sender": "s", "content": 9}),
                        "quota_exceeded", "queued_messages_per_agent")
-        assert (await client.post("/v1/agents/b/messages", headers=auth,
-                                  json={"messages": [{"sender": "s", "content": i} for i in range(2)]})).status_code == 201
+        await rt.agents.send_many("b", [{"sender": "s", "content": i} for i in range(2)])
         assert_limited(await client.post("/v1/agents/c/messages", headers=auth, json={"sender": "s", "content": 9}),
                        "quota_exceeded", "queued_messages")
-        got = (await client.get("/v1/agents/a/messages?max=10", headers=auth)).json()["messages"]
-        ack = await client.post("/v1/agents/a/messages/ack", headers=auth,
-                                json={"message_ids": [m["message_id"] for m in got]})
-        assert ack.status_code == 200
-        assert (await client.post("/v1/agents/c/messages", headers=auth, json={"sender": "s", "content": 9})).status_code == 201
+        got = (await rt.agents.receive("a", max=10))["messages"]
+        await rt.agents.ack_many("a", [m["message_id"] for m in got])
+        await rt.agents.send("c", "s", 9)
         for i in range(2):
-            learned = await client.post("/v1/learning/successes", headers=auth,
-                                        json={"result": {"ok": i}, "context": {"table": f"t{i}"}})
-            assert learned.status_code == 201
+            await rt.learning.success({"ok": i}, {"table": f"t{i}"})
         assert_limited(await client.post("/v1/learning/successes", headers=auth,
                                          json={"result": {"ok": 3}, "context": {"table": "t3"}}), "quota_exceeded", "patterns")
-        merged = await client.post("/v1/learning/successes", headers=auth,  # evidence for a known pattern still counts
-                                   json={"result": {"ok": 0}, "context": {"table": "t0"}})
-        assert merged.status_code == 201
+        await rt.learning.success({"ok": 0}, {"table": "t0"})  # evidence for a known pattern still counts
     messages = await stored(db_url, MessageRow, tenant)
     assert len(messages) == 6 and sorted(m["content"] for m in messages if m["receiver"] == "a") == [0, 1, 2]
     assert len(await stored(db_url, PatternRow, tenant)) == 2
@@ -190,9 +176,10 @@ async def edge_server(ray_session, db_url, backend):
 
 async def test_the_edge_refuses_over_the_rate_before_the_app_and_counts_each_request_once(edge_server, tenant):
     live, reached = edge_server
-    async with httpx.AsyncClient(base_url=live.url) as client:
-        await set_limits(client, live, tenant, requests_per_second={"events": 5})
+    async with live.client() as operator, httpx.AsyncClient(base_url=live.url) as client:
+        await operator.admin.set_limits(tenant, {"requests_per_second": {"events": 5}})
         before = reached.http
+        # raw: the refusals' Retry-After header is checked
         answers = await asyncio.gather(*(client.get("/v1/events", headers=live.auth(tenant)) for _ in range(40)))
     statuses = [r.status_code for r in answers]
     # Each request spends one token: were the app's own check to spend another, fewer would pass.
@@ -203,8 +190,8 @@ async def test_the_edge_refuses_over_the_rate_before_the_app_and_counts_each_req
 
 async def test_the_edge_closes_sockets_of_a_tenant_known_to_be_at_its_cap(edge_server, tenant):
     live, reached = edge_server
-    async with httpx.AsyncClient(base_url=live.url) as client:
-        await set_limits(client, live, tenant, connections=1)
+    async with live.client() as operator:
+        await operator.admin.set_limits(tenant, {"connections": 1})
     token = live.token(tenant)
     first = await connect(live.ws_url, token)
     assert (await recv(first))["type"] == "connection_established"

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import pytest
 from crewai import Agent, Crew, Process, Task
 from crewai.llms.base_llm import BaseLLM
 
-from actors.ledger.core import LedgerError
 from actors.event_hub.notifications import StreamNotifier
+from actors.ledger.core import LedgerError
 from actors.ledger.prices import NANOS, default_catalog
-from crews.metering import BudgetExceeded, Meter, MeteredLLM, MeteringError, estimate_input_tokens
+from crews.metering import (
+    BudgetExceeded,
+    Meter,
+    MeteredLLM,
+    MeteringError,
+    estimate_input_tokens,
+)
 from crews.runs import announce_failure, run_crew
-from tests.http_support import stored
 from storage.models import ReservationRow, UsageRow
+from tests.http_support import stored
 
 pytestmark = pytest.mark.integration
 MODEL = "gpt-4o-mini"
@@ -57,16 +62,13 @@ def cost(inp: int, out: int, cached: int = 0) -> int:
 
 
 async def test_budget_exhausted_mid_crew_ends_flow_as_failed(live, tenant, db_url):
-    auth = live.auth(tenant)
     cap = 1000
     reserved = cost(200, cap)  # a call reserves its prompt estimate (< 200 tokens here) + the output cap
     settled = cost(1200, 300, 200)  # and settles what the provider reported
     assert reserved > settled
-    async with httpx.AsyncClient(base_url=live.url) as client:
+    async with live.client(tenant, scopes=["*"]) as rt:
         # Room for two calls: after two settles what remains is below any third reservation.
-        budget = (reserved + 1.5 * settled) / NANOS
-        put = await client.put("/v1/costs/budget", headers=live.admin_auth(tenant), json={"monthly_budget": budget, "alert_threshold": 1})
-        assert put.status_code == 200
+        await rt.costs.set_budget((reserved + 1.5 * settled) / NANOS, alert_threshold=1)
     meter = Meter(live.runtime.ledger.call_sync, tenant, flow_id="flow-1")
     inner = ScriptedLLM(model=MODEL, max_tokens=cap)
     llm = MeteredLLM.wrap(inner, meter)
@@ -80,9 +82,9 @@ async def test_budget_exhausted_mid_crew_ends_flow_as_failed(live, tenant, db_ur
     assert {(r["model"], r["agent"], r["flow_id"]) for r in rows} == {(MODEL, "Field mapper", "flow-1")}
     assert [r["task"] for r in sorted(rows, key=lambda r: r["id"])] == ["step-0", "step-1"]
     assert all((r["input_tokens"], r["output_tokens"], r["cached_tokens"]) == (1200, 300, 200) for r in rows)
-    async with httpx.AsyncClient(base_url=live.url) as client:
-        events = (await client.get("/v1/events", headers=auth)).json()["events"]
-        budget_now = (await client.get("/v1/costs/budget", headers=auth)).json()
+    async with live.client(tenant) as rt:
+        events = (await rt.events.replay())["events"]
+        budget_now = await rt.costs.budget()
     failures = [e for e in events if e["type"] == "error_notification"]
     assert len(failures) == 1 and failures[0]["flow_id"] == "flow-1"
     assert failures[0]["data"]["error"]["reason"] == "budget_exceeded"
@@ -105,8 +107,8 @@ async def test_crew_within_budget_is_metered_per_call(live, tenant, db_url):
     assert all(r["output_tokens"] == estimate_input_tokens("Final Answer: " + "x" * 400) for r in rows)
     assert all(r["input_tokens"] > 10 for r in rows)
     # The reservation (worst case) was released down to the settled cost.
-    async with httpx.AsyncClient(base_url=live.url) as client:
-        summary = (await client.get("/v1/costs/summary", headers=live.auth(tenant))).json()
+    async with live.client(tenant) as rt:
+        summary = await rt.costs.summary()
     assert summary["total_requests"] == 2 and summary["by_flow"]["flow-2"]["requests"] == 2
 
 
@@ -124,9 +126,9 @@ async def test_unknown_model_and_failed_calls(live, tenant, db_url):
     broken = MeteredLLM.wrap(Broken(model=MODEL), meter)
     with pytest.raises(RuntimeError):
         await asyncio.to_thread(broken.call, "hello")
-    async with httpx.AsyncClient(base_url=live.url) as client:
-        put = await client.put("/v1/costs/budget", headers=live.admin_auth(tenant), json={"monthly_budget": 1})
-        assert put.json()["reserved"] == 0  # the failed call's reservation was released
+    async with live.client(tenant, scopes=["*"]) as rt:
+        put = await rt.costs.set_budget(1)
+        assert put["reserved"] == 0  # the failed call's reservation was released
     assert await stored(db_url, UsageRow, tenant) == []
 
 

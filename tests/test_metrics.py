@@ -87,14 +87,13 @@ async def test_metrics_reach_the_prometheus_endpoint(pg_flows, tenant):
     flows = pg_flows  # one database is enough to see the metrics exported
     if conftest.METRICS_PORT is None:
         pytest.skip("Ray was started outside this test run: its metrics port is unknown")
-    auth = flows.auth(tenant)
     ws = await connect(flows.ws_url, flows.token(tenant))
     await recv(ws)
     await ws.send(json.dumps({"type": "subscribe_flow", "flow_id": "*"}))
-    async with httpx.AsyncClient(base_url=flows.url, timeout=30) as client:
-        flow_id = (await client.post("/v1/flows", headers=auth, json=flow_body())).json()["flow_id"]
-        assert (await wait_flow(client, auth, flow_id))["status"] == "completed"
-        await client.post("/v1/agents/a/messages", headers=auth, json={"sender": "b", "content": 1})
+    async with flows.client(tenant) as rt, httpx.AsyncClient(timeout=30) as client:
+        flow_id = (await rt.flows.create(**flow_body()))["flow_id"]
+        assert (await wait_flow(rt, flow_id))["status"] == "completed"
+        await rt.agents.send("a", "b", 1)
         wanted = {f"ray_{name}" for name in CATALOG} - {
             "ray_raytenant_reservations_refused", "ray_raytenant_budget_utilisation",
             "ray_raytenant_mailbox_redeliveries", "ray_raytenant_mailbox_dead_letters",

@@ -12,6 +12,7 @@ from ray import serve
 
 from serve_app.cli import main as cli
 from serve_app.auth import Tokens
+from serve_app.client import AsyncClient
 from serve_app.deployment import APP_NAME
 from serve_app.cli.launcher import deploy
 from tests.conftest import OPERATOR_TOKEN
@@ -31,14 +32,13 @@ async def test_serve_deployment_direct_ingress_and_proxy(ray_session, db_url, ba
         for base in (direct, proxy):
             ws = await connect(base.replace("http", "ws") + "/v1/ws", token, flow_id="f")
             await recv_until(ws, lambda m: m["type"] == "subscription_confirmed")
-            async with httpx.AsyncClient(base_url=base) as client:
+            async with httpx.AsyncClient(base_url=base) as client, AsyncClient(base, token) as rt:
                 assert (await client.get("/readyz")).status_code == 200
-                published = await client.post("/v1/events", json={"type": "flow_update", "flow_id": "f"}, headers=auth)
-                assert published.status_code == 201
+                published = await rt.events.publish({"type": "flow_update", "flow_id": "f"})
                 bad = await client.post("/v1/events", content=b"[", headers=auth)
                 assert bad.status_code == 400 and bad.json()["error"]["code"] == "malformed_json"
             event = await recv(ws)
-            assert event["seq"] == published.json()["seqs"][0]
+            assert event["seq"] == published["seqs"][0]
             await ws.send(json.dumps({"type": "ping"}))
             assert (await recv(ws))["type"] == "pong"
             await ws.close()
@@ -47,9 +47,9 @@ async def test_serve_deployment_direct_ingress_and_proxy(ray_session, db_url, ba
         # request it handles), while the admitted ones do.
         limited = tenant + "-limited"  # a tenant with no tokens leased at the default rate yet
         async with httpx.AsyncClient(base_url=direct) as client:
-            put = await client.put(f"/v1/admin/tenants/{limited}/limits", json={"requests_per_second": {"events": 2}},
-                                   headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
-            assert put.status_code == 200, put.text
+            async with AsyncClient(direct, operator_token=OPERATOR_TOKEN) as operator:
+                await operator.admin.set_limits(limited, {"requests_per_second": {"events": 2}})
+            # the refusals' headers are what is checked: raw requests
             auth = {"Authorization": f"Bearer {Tokens(OPERATOR_TOKEN).mint(limited)[0]}"}
             answers = [await client.get("/v1/events", headers=auth) for _ in range(12)]
         refused = [r for r in answers if r.status_code == 429]

@@ -4,12 +4,12 @@ from __future__ import annotations
 import asyncio
 import json
 
-import httpx
 import pytest
 import ray
 import websockets
 
 from actors.substrate.placement import NAMESPACE, shard_name
+from serve_app.client import RaytenantError
 from tests.wsutil import connect, drain, publish, recv, recv_until
 
 pytestmark = pytest.mark.integration
@@ -66,13 +66,12 @@ async def test_tenants_are_isolated_even_naming_each_others_flows(live, tenant):
     assert [m["type"] for m in got_a] == ["flow_update", "budget_alert"]
     assert await drain(ws_b, 1.0) == []
     # B's replay and presence show nothing of A's.
-    async with httpx.AsyncClient() as client:
-        replay = await client.get(f"{live.url}/v1/events", params={"after": 0, "flow_id": "shared-flow"}, headers=live.auth(other))
-        assert replay.status_code == 200 and replay.json()["events"] == []
-        presence = await client.get(f"{live.url}/v1/connections", headers=live.auth(other))
-        assert presence.json()["connections"] == 1 and presence.json()["tenant"] == other
-        mine = await client.get(f"{live.url}/v1/connections", headers=live.auth(tenant))
-        assert mine.json()["connections"] == 1 and mine.json()["flows"] == {"shared-flow": 1}
+    async with live.client(other) as theirs, live.client(tenant) as rt:
+        assert (await theirs.events.replay(0, flow_id="shared-flow"))["events"] == []
+        presence = await theirs.events.connections()
+        assert presence["connections"] == 1 and presence["tenant"] == other
+        mine = await rt.events.connections()
+        assert mine["connections"] == 1 and mine["flows"] == {"shared-flow": 1}
     await ws_a.close()
     await ws_b.close()
 
@@ -131,21 +130,15 @@ async def test_hub_shard_killed_loses_no_acknowledged_event(live, tenant, backen
     handle = ray.get_actor(shard_name(hub.kind, hub.shard_of(tenant)), namespace=NAMESPACE)
     ray.kill(handle, no_restart=False)
     # Publishing while the shard restarts either succeeds (acknowledged) or fails with 503.
-    async with httpx.AsyncClient() as client:
+    async with live.client(tenant) as rt:
         for i in range(30):
-            response = await client.post(
-                f"{live.url}/v1/events",
-                json={"type": "flow_update", "flow_id": "k", "data": {"i": 100 + i}},
-                headers=live.auth(tenant),
-            )
-            if response.status_code == 201:
-                acked += response.json()["seqs"]
-            else:
-                assert response.status_code == 503
-                assert response.json()["error"]["code"] == "stream_unavailable"
+            try:
+                acked += (await rt.events.publish({"type": "flow_update", "flow_id": "k", "data": {"i": 100 + i}}))["seqs"]
+            except RaytenantError as error:
+                assert (error.status, error.code) == (503, "stream_unavailable"), error
             await asyncio.sleep(0.05)
-        replay = await client.get(f"{live.url}/v1/events", params={"after": 0, "limit": 1000}, headers=live.auth(tenant))
-    stored = [e["seq"] for e in replay.json()["events"]]
+        replay = await rt.events.replay(0, limit=1000)
+    stored = [e["seq"] for e in replay["events"]]
     assert set(acked) <= set(stored)
     assert stored == sorted(set(stored))
     assert len(acked) > 10, "the restarted shard accepts events again"

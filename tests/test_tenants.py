@@ -19,13 +19,13 @@ import websockets
 
 from serve_app.cli import main as cli
 from serve_app.auth import valid_tenant
+from serve_app.client import AsyncClient
 from serve_app.runtime import Runtime
 from storage.engine import create_engine
 from storage.migrate import upgrade
 from storage.tenants import OWNED, ImportError_, TenantStore
 from tests.conftest import PG_ADMIN_DSN, LiveServer, settings_for
-from tests.http_support import assert_error
-from tests.http_support import flow_body
+from tests.http_support import assert_error, flow_body, refusal, refused, wait_flow
 from tests.wsutil import connect, recv
 
 pytestmark = pytest.mark.integration
@@ -61,143 +61,114 @@ async def _flow_status(store: TenantStore, flow_id: str) -> dict[str, Any]:
 
 async def test_suspend_refuses_everywhere_closes_sockets_parks_flows_and_resume_continues(replicas, tenant, db_url):
     one, two = replicas
-    operator = one.operator_auth()
     store = TenantStore(create_engine(db_url))
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with one.client() as op, two.client() as op_two, httpx.AsyncClient(timeout=30) as client:
         # Minting for an unknown tenant answers 404 here (RAYTENANT_AUTO_CREATE_TENANTS=0).
-        assert_error(await client.post(f"{one.url}/v1/admin/tokens", headers=operator, json={"tenant": tenant}),
-                     404, "unknown_tenant")
-        created = await client.post(f"{one.url}/v1/admin/tenants", headers=operator, json={"tenant": tenant})
-        assert created.status_code == 201 and created.json()["state"] == "active", created.text
-        minted = (await client.post(f"{one.url}/v1/admin/tokens", headers=operator, json={"tenant": tenant})).json()
-        auth = {"Authorization": f"Bearer {minted['token']}"}
+        await refused(op.tokens.mint(tenant), 404, "unknown_tenant")
+        created = await op.admin.create_tenant(tenant)
+        assert created["state"] == "active", created
+        minted = await op.tokens.mint(tenant)
         other = f"t-{uuid.uuid4().hex[:12]}"
-        await client.post(f"{one.url}/v1/admin/tenants", headers=operator, json={"tenant": other})
-        other_auth = one.auth(other)
-        flow = await client.post(f"{one.url}/v1/flows", headers=auth, json=flow_body())
-        assert flow.status_code == 202, flow.text
-        flow_id = flow.json()["flow_id"]
-        sockets = [await connect(s.ws_url, minted["token"]) for s in (one, two)]
-        other_socket = await connect(two.ws_url, one.token(other))
-        for ws in (*sockets, other_socket):
-            assert (await recv(ws))["type"] == "connection_established"
+        await op.admin.create_tenant(other)
+        async with AsyncClient(one.url, minted["token"]) as rt, AsyncClient(two.url, minted["token"]) as rt_two, \
+                AsyncClient(one.url, operator_token=minted["token"]) as posing, two.client(other) as rt_other:
+            flow_id = (await rt.flows.create(**flow_body()))["flow_id"]
+            sockets = [await connect(s.ws_url, minted["token"]) for s in (one, two)]
+            other_socket = await connect(two.ws_url, one.token(other))
+            for ws in (*sockets, other_socket):
+                assert (await recv(ws))["type"] == "connection_established"
 
-        async def running() -> bool:
-            return (await _flow_status(store, flow_id))["status"] == "running"
+            async def running() -> bool:
+                return (await _flow_status(store, flow_id))["status"] == "running"
 
-        await _eventually(running, 60)
-        suspended = await client.post(f"{one.url}/v1/admin/tenants/{tenant}/suspend", headers=operator)
-        assert suspended.status_code == 200 and suspended.json()["state"] == "suspended", suspended.text
-        for ws in sockets:  # closed on every replica within the second
-            with pytest.raises(websockets.ConnectionClosed) as shut:
-                await recv(ws, timeout=10.0)
-            assert shut.value.rcvd.code == 4003
+            await _eventually(running, 60)
+            suspended = await op.admin.suspend(tenant)
+            assert suspended["state"] == "suspended", suspended
+            for ws in sockets:  # closed on every replica within the second
+                with pytest.raises(websockets.ConnectionClosed) as shut:
+                    await recv(ws, timeout=10.0)
+                assert shut.value.rcvd.code == 4003
 
-        async def refused_everywhere() -> bool:
-            answers = [await client.get(f"{s.url}/v1/events", headers=auth) for s in (one, two)]
-            return all(a.status_code == 403 and a.json()["error"]["code"] == "tenant_suspended" for a in answers)
+            async def refused_everywhere() -> bool:
+                answers = [await refusal(r.events.replay()) for r in (rt, rt_two)]
+                return answers == [(403, "tenant_suspended")] * 2
 
-        await _eventually(refused_everywhere, 10.0)
-        ws = await connect(two.ws_url, minted["token"])  # nor can it open a socket
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            await recv(ws)
-        assert closed.value.rcvd.code == 4003
-        assert_error(await client.post(f"{one.url}/v1/admin/tokens", headers=operator, json={"tenant": tenant}),
-                     403, "tenant_suspended")
-        # Another tenant is untouched.
-        await other_socket.send('{"type": "ping"}')
-        assert (await recv(other_socket))["type"] == "pong"
-        assert (await client.get(f"{two.url}/v1/events", headers=other_auth)).status_code == 200
-        # The running flow stops at its next phase: parked as suspended with its finished phases kept.
+            await _eventually(refused_everywhere, 10.0)
+            ws = await connect(two.ws_url, minted["token"])  # nor can it open a socket
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await recv(ws)
+            assert closed.value.rcvd.code == 4003
+            await refused(op.tokens.mint(tenant), 403, "tenant_suspended")
+            # Another tenant is untouched.
+            await other_socket.send('{"type": "ping"}')
+            assert (await recv(other_socket))["type"] == "pong"
+            await rt_other.events.replay()  # answered, not refused
+            # The running flow stops at its next phase: parked as suspended with its finished phases kept.
 
-        async def parked() -> bool:
-            return (await _flow_status(store, flow_id))["status"] == "suspended"
+            async def parked() -> bool:
+                return (await _flow_status(store, flow_id))["status"] == "suspended"
 
-        await _eventually(parked, 60)
-        row = await _flow_status(store, flow_id)
-        done_then = set(row["results"])
-        assert 1 <= len(done_then) < 4
-        await asyncio.sleep(1.5)  # nothing moves while suspended
-        assert set((await _flow_status(store, flow_id))["results"]) == done_then
-        shown = (await client.get(f"{one.url}/v1/admin/tenants/{tenant}", headers=operator)).json()
-        assert shown["state"] == "suspended" and shown["figures"]["suspended_flows"] == 1
-        assert shown["figures"]["connections"] == 0
-        # Resume: tokens work again everywhere and the flow continues after its last finished phase.
-        resumed = await client.post(f"{two.url}/v1/admin/tenants/{tenant}/resume", headers=operator)
-        assert resumed.status_code == 200 and resumed.json()["flows_resumed"] == 1, resumed.text
+            await _eventually(parked, 60)
+            row = await _flow_status(store, flow_id)
+            done_then = set(row["results"])
+            assert 1 <= len(done_then) < 4
+            await asyncio.sleep(1.5)  # nothing moves while suspended
+            assert set((await _flow_status(store, flow_id))["results"]) == done_then
+            shown = await op.admin.tenant(tenant)
+            assert shown["state"] == "suspended" and shown["figures"]["suspended_flows"] == 1
+            assert shown["figures"]["connections"] == 0
+            # Resume: tokens work again everywhere and the flow continues after its last finished phase.
+            resumed = await op_two.admin.resume(tenant)
+            assert resumed["flows_resumed"] == 1, resumed
 
-        async def accepted_everywhere() -> bool:
-            answers = [await client.get(f"{s.url}/v1/events", headers=auth) for s in (one, two)]
-            return all(a.status_code == 200 for a in answers)
+            async def accepted_everywhere() -> bool:
+                return [await refusal(r.events.replay()) for r in (rt, rt_two)] == [None, None]
 
-        await _eventually(accepted_everywhere, 10.0)
-        for _ in range(600):
-            final = (await client.get(f"{one.url}/v1/flows/{flow_id}", headers=auth)).json()
-            if final["status"] in ("completed", "failed", "cancelled"):
-                break
-            await asyncio.sleep(0.2)
-        assert final["status"] == "completed" and final["attempts"] == 2, final
-        events = (await client.get(f"{one.url}/v1/events", headers=auth, params={"limit": 1000})).json()["events"]
-        statuses = [e["data"]["status"] for e in events if e["type"] == "flow_update" and e["flow_id"] == flow_id]
-        assert "suspended" in statuses and statuses[-1] == "completed"
-        started_phases = [e["data"]["insight"]["phase"] for e in events if e["type"] == "agent_insight"
-                          and e["flow_id"] == flow_id and e["data"]["insight"]["type"] == "phase_completed"]
-        assert sorted(started_phases) == sorted(set(started_phases))  # no finished phase ran twice
-        # Bad input: unknown tenants, bad names, a second create.
-        for method, path in (("POST", "suspend"), ("POST", "resume")):
-            assert_error(await client.request(method, f"{one.url}/v1/admin/tenants/nobody-{tenant}/{path}",
-                                              headers=operator), 404, "unknown_tenant")
-        assert_error(await client.get(f"{one.url}/v1/admin/tenants/nobody-{tenant}", headers=operator), 404,
-                     "unknown_tenant")
-        assert_error(await client.post(f"{one.url}/v1/admin/tenants", headers=operator, json={"tenant": tenant}),
-                     409, "tenant_exists")
-        for body in ({"tenant": "bad name"}, {"tenant": "x\n"}, {}, {"tenant": tenant, "extra": 1}, ["x"]):
-            assert_error(await client.post(f"{one.url}/v1/admin/tenants", headers=operator, json=body), 422,
-                         "invalid_tenant")
-        assert_error(await client.post(f"{one.url}/v1/admin/tenants/{tenant}/suspend", headers=auth), 401,
-                     "operator_token_required")
-        listed = (await client.get(f"{one.url}/v1/admin/tenants", headers=operator, params={"limit": 500})).json()
-        assert {tenant, other} <= {t["tenant"] for t in listed["tenants"]}
-        assert_error(await client.get(f"{one.url}/v1/admin/tenants", headers=operator, params={"limit": 0}), 422,
-                     "invalid_parameter")
+            await _eventually(accepted_everywhere, 10.0)
+            final = await wait_flow(rt, flow_id, timeout=120)
+            assert final["status"] == "completed" and final["attempts"] == 2, final
+            events = (await rt.events.replay(limit=1000))["events"]
+            statuses = [e["data"]["status"] for e in events if e["type"] == "flow_update" and e["flow_id"] == flow_id]
+            assert "suspended" in statuses and statuses[-1] == "completed"
+            started_phases = [e["data"]["insight"]["phase"] for e in events if e["type"] == "agent_insight"
+                              and e["flow_id"] == flow_id and e["data"]["insight"]["type"] == "phase_completed"]
+            assert sorted(started_phases) == sorted(set(started_phases))  # no finished phase ran twice
+            # Bad input: unknown tenants, bad names, a second create.
+            for action in (op.admin.suspend, op.admin.resume, op.admin.tenant):
+                await refused(action(f"nobody-{tenant}"), 404, "unknown_tenant")
+            await refused(op.admin.create_tenant(tenant), 409, "tenant_exists")
+            for body in ({"tenant": "bad name"}, {"tenant": "x\n"}, {}, {"tenant": tenant, "extra": 1}, ["x"]):
+                assert_error(await client.post(f"{one.url}/v1/admin/tenants", headers=one.operator_auth(), json=body),
+                             422, "invalid_tenant")
+            await refused(posing.admin.suspend(tenant), 401, "operator_token_required")
+            listed = await op.admin.tenants(limit=500)
+            assert {tenant, other} <= {t["tenant"] for t in listed["tenants"]}
+            await refused(op.admin.tenants(limit=0), 422, "invalid_parameter")
     for ws in (other_socket,):
         await ws.close()
     await store.engine.dispose()
 
 
-async def _populate(client: httpx.AsyncClient, server: LiveServer, tenant: str) -> dict[str, str]:
-    """Something in every table a tenant owns."""
-    operator = server.operator_auth()
-    minted = (await client.post("/v1/admin/tokens", headers=operator,
-                                json={"tenant": tenant, "scopes": ["*"], "user": "alice"})).json()
-    auth = {"Authorization": f"Bearer {minted['token']}"}
-    calls = [
-        ("POST", "/v1/events", {"events": [{"type": "agent_insight", "data": {"n": i}} for i in range(5)]}, auth),
-        ("POST", "/v1/costs/usage", {"model": MODEL, "input_tokens": 1000, "output_tokens": 200, "agent": "mapper",
-                                     "idempotency_key": "k1"}, auth),
-        ("POST", "/v1/costs/reservations", {"model": MODEL, "input_tokens": 10, "max_output_tokens": 10}, auth),
-        ("PUT", "/v1/costs/budget", {"monthly_budget": 50}, auth),
-        ("PUT", "/v1/costs/budgets/agent/mapper", {"amount": 5}, auth),
-        ("PUT", f"/v1/admin/tenants/{tenant}/prices/{MODEL}", {"input_per_token": 1e-7, "output_per_token": 2e-7},
-         operator),
-        ("PUT", f"/v1/admin/tenants/{tenant}/limits", {"patterns": 500}, operator),
-        ("POST", "/v1/learning/corrections", {"original": {"field_mapping": "a -> b"},
-                                              "corrected": {"field_mapping": "a -> c"}, "context": {"table": "t"}}, auth),
-        ("POST", "/v1/agents/mapper/messages", {"sender": "validator", "content": {"x": 1}}, auth),
-        ("PUT", "/v1/agents/mapper/topics", {"topics": ["alerts"]}, auth),
-        ("POST", "/v1/costs/usage", {"model": MODEL, "input_tokens": 10, "output_tokens": 10}, auth),
-    ]
-    for method, path, body, headers in calls:
-        answer = await client.request(method, path, headers=headers, json=body)
-        assert answer.status_code in (200, 201), (path, answer.text)
-    flow = await client.post("/v1/flows", headers=auth, json=flow_body(data={"t": [{"a": 1}]}))
-    assert flow.status_code == 202, flow.text
-    for _ in range(300):
-        if (await client.get(f"/v1/flows/{flow.json()['flow_id']}", headers=auth)).json()["status"] in (
-                "completed", "failed"):
-            break
-        await asyncio.sleep(0.2)
-    return auth
+async def _populate(server: LiveServer, tenant: str) -> str:
+    """Something in every table a tenant owns; the token it minted."""
+    async with server.client() as op:
+        minted = await op.tokens.mint(tenant, scopes=["*"], user="alice")
+    async with AsyncClient(server.url, minted["token"], operator_token=server.runtime.settings.operator_token) as rt:
+        await rt.events.publish([{"type": "agent_insight", "data": {"n": i}} for i in range(5)])
+        await rt.costs.record({"model": MODEL, "input_tokens": 1000, "output_tokens": 200, "agent": "mapper",
+                               "idempotency_key": "k1"})
+        await rt.costs.reserve(MODEL, 10, 10)
+        await rt.costs.set_budget(50)
+        await rt.costs.set_level("agent", "mapper", amount=5)
+        await rt.admin.set_price(tenant, MODEL, 1e-7, 2e-7)
+        await rt.admin.set_limits(tenant, {"patterns": 500})
+        await rt.learning.correct({"field_mapping": "a -> b"}, {"field_mapping": "a -> c"}, {"table": "t"})
+        await rt.agents.send("mapper", "validator", {"x": 1})
+        await rt.agents.set_topics("mapper", ["alerts"])
+        await rt.costs.record({"model": MODEL, "input_tokens": 10, "output_tokens": 10})
+        flow = await rt.flows.create(**flow_body(data={"t": [{"a": 1}]}))
+        await wait_flow(rt, flow["flow_id"], timeout=60)
+    return minted["token"]
 
 
 @pytest.fixture
@@ -231,11 +202,11 @@ async def empty_url(backend, tmp_path) -> AsyncIterator[str]:
 async def test_export_import_and_delete_purge_everything(single, tenant, db_url, empty_url, tmp_path):
     operator = single.operator_auth()
     store, empty = TenantStore(create_engine(db_url)), TenantStore(create_engine(empty_url))
-    async with httpx.AsyncClient(base_url=single.url, timeout=60) as client:
-        auth = await _populate(client, single, tenant)  # created on first mint (the default)
+    async with single.client() as op, httpx.AsyncClient(base_url=single.url, timeout=60) as client:
+        token = await _populate(single, tenant)  # created on first mint (the default)
         before = await store.counts(tenant)
         assert all(before[table] > 0 for table in OWNED), before
-        shown = (await client.get(f"/v1/admin/tenants/{tenant}", headers=operator)).json()
+        shown = await op.admin.tenant(tenant)
         figures = shown["figures"]
         assert figures["month_spend_usd"] > 0 and figures["patterns"] >= 1 and figures["queued_messages"] >= 1
         assert figures["last_seq"] >= 5 and shown["limits"]["patterns"] == 500
@@ -264,40 +235,38 @@ async def test_export_import_and_delete_purge_everything(single, tenant, db_url,
                 [lines[0].replace(tenant.encode(), b"fresh-" + tenant.encode())] + lines[1:2], valid_tenant)
         assert sum((await empty.counts(f"fresh-{tenant}")).values()) == 0
         # Delete: every row gone, every shard forgets, old tokens refused.
-        deleted = await client.delete(f"/v1/admin/tenants/{tenant}", headers=operator)
-        assert deleted.status_code == 200, deleted.text
-        assert deleted.json()["rows"] == before
+        deleted = await op.admin.delete(tenant)
+        assert deleted["rows"] == before
         assert sum((await store.counts(tenant)).values()) == 0 and await store.get(tenant) is None
-        assert_error(await client.get("/v1/events", headers=auth), 401, "token_revoked")
-        assert_error(await client.get(f"/v1/admin/tenants/{tenant}", headers=operator), 404, "unknown_tenant")
-        assert_error(await client.delete(f"/v1/admin/tenants/{tenant}", headers=operator), 404, "unknown_tenant")
+        async with AsyncClient(single.url, token) as old:
+            await refused(old.events.replay(), 401, "token_revoked")
+        await refused(op.admin.tenant(tenant), 404, "unknown_tenant")
+        await refused(op.admin.delete(tenant), 404, "unknown_tenant")
         # Created again, the name starts clean: no events, no spend, no patterns, no limits.
-        assert (await client.post("/v1/admin/tenants", headers=operator, json={"tenant": tenant})).status_code == 201
-        fresh = single.auth(tenant, scopes=["*"])
-        fresh_events = await client.get("/v1/events", headers=fresh)
-        assert fresh_events.status_code == 200 and fresh_events.json()["head"] == 0, fresh_events.text
-        month = (await client.get(f"/v1/admin/tenants/{tenant}/budget", headers=operator)).json()
-        assert month.get("used", 0) == 0, month
-        stats = (await client.get("/v1/learning/stats", headers=fresh)).json()
-        assert stats["patterns"] == 0
-        assert (await client.get("/v1/agents/mapper", headers=fresh)).json()["ready"] == 0
-        renewed = (await client.get(f"/v1/admin/tenants/{tenant}", headers=operator)).json()
+        assert (await op.admin.create_tenant(tenant))["state"] == "active"
+        async with single.client(tenant, scopes=["*"]) as fresh:
+            assert (await fresh.events.replay())["head"] == 0
+            month = await op.admin.month(tenant)
+            assert month.get("used", 0) == 0, month
+            stats = await fresh.learning.stats()
+            assert stats["patterns"] == 0
+            assert (await fresh.agents.depth("mapper"))["ready"] == 0
+        renewed = await op.admin.tenant(tenant)
         assert renewed["figures"] == {"connections": 0, "month_spend_usd": 0.0, "patterns": 0, "queued_messages": 0,
                                       "running_flows": 0, "queued_flows": 0, "suspended_flows": 0, "last_seq": 0}
         assert renewed["limits"]["patterns"] != 500
         # Import over an existing tenant is refused; after a delete it brings everything back.
-        assert_error(await client.post("/v1/admin/tenants/import", headers=operator, content=exported.content),
-                     409, "tenant_exists")
-        assert (await client.delete(f"/v1/admin/tenants/{tenant}", headers=operator)).status_code == 200
-        back = await client.post("/v1/admin/tenants/import", headers=operator, content=exported.content)
-        assert back.status_code == 201, back.text
+        await refused(op.admin.import_tenant(exported.content), 409, "tenant_exists")
+        await op.admin.delete(tenant)
+        await op.admin.import_tenant(exported.content)
         assert await store.counts(tenant) == before
-        again = (await client.get(f"/v1/admin/tenants/{tenant}", headers=operator)).json()
+        again = await op.admin.tenant(tenant)
         assert again["figures"] == figures
-        token = single.auth(tenant, scopes=["*"])  # a new token sees the imported state through the shards
-        assert (await client.get("/v1/events", headers=token)).json()["head"] == figures["last_seq"]
-        assert (await client.get("/v1/learning/stats", headers=token)).json()["patterns"] == figures["patterns"]
-        audit = (await client.get("/v1/admin/audit", headers=operator, params={"tenant": tenant})).json()["entries"]
+        # A new token sees the imported state through the shards.
+        async with single.client(tenant, scopes=["*"]) as later:
+            assert (await later.events.replay())["head"] == figures["last_seq"]
+            assert (await later.learning.stats())["patterns"] == figures["patterns"]
+        audit = (await op.admin.audit(tenant=tenant))["entries"]
         actions = [e["action"] for e in audit]
         assert {"create_tenant", "export_tenant", "delete_tenant", "import_tenant"} <= set(actions)
     # The CLI drives the same routes.

@@ -5,8 +5,9 @@ import asyncio
 import json
 from typing import Any
 
-import httpx
 import websockets
+
+from serve_app.client import AsyncClient
 
 
 async def connect(url: str, bearer: str | None = None, **params: Any):
@@ -41,7 +42,6 @@ async def drain(ws, quiet: float = 0.5) -> list[dict[str, Any]]:
 
 
 async def publish(base: str, headers: dict[str, str], events: list[dict[str, Any]]) -> list[int]:
-    async with httpx.AsyncClient() as client:
-        response = await client.post(f"{base}/v1/events", json={"events": events}, headers=headers)
-    assert response.status_code == 201, response.text
-    return response.json()["seqs"]
+    """The seqs of `events`, published through the typed client with the bearer in `headers`."""
+    async with AsyncClient(base, headers["Authorization"].removeprefix("Bearer ")) as rt:
+        return (await rt.events.publish(events))["seqs"]
