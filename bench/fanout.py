@@ -15,52 +15,71 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import time
 import uuid
 from collections import defaultdict
 
+import websockets
 
-from bench.common import baseline_server, bench_database, emit, percentile, raytenant_service, tenant_clients
+from bench.common import (
+    baseline_server,
+    bench_database,
+    emit,
+    percentile,
+    raytenant_service,
+    tenant_clients,
+)
 from serve_app.client import AsyncClient, RaytenantError
 
 STREAM = {"flow_update"}
 
 
 class Subscriber:
-    """One socket (the client's stream, not resuming: a dropped socket is the run's loss to count)."""
+    """One socket, read frame by frame: the bench audits the wire (a seq sent twice or out of
+    order counts), which the typed client's stream() would hide, since it delivers each seq once."""
 
-    def __init__(self, rt: AsyncClient, tenant: str) -> None:
-        self.rt, self.tenant = rt, tenant
+    def __init__(self, tenant: str) -> None:
+        self.tenant = tenant
         self.seqs: list[int] = []
         self.latencies: list[float] = []
         self.last_at = 0.0
-        self.ready = asyncio.Event()
+        self.open = True
 
-    async def run(self) -> None:
+    async def run(self, ws) -> None:
         try:
-            async for event in self.rt.stream(flow_id="f", max_retries=0, connected=lambda _: self.ready.set(),
-                                              compression=None, max_queue=None, open_timeout=30):
+            async for raw in ws:
                 now = time.time()
-                if event.get("type") in STREAM:
-                    self.seqs.append(event["seq"])
-                    self.latencies.append((now - event["data"]["sent_at"]) * 1000)
+                message = json.loads(raw)
+                if message.get("type") in STREAM:
+                    self.seqs.append(message["seq"])
+                    self.latencies.append((now - message["data"]["sent_at"]) * 1000)
                     self.last_at = now
-        except RaytenantError:
-            return  # the socket dropped: what it missed counts as lost
+        except websockets.ConnectionClosed:
+            pass  # the server dropped it, or the bench closed it at the end
+        self.open = False
 
 
-async def open_sockets(clients: dict[str, AsyncClient], tenants: list[str], count: int) -> tuple[list, list]:
-    """`count` subscribers, opened 50 at a time, each attached (its connection_established) before
-    the next batch."""
-    subs, readers = [], []
+async def open_sockets(ws_url: str, clients: dict[str, AsyncClient], count: int) -> tuple[list, list, list]:
+    """`count` subscribers to flow `f`, spread over the tenants of `clients` (their tokens), opened
+    50 at a time, each attached (its connection_established) before the next batch."""
+    tenants = list(clients)
+    subs, sockets, readers = [], [], []
     for start in range(0, count, 50):
-        chunk = [Subscriber(clients[tenants[i % len(tenants)]], tenants[i % len(tenants)])
-                 for i in range(start, min(count, start + 50))]
-        readers += [asyncio.create_task(sub.run()) for sub in chunk]
-        await asyncio.wait_for(asyncio.gather(*(sub.ready.wait() for sub in chunk)), 30)
-        subs += chunk
-    return subs, readers
+        chunk = range(start, min(count, start + 50))
+        opened = await asyncio.gather(*(
+            websockets.connect(f"{ws_url}?flow_id=f", max_queue=None, compression=None, open_timeout=60,
+                               additional_headers={"Authorization": f"Bearer {clients[tenants[i % len(tenants)]].token}"})
+            for i in chunk))
+        for i, ws in zip(chunk, opened):
+            first = json.loads(await asyncio.wait_for(ws.recv(), 60))
+            assert first["type"] == "connection_established", first
+            sub = Subscriber(tenants[i % len(tenants)])
+            subs.append(sub)
+            sockets.append(ws)
+            readers.append(asyncio.create_task(sub.run(ws)))
+    return subs, sockets, readers
 
 
 async def run_fanout(label: str, base_url: str, connections: int, tenant_count: int, rate: int, duration: float) -> dict:
@@ -73,7 +92,8 @@ async def run_fanout(label: str, base_url: str, connections: int, tenant_count: 
 async def fan_out(label: str, clients: dict[str, AsyncClient], connections: int, rate: int, duration: float) -> dict:
     tenants = list(clients)
     tenant_count = len(tenants)
-    subs, readers = await open_sockets(clients, tenants, connections)
+    ws_url = str(next(iter(clients.values())).url).replace("http", "ws", 1) + "/v1/ws"
+    subs, sockets, readers = await open_sockets(ws_url, clients, connections)
     await asyncio.sleep(1.0)  # let subscriptions settle (the proxy path confirms late)
     published: dict[str, list[int]] = defaultdict(list)
     errors = 0
@@ -107,8 +127,8 @@ async def fan_out(label: str, clients: dict[str, AsyncClient], connections: int,
     while time.time() < deadline and sum(len(s.seqs) for s in subs) < expected:
         await asyncio.sleep(0.1)
     await asyncio.sleep(0.5)  # catch duplicates that would arrive late
-    for reader in readers:
-        reader.cancel()
+    for ws in sockets:
+        await ws.close()
     await asyncio.gather(*readers, return_exceptions=True)
 
     lost = dup = delivered = 0

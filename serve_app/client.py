@@ -22,7 +22,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Generic, Iterator, Literal, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import httpx
@@ -53,6 +53,14 @@ class Call:
     headers: dict[str, str] = field(default_factory=dict)
     raw: bool = False  # the answer's bytes, not JSON (the tenant export)
     content: bytes | None = None  # a body sent as it is, not as JSON (the tenant import)
+
+
+def _q(value: str, safe: str = "") -> str:
+    """A path segment as sent: percent-encoded, so `#`, `?` or `/` in an id stay in it. `.` and
+    `..` cannot be sent (every URL library folds them into the path), so they are refused here."""
+    if value in (".", ".."):
+        raise ValueError(f"{value!r} cannot be a path segment")
+    return quote(value, safe=safe)
 
 
 def _params(**values: Any) -> Json:
@@ -135,12 +143,12 @@ class Costs(_Area[R]):
     def settle(self, reservation_id: str, input_tokens: int, output_tokens: int, *, cached_tokens: int = 0,
                agent: str | None = None, task: str | None = None, flow_id: str | None = None,
                idempotency_key: str | None = None) -> R:
-        return self._send(Call("POST", f"/v1/costs/reservations/{reservation_id}/settle", _fields(
+        return self._send(Call("POST", f"/v1/costs/reservations/{_q(reservation_id)}/settle", _fields(
             input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=cached_tokens, agent=agent,
             task=task, flow_id=flow_id, idempotency_key=idempotency_key)))
 
     def release(self, reservation_id: str) -> R:
-        return self._send(Call("DELETE", f"/v1/costs/reservations/{reservation_id}"))
+        return self._send(Call("DELETE", f"/v1/costs/reservations/{_q(reservation_id)}"))
 
     def set_budget(self, monthly_budget: float, alert_threshold: float = 0.8) -> R:
         return self._send(Call("PUT", "/v1/costs/budget", {"monthly_budget": monthly_budget,
@@ -153,17 +161,17 @@ class Costs(_Area[R]):
                   amount: float | None = None, period: Literal["month", "day"] = "month",
                   mode: Literal["hard", "soft"] = "hard", thresholds: list[float] | None = None,
                   tpm: int | None = None, rpm: int | None = None) -> R:
-        return self._send(Call("PUT", f"/v1/costs/budgets/{scope}/{key}", _fields(
+        return self._send(Call("PUT", f"/v1/costs/budgets/{_q(scope)}/{_q(key)}", _fields(
             amount=amount, period=period, mode=mode, thresholds=thresholds, tpm=tpm, rpm=rpm)))
 
     def level(self, scope: str, key: str) -> R:
-        return self._send(Call("GET", f"/v1/costs/budgets/{scope}/{key}"))
+        return self._send(Call("GET", f"/v1/costs/budgets/{_q(scope)}/{_q(key)}"))
 
     def levels(self, scope: str | None = None) -> R:
         return self._send(Call("GET", "/v1/costs/budgets", params=_params(scope=scope)))
 
     def delete_level(self, scope: str, key: str) -> R:
-        return self._send(Call("DELETE", f"/v1/costs/budgets/{scope}/{key}"))
+        return self._send(Call("DELETE", f"/v1/costs/budgets/{_q(scope)}/{_q(key)}"))
 
     def summary(self, start: str | None = None, end: str | None = None) -> R:
         return self._send(Call("GET", "/v1/costs/summary", params=_params(start=start, end=end)))
@@ -243,42 +251,42 @@ class Mappings(_Area[R]):
 class Agents(_Area[R]):
     def send(self, agent: str, sender: str, content: Any, *, type: str = "notification",
              correlation_id: str | None = None) -> R:
-        return self._send(Call("POST", f"/v1/agents/{agent}/messages", {
+        return self._send(Call("POST", f"/v1/agents/{_q(agent)}/messages", {
             "sender": sender, "type": type, "content": content, **_fields(correlation_id=correlation_id)}))
 
     def send_many(self, agent: str, messages: list[Json]) -> R:
-        return self._send(Call("POST", f"/v1/agents/{agent}/messages", {"messages": messages}))
+        return self._send(Call("POST", f"/v1/agents/{_q(agent)}/messages", {"messages": messages}))
 
     def receive(self, agent: str, *, max: int = 10, wait: float = 0.0, visibility: float = 30.0) -> R:
-        return self._send(Call("GET", f"/v1/agents/{agent}/messages",
+        return self._send(Call("GET", f"/v1/agents/{_q(agent)}/messages",
                                params={"max": max, "wait": wait, "visibility": visibility}))
 
     def ack(self, agent: str, message_id: str) -> R:
-        return self._send(Call("POST", f"/v1/agents/{agent}/messages/{message_id}/ack"))
+        return self._send(Call("POST", f"/v1/agents/{_q(agent)}/messages/{_q(message_id)}/ack"))
 
     def ack_many(self, agent: str, message_ids: list[str]) -> R:
-        return self._send(Call("POST", f"/v1/agents/{agent}/messages/ack", {"message_ids": message_ids}))
+        return self._send(Call("POST", f"/v1/agents/{_q(agent)}/messages/ack", {"message_ids": message_ids}))
 
     def set_topics(self, agent: str, topics: list[str]) -> R:
-        return self._send(Call("PUT", f"/v1/agents/{agent}/topics", {"topics": topics}))
+        return self._send(Call("PUT", f"/v1/agents/{_q(agent)}/topics", {"topics": topics}))
 
     def topics(self, agent: str) -> R:
-        return self._send(Call("GET", f"/v1/agents/{agent}/topics"))
+        return self._send(Call("GET", f"/v1/agents/{_q(agent)}/topics"))
 
     def broadcast(self, topic: str, sender: str, content: Any, *, type: str = "notification") -> R:
-        return self._send(Call("POST", f"/v1/topics/{topic}/messages",
+        return self._send(Call("POST", f"/v1/topics/{_q(topic)}/messages",
                                {"sender": sender, "type": type, "content": content}))
 
     def request(self, agent: str, receiver: str, content: Any, *, timeout: float = 10.0) -> R:
         """`agent` asks `receiver` and waits up to `timeout` seconds for its response."""
-        return self._send(Call("POST", f"/v1/agents/{agent}/requests",
+        return self._send(Call("POST", f"/v1/agents/{_q(agent)}/requests",
                                {"receiver": receiver, "content": content, "timeout": timeout}))
 
     def dead_letters(self, agent: str, *, limit: int = 100) -> R:
-        return self._send(Call("GET", f"/v1/agents/{agent}/dead-letters", params={"limit": limit}))
+        return self._send(Call("GET", f"/v1/agents/{_q(agent)}/dead-letters", params={"limit": limit}))
 
     def depth(self, agent: str) -> R:
-        return self._send(Call("GET", f"/v1/agents/{agent}"))
+        return self._send(Call("GET", f"/v1/agents/{_q(agent)}"))
 
 
 class Flows(_Area[R]):
@@ -293,13 +301,13 @@ class Flows(_Area[R]):
         return self._send(Call("GET", "/v1/flows", params=_params(status=status, limit=limit)))
 
     def get(self, flow_id: str) -> R:
-        return self._send(Call("GET", f"/v1/flows/{flow_id}"))
+        return self._send(Call("GET", f"/v1/flows/{_q(flow_id)}"))
 
     def cancel(self, flow_id: str) -> R:
-        return self._send(Call("POST", f"/v1/flows/{flow_id}/cancel"))
+        return self._send(Call("POST", f"/v1/flows/{_q(flow_id)}/cancel"))
 
     def correct(self, flow_id: str, corrections: list[Json]) -> R:
-        return self._send(Call("POST", f"/v1/flows/{flow_id}/corrections", {"corrections": corrections}))
+        return self._send(Call("POST", f"/v1/flows/{_q(flow_id)}/corrections", {"corrections": corrections}))
 
 
 class Admin(_Area[R]):
@@ -313,20 +321,20 @@ class Admin(_Area[R]):
                                operator=True))
 
     def tenant(self, tenant: str) -> R:
-        return self._send(Call("GET", f"/v1/admin/tenants/{tenant}", operator=True))
+        return self._send(Call("GET", f"/v1/admin/tenants/{_q(tenant)}", operator=True))
 
     def suspend(self, tenant: str) -> R:
-        return self._send(Call("POST", f"/v1/admin/tenants/{tenant}/suspend", operator=True))
+        return self._send(Call("POST", f"/v1/admin/tenants/{_q(tenant)}/suspend", operator=True))
 
     def resume(self, tenant: str) -> R:
-        return self._send(Call("POST", f"/v1/admin/tenants/{tenant}/resume", operator=True))
+        return self._send(Call("POST", f"/v1/admin/tenants/{_q(tenant)}/resume", operator=True))
 
     def delete(self, tenant: str) -> R:
-        return self._send(Call("DELETE", f"/v1/admin/tenants/{tenant}", operator=True))
+        return self._send(Call("DELETE", f"/v1/admin/tenants/{_q(tenant)}", operator=True))
 
     def export(self, tenant: str) -> R:
         """The tenant's data as JSON lines (bytes)."""
-        return self._send(Call("GET", f"/v1/admin/tenants/{tenant}/export", operator=True, raw=True))
+        return self._send(Call("GET", f"/v1/admin/tenants/{_q(tenant)}/export", operator=True, raw=True))
 
     def import_tenant(self, lines: bytes) -> R:
         """A tenant's export (JSON lines) into a service that does not hold it: all of it or nothing."""
@@ -334,33 +342,33 @@ class Admin(_Area[R]):
                                headers={"Content-Type": "application/x-ndjson"}))
 
     def set_cap(self, tenant: str, monthly_cap: float | None) -> R:
-        return self._send(Call("PUT", f"/v1/admin/tenants/{tenant}/budget", {"monthly_cap": monthly_cap},
+        return self._send(Call("PUT", f"/v1/admin/tenants/{_q(tenant)}/budget", {"monthly_cap": monthly_cap},
                                operator=True))
 
     def month(self, tenant: str) -> R:
-        return self._send(Call("GET", f"/v1/admin/tenants/{tenant}/budget", operator=True))
+        return self._send(Call("GET", f"/v1/admin/tenants/{_q(tenant)}/budget", operator=True))
 
     def set_price(self, tenant: str, model: str, input_per_token: float, output_per_token: float,
                   cached_per_token: float | None = None) -> R:
-        return self._send(Call("PUT", f"/v1/admin/tenants/{tenant}/prices/{model}", _fields(
+        return self._send(Call("PUT", f"/v1/admin/tenants/{_q(tenant)}/prices/{_q(model, '/')}", _fields(
             input_per_token=input_per_token, output_per_token=output_per_token, cached_per_token=cached_per_token),
             operator=True))
 
     def delete_price(self, tenant: str, model: str) -> R:
-        return self._send(Call("DELETE", f"/v1/admin/tenants/{tenant}/prices/{model}", operator=True))
+        return self._send(Call("DELETE", f"/v1/admin/tenants/{_q(tenant)}/prices/{_q(model, '/')}", operator=True))
 
     def set_limits(self, tenant: str, overrides: Json) -> R:
-        return self._send(Call("PUT", f"/v1/admin/tenants/{tenant}/limits", overrides, operator=True))
+        return self._send(Call("PUT", f"/v1/admin/tenants/{_q(tenant)}/limits", overrides, operator=True))
 
     def limits(self, tenant: str) -> R:
-        return self._send(Call("GET", f"/v1/admin/tenants/{tenant}/limits", operator=True))
+        return self._send(Call("GET", f"/v1/admin/tenants/{_q(tenant)}/limits", operator=True))
 
     def revoke(self, tenant: str, *, jti: str | None = None, issued_before: str | float | None = None) -> R:
-        return self._send(Call("POST", f"/v1/admin/tenants/{tenant}/revocations",
+        return self._send(Call("POST", f"/v1/admin/tenants/{_q(tenant)}/revocations",
                                _fields(jti=jti, issued_before=issued_before), operator=True))
 
     def revocations(self, tenant: str) -> R:
-        return self._send(Call("GET", f"/v1/admin/tenants/{tenant}/revocations", operator=True))
+        return self._send(Call("GET", f"/v1/admin/tenants/{_q(tenant)}/revocations", operator=True))
 
     def keys(self) -> R:
         """The signing keys' ids and states (never a secret)."""
@@ -448,7 +456,10 @@ def async_pool(*, connections: int | None = 100) -> Any:
     """An aiohttp session of at most `connections` connections (None: no limit) that many
     AsyncClients can share, one per tenant token say: `AsyncClient(url, token, http=pool)`;
     `await pool.close()` at the end. Made inside the running event loop."""
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections or 0))
+    # No cookies shared between the tenants' clients; no proxy or .netrc lookups from the
+    # environment (aiohttp reads .netrc in a thread for every request when trust_env is on).
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections or 0),
+                                 cookie_jar=aiohttp.DummyCookieJar())
 
 
 class AsyncClient(_Base[Awaitable[Any]]):
@@ -456,8 +467,9 @@ class AsyncClient(_Base[Awaitable[Any]]):
 
     def __init__(self, url: str, token: str | None = None, *, operator_token: str | None = None,
                  timeout: float = 60.0, http: Any = None) -> None:
-        """`http`: an aiohttp.ClientSession to share (`async_pool`); by default the client opens
-        its own at the first call and closes it on exit."""
+        """`timeout`: seconds for a whole request, connect to last byte. `http`: an
+        aiohttp.ClientSession to share (`async_pool`); by default the client opens its own at the
+        first call and closes it on exit."""
         super().__init__(url, token, operator_token, self._send)
         self.timeout, self.http, self._owns = timeout, http, http is None
 
@@ -471,6 +483,7 @@ class AsyncClient(_Base[Awaitable[Any]]):
         """Close the connections, if they are the client's own (not a shared `async_pool`)."""
         if self._owns and self.http is not None:
             await self.http.close()
+            self.http = None
 
     async def _send(self, call: Call) -> Any:
         if self.http is None:
@@ -479,11 +492,12 @@ class AsyncClient(_Base[Awaitable[Any]]):
         url = self.url + call.path + (f"?{urlencode(call.params)}" if call.params else "")
         try:
             async with self.http.request(call.method, url, data=content, headers={**headers, **self._headers(call)},
+                                         allow_redirects=False,
                                          timeout=aiohttp.ClientTimeout(total=self.timeout)) as response:
                 return _answer(response.status, await response.read(), call.raw)
         except asyncio.TimeoutError as error:
             raise Unreachable("timeout", f"no answer within {self.timeout} s") from error
-        except aiohttp.ClientError as error:
+        except aiohttp.ClientConnectionError as error:
             raise Unreachable("unreachable", str(error) or type(error).__name__) from error
 
     async def stream(self, *, flow_id: str | None = None, last_seq: int | None = None,
@@ -535,7 +549,7 @@ class Client(_Base[Any]):
                                          headers={**headers, **self._headers(call)})
         except httpx.TimeoutException as error:
             raise Unreachable("timeout", str(error) or "no answer in time") from error
-        except httpx.TransportError as error:
+        except (httpx.NetworkError, httpx.RemoteProtocolError) as error:
             raise Unreachable("unreachable", str(error) or type(error).__name__) from error
         return _answer(response.status_code, response.content, call.raw)
 

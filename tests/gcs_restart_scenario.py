@@ -63,12 +63,12 @@ async def traffic(server: LiveServer, tenants: list[str], stop: asyncio.Event, a
             rt = clients[tenant]
             started = time.monotonic()
             for kind, call in (
-                ("publish", rt.events.publish({"type": "flow_update", "flow_id": "f", "data": {"n": n}})),
-                ("usage", rt.costs.record({"model": "gpt-4o-mini", "input_tokens": 10, "output_tokens": 5,
-                                           "idempotency_key": f"k-{n}"})),
+                ("publish", lambda: rt.events.publish({"type": "flow_update", "flow_id": "f", "data": {"n": n}})),
+                ("usage", lambda: rt.costs.record({"model": "gpt-4o-mini", "input_tokens": 10, "output_tokens": 5,
+                                                   "idempotency_key": f"k-{n}"})),
             ):
                 try:
-                    answer, ok = await call, True
+                    answer, ok = await call(), True
                 except RaytenantError:
                     ok = False
                 log.append((time.monotonic(), kind, ok))

@@ -123,12 +123,12 @@ async def traffic(server: LiveServer, tenants: list[str], stop: asyncio.Event, a
             rt = clients[tenant]
             started = time.monotonic()
             for kind, call in (
-                ("event", rt.events.publish({"type": "flow_update", "flow_id": "f", "data": {"n": n}})),
-                ("usage", rt.costs.record({"model": "gpt-4o-mini", "input_tokens": 100, "output_tokens": 10,
-                                           "idempotency_key": f"k-{n}"})),
+                ("event", lambda: rt.events.publish({"type": "flow_update", "flow_id": "f", "data": {"n": n}})),
+                ("usage", lambda: rt.costs.record({"model": "gpt-4o-mini", "input_tokens": 100, "output_tokens": 10,
+                                                   "idempotency_key": f"k-{n}"})),
             ):
                 try:
-                    answer, ok = await call, True
+                    answer, ok = await call(), True
                 except RaytenantError:
                     ok = False
                 timeline.append((time.monotonic(), kind, ok))

@@ -112,6 +112,10 @@ async def test_every_area_through_the_async_client(pg_live, tenant):
         assert (await rt.costs.budget())["used"] > 0
         await rt.costs.set_level("agent", "mapper", amount=1.0)
         assert [level["key"] for level in (await rt.costs.levels("agent"))["levels"]] == ["mapper"]
+        odd = "team #1?x=y&z"  # an id with URL syntax in it is one path segment, not a query or a fragment
+        await rt.costs.set_level("user", odd, amount=2.0)
+        assert (await rt.costs.level("user", odd))["key"] == odd
+        assert (await rt.costs.delete_level("user", odd))["deleted"]["key"] == odd
         assert (await rt.costs.summary())["total_requests"] == 4
         assert "recommendations" in await rt.costs.recommendations()
         assert (await rt.costs.select_model("simple"))["model"]
@@ -164,7 +168,8 @@ async def _answer_with(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     """A loopback HTTP/1.1 server's one move: read a request, then answer `answer` (None: never)."""
     await reader.readuntil(b"\r\n\r\n")
     if answer is None:
-        await asyncio.sleep(30)
+        await reader.read()  # until the client gives up and closes
+        return
     writer.write(answer)
     await writer.drain()
     writer.close()
