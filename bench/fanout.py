@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import time
@@ -48,7 +49,8 @@ class Subscriber:
         self.open = True
 
     async def run(self, ws) -> None:
-        try:
+        # a close (the server dropped it, or the bench closed it at the end) ends the reading
+        with contextlib.suppress(websockets.ConnectionClosed):
             async for raw in ws:
                 now = time.time()
                 message = json.loads(raw)
@@ -56,8 +58,6 @@ class Subscriber:
                     self.seqs.append(message["seq"])
                     self.latencies.append((now - message["data"]["sent_at"]) * 1000)
                     self.last_at = now
-        except websockets.ConnectionClosed:
-            pass  # the server dropped it, or the bench closed it at the end
         self.open = False
 
 
