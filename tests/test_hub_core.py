@@ -108,6 +108,27 @@ async def test_poll_returns_waits_wakes_and_times_out(store, tenant):
     assert empty["events"] == {}
 
 
+async def test_join_that_overtakes_its_poll_is_kept_for_it(store, tenant):
+    """A replica's join can reach the hub before the poll it sent earlier registers; the joined
+    tenant's events must still wake that poll, not wait for its timeout."""
+    clock = [1000.0]
+    hub = EventHubCore(store, clock=lambda: clock[0])
+    late, other = tenant + "-late", tenant + "-other"
+    await hub.append([(late, [ev(0)]), (tenant, [ev(0)])])  # heads 1: the feed joins at cursor 1
+    assert not hub.join("r2:0", {late: 1, tenant: 0}), "no poll of that id is waiting yet"
+    waiting = asyncio.create_task(hub.poll({tenant: 1}, timeout=30, poll_id="r2:0"))
+    await asyncio.sleep(0.05)
+    assert not waiting.done(), "the join's own cursor for a tenant the poll carries does not win"
+    await hub.append([(late, [ev(1)])])
+    woke = await asyncio.wait_for(waiting, 2)
+    assert [e.seq for e in woke["events"][late]] == [2]
+
+    assert not hub.join("dead:0", {other: 0})  # a replica that never polls again
+    clock[0] += 61
+    hub.join("r3:0", {other: 0})
+    assert "dead:0" not in hub._early_joins, "an early join whose poll never came expires"
+
+
 async def test_poll_behind_window_reads_storage(store, tenant):
     hub = EventHubCore(store, HubOptions(window=2, read_limit=3))
     await hub.append([(tenant, [ev(i) for i in range(6)])])

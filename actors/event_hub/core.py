@@ -27,6 +27,7 @@ from storage.events import Event, EventStore
 KIND = "event-hub"
 EventIn = dict[str, Any]  # {"type": str, "flow_id": str | None, "data": dict}
 AppendRequest = tuple[str, list[EventIn]]
+EARLY_JOIN_TTL = 60.0  # a join kept for a poll that never came (its replica died) is dropped after this
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,9 @@ class EventHubCore:
         self._presence: dict[str, tuple[float, dict[str, dict[str, int]]]] = {}
         self._trims: set[asyncio.Task] = set()
         self._polls: dict[str, dict[str, int]] = {}
+        # Joins that arrived before the poll they name registered (a large poll's arguments can
+        # take longer to reach the actor than a small join sent after it): {poll_id: (at, cursors)}.
+        self._early_joins: dict[str, tuple[float, dict[str, int]]] = {}
         self.appended = 0
         self.retention_trims = 0
 
@@ -190,6 +194,9 @@ class EventHubCore:
         deadline = self.clock() + max(0.0, timeout)
         cursors = dict(cursors)
         if poll_id is not None:
+            _, early = self._early_joins.pop(poll_id, (0.0, {}))
+            for tenant, cursor in early.items():
+                cursors.setdefault(tenant, cursor)  # the poll's own cursor is the newer one
             self._polls[poll_id] = cursors
         try:
             return await self._poll(cursors, deadline)
@@ -198,10 +205,19 @@ class EventHubCore:
                 del self._polls[poll_id]
 
     def join(self, poll_id: str, cursors: dict[str, int]) -> bool:
-        """Add tenants to a waiting poll. False when that poll is not waiting (the caller's next
-        poll carries them anyway)."""
+        """Add tenants to a waiting poll. False when that poll is not waiting yet: the tenants are
+        then kept for the next poll of that id, which may be the one still on its way here (the
+        caller's next poll carries them anyway, so a join kept after its poll ended is harmless)."""
         waiting = self._polls.get(poll_id)
         if waiting is None:
+            now = self.clock()
+            self._early_joins = {
+                p: (at, c) for p, (at, c) in self._early_joins.items() if now - at <= EARLY_JOIN_TTL
+            }
+            _, kept = self._early_joins.get(poll_id, (now, {}))
+            for tenant, cursor in cursors.items():
+                kept.setdefault(tenant, cursor)
+            self._early_joins[poll_id] = (now, kept)
             return False
         for tenant, cursor in cursors.items():
             waiting.setdefault(tenant, cursor)
