@@ -8,10 +8,10 @@ patterns for one tenant, against the original algorithm in the same run.
 - baseline: the original's query (fit a TfidfVectorizer over the context and the latest 100
   patterns, cosine similarity) on the same queries; it never looks beyond 100 patterns;
 - mapping: a field mapping of 10 source to 10 target fields of the data (crews.field_mapping, as
-  POST /v1/mappings runs it) fetching only the corrections that teach what these fields can use
-  (the shard's key index), against fetching the tenant's 5,000 most trusted corrections from a scan
-  of all its patterns (the previous path), in the same run; each path's mapping is compared with
-  the mapping every one of the tenant's corrections gives (`*_exact`).
+  POST /v1/mappings runs it) given only the lessons that decide these fields (the shard's
+  `mapping_lessons`), against one given the tenant's 5,000 most trusted corrections from a scan of
+  all its patterns (an earlier path), in the same run; each path's mapping is compared with the
+  mapping every one of the tenant's corrections gives (`*_exact`).
 
 One JSON line per size, then the summary.
 
@@ -65,17 +65,17 @@ async def mapping_costs(core: LearningCore, tenant: str, rng: random.Random, ite
     sources = {item["corrected"]["source_field"]: "string" for item in picked[:10]}
     targets = {item["corrected"]["target_field"]: "string" for item in picked[10:]}
 
-    def learning(corrections: tuple[Any, ...] | None = None):
-        """A mapping's learning calls, in this process; `corrections`, when given, replaces the
-        arguments of its corrections call (None: the mapping's own, through the key index)."""
+    def learning(most_trusted: int | None = None):
+        """A mapping's learning calls, in this process; with `most_trusted`, its lessons are that
+        many of the tenant's most trusted corrections instead of the ones `mapping_lessons` selects."""
         async def call(method: str, who: str, *args: Any) -> Any:
-            if method == "corrections" and corrections is not None:
-                args = corrections
+            if method == "mapping_lessons" and most_trusted is not None:
+                return await core.corrections(who, most_trusted)
             return await getattr(core, method)(who, *args)
         return call
 
-    indexed, scanned = learning(), learning(())  # (): the default 5,000 most trusted from a scan
-    truth = await map_fields(learning((len(items),)), tenant, sources, targets)  # every correction
+    indexed, scanned = learning(), learning(5_000)
+    truth = await map_fields(learning(len(items)), tenant, sources, targets)  # every correction
 
     times: dict[str, list[float]] = {"indexed": [], "scanned": []}
     answers: dict[str, Any] = {}

@@ -14,31 +14,24 @@ from crews.field_matcher import Field, FieldMatcher, Learned, check_size, field_
 
 LearningCall = Callable[..., Awaitable[Any]]
 SIMILAR_THRESHOLD = 0.5  # similar-field corrections worth considering (the matcher weighs them)
-CORRECTIONS_LIMIT = 5_000  # of the corrections teaching something these schemas can use, most trusted first
 
 
 def _parse(source_schema: Any, target_schema: Any, source_name: str | None):
     sources = parse_schema(source_schema, "source_schema")
     targets = parse_schema(target_schema, "target_schema")  # refused before any actor call
     check_size(sources, targets)
-    keys = Learned.keys_for([f.name for f in sources], [f.name for f in sources + targets],
-                            [f.name for f in targets])  # what to fetch
-    # The keys whose lessons decide a field (its exact mapping, word synonyms) are fetched apart
-    # from the ones carried over by similarity (`target:`, `none`), so that no lesson deciding a
-    # field is cut off by the limit behind many lessons about other fields of the same targets.
-    deciding = [k for k in keys if k.startswith(("exact:", "word:"))]
-    carried = [k for k in keys if not k.startswith(("exact:", "word:"))]
-    return sources, targets, [field_context(s, source_name) for s in sources], deciding, carried
+    names = ([f.name for f in sources], [f.name for f in targets])  # what the lessons are selected for
+    return sources, targets, [field_context(s, source_name) for s in sources], names
 
 
 async def map_fields(learning: LearningCall, tenant: str, source_schema: Any, target_schema: Any,
                      source_name: str | None = None, matcher: FieldMatcher | None = None) -> dict[str, Any]:
     """Raises crews.field_matcher.SchemaError for an unusable schema."""
-    sources, targets, contexts, deciding, carried = _parse(source_schema, target_schema, source_name)
-    corrections = await learning("corrections", tenant, CORRECTIONS_LIMIT, deciding)
-    corrections += await learning("corrections", tenant, CORRECTIONS_LIMIT, carried)
+    sources, targets, contexts, names = _parse(source_schema, target_schema, source_name)
+    # Only the lessons that decide these fields cross from the shard, however much the tenant taught.
+    lessons = await learning("mapping_lessons", tenant, *names)
     similar = await learning("recommendations_many", tenant, contexts, SIMILAR_THRESHOLD, 3)
-    learned = Learned.from_corrections(corrections)
+    learned = Learned.from_corrections(lessons)
     # The matching itself is CPU work: off the event loop, which serves every tenant's requests.
     return await asyncio.to_thread((matcher or FieldMatcher()).match, sources, targets, learned=learned,
                                    recommendations=similar)
@@ -46,11 +39,10 @@ async def map_fields(learning: LearningCall, tenant: str, source_schema: Any, ta
 
 def map_fields_sync(learning: Callable[..., Any], tenant: str, source_schema: Any, target_schema: Any,
                     source_name: str | None = None, matcher: FieldMatcher | None = None) -> dict[str, Any]:
-    sources, targets, contexts, deciding, carried = _parse(source_schema, target_schema, source_name)
-    corrections = learning("corrections", tenant, CORRECTIONS_LIMIT, deciding)
-    corrections += learning("corrections", tenant, CORRECTIONS_LIMIT, carried)
+    sources, targets, contexts, names = _parse(source_schema, target_schema, source_name)
+    lessons = learning("mapping_lessons", tenant, *names)
     similar = learning("recommendations_many", tenant, contexts, SIMILAR_THRESHOLD, 3)
-    return (matcher or FieldMatcher()).match(sources, targets, learned=Learned.from_corrections(corrections),
+    return (matcher or FieldMatcher()).match(sources, targets, learned=Learned.from_corrections(lessons),
                                              recommendations=similar)
 
 

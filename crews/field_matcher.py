@@ -20,17 +20,14 @@ evaluation bench all use it.
 """
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Iterable
 
-from crews.field_words import (
-    ABBREVIATIONS, NAME_CACHE, STOP_WORDS, dice, leaf_of, name_parts, split_name, trigrams, word_similarity,
-    words_of,
-)
+from crews.field_words import ABBREVIATIONS, NAME_CACHE, STOP_WORDS, name_parts, words_of
+from crews.name_similarity import path_similarity, rarity, similarity_table
 
 MAX_FIELDS = 1_000  # per schema
 MAX_PAIRS = 100_000  # source x target fields of one mapping: every pair is compared (about 3 s of CPU)
@@ -219,25 +216,19 @@ class Learned:
         source field is another name of that target for similar fields later)."""
         return _exact_keys(source) | {"target:" + source_key(target)}
 
-    @staticmethod
-    def keys_for(sources: Iterable[str], names: Iterable[str], targets: Iterable[str] = ()) -> list[str]:
-        """The keys a mapping of these source fields can use: their exact mappings, synonyms of
-        any word of these field names (sources and targets), corrections to these targets and the
-        fields taught to have no counterpart. The corrections with one of these keys decide the
-        mapping exactly as all of the tenant's corrections would."""
-        return sorted({key for s in sources for key in _exact_keys(s)}
-                      | {"word:" + w for name in names for w in name_parts(name)}
-                      | {"target:" + source_key(t) for t in targets} | {"none"})
-
 
 def source_key(name: str) -> str:
     """A field name's normalised words, joined: what an exact lesson is keyed by."""
     return " ".join(normalise(name))
 
 
+def exact_key(source: str) -> str | None:
+    """The exact-lesson key of a source field, None for a name with no words."""
+    return "exact:" + key if (key := source_key(source)) else None
+
+
 def _exact_keys(source: str) -> set[str]:
-    """The exact-lesson key of a source field, none for a name with no words."""
-    return {"exact:" + key} if (key := source_key(source)) else set()
+    return {key} if (key := exact_key(source)) else set()
 
 
 def align_words(source: str, target: str) -> dict[str, str]:
@@ -276,52 +267,9 @@ def field_context(source: Field | str, source_schema: str | None = None) -> dict
     return context
 
 
-def name_similarity(a: tuple[str, ...], b: tuple[str, ...], weight: dict[str, float] | None = None) -> float:
-    """Two names' words compared: a soft Dice over words, each word matched to its most similar
-    word on the other side (`word_similarity`) and weighed by how rare it is among the schemas'
-    fields (`weight`), so a shared generic word (`name`, `id`) counts for less than a specific
-    one; blended with the character 3-grams of the run-together words."""
-    if not a or not b:  # a name with no words (`...`) resembles nothing
-        return 0.0
-    if a == b or set(a) == set(b):
-        return 1.0
-    weight = weight or {}
-    wa = [weight.get(w, RARE_WEIGHT) for w in a]
-    wb = [weight.get(w, RARE_WEIGHT) for w in b]
-    matched = sum(w * max(word_similarity(x, y) for y in b) for x, w in zip(a, wa))
-    matched += sum(w * max(word_similarity(x, y) for x in a) for y, w in zip(b, wb))
-    soft = matched / (sum(wa) + sum(wb))
-    chars = dice(trigrams("".join(a)), trigrams("".join(b)))
-    return 0.8 * soft + 0.2 * chars
-
-
 # Taught names compared per target (most trusted first): bounds a mapping's work however many
 # times a tenant taught the same targets.
 ALIASES_PER_TARGET = 20
-LEAF_SHARE = 0.85  # of a nested field's name similarity, the part its last segment decides
-
-
-def path_similarity(a: str, b: str, synonyms: dict[str, str] | None = None,
-                    weight: dict[str, float] | None = None) -> float:
-    """Names compared whole, and, when either is a path (`volumeInfo.title`), mostly by their
-    last segments: the objects a field is nested in say less about it than its own name."""
-    whole = name_similarity(words_of(a, synonyms), words_of(b, synonyms), weight)
-    leaf_a, leaf_b = leaf_of(a), leaf_of(b)
-    if leaf_a == a and leaf_b == b:
-        return whole
-    leaves = name_similarity(words_of(leaf_a, synonyms), words_of(leaf_b, synonyms), weight)
-    return max(whole, LEAF_SHARE * leaves + (1 - LEAF_SHARE) * whole)
-
-
-RARE_WEIGHT = 4.0  # weight of a word no field of the schemas has (1 + ln of a typical field count)
-
-
-def rarity(names: Iterable[tuple[str, ...]]) -> dict[str, float]:
-    """Each word's weight, 1 + ln(fields / fields holding it): an inverse document frequency over
-    the fields of both schemas."""
-    names = list(names)
-    df = Counter(w for words in names for w in set(words))
-    return {w: 1.0 + math.log(len(names) / n) for w, n in df.items()}
 
 
 @dataclass
@@ -349,9 +297,11 @@ class FieldMatcher:
         self.carry_over, self.no_counterpart = carry_over, no_counterpart
 
     def score(self, source: Field, target: Field, synonyms: dict[str, str] | None = None,
-              weight: dict[str, float] | None = None) -> dict[str, float]:
+              weight: dict[str, float] | None = None, name: float | None = None) -> dict[str, float]:
+        """`name`: the names' path_similarity when already known (a mapping computes them all at once)."""
         tgt_words = words_of(target.name, synonyms)
-        name = path_similarity(source.name, target.name, synonyms, weight)
+        if name is None:
+            name = path_similarity(source.name, target.name, synonyms, weight)
         kind = sample_kind(source.samples)
         if kind is None:
             hint = 0.5
@@ -385,9 +335,15 @@ class FieldMatcher:
             known = aliases.setdefault(target, [])
             if len(known) < ALIASES_PER_TARGET:
                 known.append((taught.source, taught.confidence))
+        source_names, target_names = [s.name for s in sources], [t.name for t in targets]
+        taught_names = list(dict.fromkeys(alias for known in aliases.values() for alias, _ in known))
+        alike = similarity_table(source_names, taught_names, synonyms, weight,
+                                 min(self.carry_over, self.no_counterpart))
+        named = similarity_table(source_names, target_names, synonyms, weight, 0.0)
+        named_plain: list[list[float]] | None = None  # without the learned synonyms, when one changed a name
         candidates: list[tuple[float, str, str | None, str, dict[str, float]]] = []
         for i, source in enumerate(sources):
-            boosts = self._carried(source.name, aliases, synonyms, weight)
+            boosts = self._carried(dict(zip(taught_names, alike[i])), aliases)
             taught = learned.exact.get(source_key(source.name))
             if taught and taught[0] is None:
                 boosts[None] = (0.5 + 0.5 * taught[1], "learned_no_counterpart")
@@ -403,13 +359,15 @@ class FieldMatcher:
             if None in boosts:
                 candidates.append((boosts[None][0], source.name, None, boosts[None][1], {}))
             source_changed = normalise(source.name, synonyms) != normalise(source.name)
-            for target in targets:
-                signals = self.score(source, target, synonyms, weight)
+            for j, target in enumerate(targets):
+                signals = self.score(source, target, synonyms, weight, named[i][j])
                 total, method = signals["total"], "matcher"
                 # Only when a synonym changed a name's words can it have changed the score.
-                changed = source_changed or target.name in renamed_targets
-                if changed and signals["total"] > self.score(source, target, None, weight)["total"] + 1e-9:
-                    method = "learned_synonyms"
+                if source_changed or target.name in renamed_targets:
+                    if named_plain is None:
+                        named_plain = similarity_table(source_names, target_names, None, weight, 0.0)
+                    if signals["total"] > self.score(source, target, None, weight, named_plain[i][j])["total"] + 1e-9:
+                        method = "learned_synonyms"
                 if target.name in boosts and boosts[target.name][0] > total:
                     total, method = boosts[target.name]
                     signals = {**signals, "learned": total}
@@ -443,17 +401,17 @@ class FieldMatcher:
             "recommendations_applied": len(applied_for),
         }
 
-    def _carried(self, name: str, aliases: dict[str | None, list[tuple[str, float]]], synonyms: dict[str, str],
-                 weight: dict[str, float]) -> dict[str | None, tuple[float, str]]:
+    def _carried(self, alike: dict[str, float], aliases: dict[str | None, list[tuple[str, float]]]
+                 ) -> dict[str | None, tuple[float, str]]:
         """Corrections carried over by similarity: a source field much like one the tenant
         corrected gets that correction's target (or its "no counterpart"), scaled by how alike
-        the two names are."""
+        the two names are (`alike`: the source field's similarity to each taught name)."""
         boosts: dict[str | None, tuple[float, str]] = {}
         for target, taught in aliases.items():
             needed = self.no_counterpart if target is None else self.carry_over
             best = 0.0
             for alias, confidence in taught:
-                similarity = path_similarity(name, alias, synonyms, weight)
+                similarity = alike[alias]
                 if similarity >= needed:
                     best = max(best, confidence * similarity)
             if best:

@@ -9,8 +9,8 @@ SAMPLE = sample_inventory()
 
 
 def no_learning(method, tenant, *args):
-    """A learning call that knows nothing: no corrections, no recommendations."""
-    return [] if method == "corrections" else [[] for _ in args[0]]
+    """A learning call that knows nothing: no lessons, no recommendations."""
+    return [] if method == "mapping_lessons" else [[] for _ in args[0]]
 
 
 def context(kind: str = "discovery", **changes) -> FlowContext:

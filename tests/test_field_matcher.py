@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
 from bench.learning_eval import DATA, FAMILIES, folds, load_families, schema, score
 from crews.field_matcher import (
-    Field, FieldMatcher, Learned, SchemaError, align_words, field_context, name_similarity, normalise, parse_schema,
-    rarity, sample_kind, split_name, type_score,
+    Field, FieldMatcher, Learned, SchemaError, align_words, field_context, normalise, parse_schema, sample_kind,
+    type_score,
 )
-from crews.field_words import lemma, segment, word_similarity, words_of
+from crews.field_words import lemma, segment, split_name, word_similarity, words_of
+from crews.name_similarity import name_similarity, path_similarity, rarity, similarity_table
 
 
 def test_names_are_split_and_expanded():
@@ -141,7 +143,6 @@ def test_corrections_carry_over_by_similarity():
     learned = Learned.from_corrections([{"corrected": {"source_field": "lineItem/UnblendedCost",
                                                        "target_field": "BilledCost"}, "confidence": 0.95}])
     assert "target:bill cost" in Learned.keys_of("lineItem/UnblendedCost", "BilledCost")
-    assert "target:bill cost" in Learned.keys_for(source, source + targets, targets)
     taught = FieldMatcher().match(source, targets, learned=learned)
     assert taught["mappings"][0]["target_field"] == "BilledCost"
     assert taught["mappings"][0]["method"] == "learned_similar"
@@ -206,3 +207,34 @@ def test_flow_corrections_keep_no_counterpart_true():
                                           {"source_field": "a", "target_field": None}], ["a", "b"], ["A", "B"])
     assert [(m["source_field"], m["target_field"]) for m in updated["mappings"]] == [("b", "B")]
     assert updated["no_counterpart"] == ["a"] and updated["unmapped_source_fields"] == ["a"]
+
+
+def test_similarity_table_gives_path_similarity_of_every_pair():
+    """The table a mapping's carry-over reads is the same float for float as comparing pair by
+    pair: plain names, permuted and repeated words, nested paths, names with no words, learned
+    synonyms and rarity weights; a pair reported below the floor is truly below it."""
+    rng = random.Random(7)
+    words = ["cust", "customer", "nm", "name", "id", "acct", "billing", "bill", "amt", "total", "qzx", "ship", "to"]
+
+    def name() -> str:
+        kind = rng.random()
+        if kind < 0.05:
+            return "..."
+        parts = [rng.choice(words) for _ in range(rng.randint(1, 4))]
+        joined = rng.choice(["_", "", "-"]).join(parts) if kind < 0.8 else ".".join(parts)
+        return joined.upper() if rng.random() < 0.1 else joined
+
+    for synonyms in (None, {"qzx": "legacy reference", "nm": "label"}):
+        names, others = [name() for _ in range(25)], [name() for _ in range(60)]
+        others += [names[0], "_".join(reversed(names[1].split("_")))]
+        weight = rarity(words_of(n, synonyms) for n in names[:12])
+        for floor in (0.0, 0.7):
+            table = similarity_table(names, others, synonyms, weight, floor)
+            for i, a in enumerate(names):
+                for j, b in enumerate(others):
+                    exact = path_similarity(a, b, synonyms, weight)
+                    if exact >= floor:
+                        assert table[i][j] == exact, (a, b)
+                    else:
+                        assert table[i][j] in (0.0, exact), (a, b)
+    assert similarity_table([], ["a"], None, None, 0.0) == [] and similarity_table(["a"], [], None, None, 0.0) == [[]]

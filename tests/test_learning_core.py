@@ -144,6 +144,10 @@ def test_index_matches_exact_tfidf_after_refit():
             assert got[int(row)] == pytest.approx(expected[row], abs=1e-4)
     assert index.refits >= 2 and len(index) == 400
     assert index.query("", 0.1, 5) == [] and PatternIndex().query("w1", 0.1, 5) == []
+    # Many queries in one pass answer each exactly as alone (a text with no terms finds nothing).
+    batch = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 8))) for _ in range(12)] + ["", "the and"]
+    assert index.query_many(batch, 0.05, 7) == [index.query_many([text], 0.05, 7)[0] for text in batch]
+    assert index.query_many([], 0.1, 5) == [] and PatternIndex().query_many(["w1"], 0.1, 5) == [[]]
 
 
 def mapping_correction(source: str, target: str | None, proposed: str | None = None) -> dict:
@@ -151,9 +155,22 @@ def mapping_correction(source: str, target: str | None, proposed: str | None = N
             "corrected": {"source_field": source, "target_field": target}, "context": {"source_field": source}}
 
 
-async def test_corrections_for_fields_decide_the_mapping_as_all_of_them_do(engine, tenant):
-    """`corrections(keys=...)` fetches through the key index only the corrections that teach
-    something these schemas can use: the matcher maps exactly as with every correction of the tenant."""
+def every_lesson(core: LearningCore, tenant: str) -> list[dict]:
+    """Every field-mapping lesson of the tenant, most trusted first, as mapping_lessons gives them:
+    what the matcher would apply were nothing selected."""
+    state = core.tenants.peek(tenant)
+    prior = core.options.prior_weight
+    lessons = [p for p in state.patterns.values()
+               if p.confidence(prior) >= core.options.min_confidence
+               and isinstance(p.data.get("corrected" if p.type == "correction" else "result"), dict)
+               and "source_field" in p.data.get("corrected" if p.type == "correction" else "result")]
+    lessons.sort(key=lambda p: (p.confidence(prior), p.support, p.updated_at, p.created_at, p.id), reverse=True)
+    return [core._lesson(p, p.confidence(prior)) for p in lessons]
+
+
+async def test_mapping_lessons_decide_the_mapping_as_all_of_them_do(engine, tenant):
+    """`mapping_lessons` returns only the lessons that decide these schemas: the matcher maps
+    exactly as with every lesson of the tenant."""
     from crews.field_matcher import FieldMatcher, Learned
 
     core = core_on(engine)
@@ -169,39 +186,63 @@ async def test_corrections_for_fields_decide_the_mapping_as_all_of_them_do(engin
     source = {"customer_nm": "text", "xref_id": "text", "zzq_amt": "decimal", "ship_to": "text", "other": "text"}
     target = {"customer_name": "text", "client_label": "text", "legacy_reference": "text", "invoice_total": "numeric",
               "delivery_address": "text", "notes": "text"}
-    keys = Learned.keys_for(source, list(source) + list(target))
-    every = await core.corrections(tenant)
-    relevant = await core.corrections(tenant, 5_000, keys)
-    assert len(every) == 305 and len(relevant) == 5
-    # cust_nm and CUSTOMER-NAME decide customer_nm, zzq_amt decides zzq_amt; xref_code teaches
-    # xref = legacy and shipTo ship = delivery address, words of xref_id and ship_to. No noise.
-    assert {c["corrected"]["source_field"] for c in relevant} == {"cust_nm", "CUSTOMER-NAME", "xref_code", "zzq_amt",
-                                                                  "shipTo"}
+    every = every_lesson(core, tenant)
+    relevant = await core.mapping_lessons(tenant, list(source), list(target))
+    assert len(every) == 305
+    # CUSTOMER-NAME (the later of two lessons of the same words) decides customer_nm and names an
+    # alias of client_label; zzq_amt decides zzq_amt; xref_code teaches xref = legacy and shipTo
+    # ship = delivery address, words of xref_id and ship_to. No noise, and not the overruled cust_nm.
+    assert [c["corrected"]["source_field"] for c in relevant] == ["shipTo", "zzq_amt", "CUSTOMER-NAME", "xref_code"]
     matcher = FieldMatcher()
     assert matcher.match(source, target, learned=Learned.from_corrections(relevant)) == \
         matcher.match(source, target, learned=Learned.from_corrections(every))
-    assert Learned.from_corrections(relevant).exact["customer name"][0] == \
-        Learned.from_corrections(every).exact["customer name"][0]
-    # Most trusted first, on both paths; the index survives a restart (it is rebuilt from storage).
+    # The index is rebuilt from storage after a restart, in the same order.
     again = core_on(engine)
-    assert [c["pattern_id"] for c in await again.corrections(tenant, 5_000, keys)] == \
-        [c["pattern_id"] for c in relevant]
-    assert await core.corrections(tenant, 5_000, []) == [] and await core.corrections(tenant, 5_000, ["nothing"]) == []
+    assert await again.mapping_lessons(tenant, list(source), list(target)) == relevant
+    assert await core.mapping_lessons(tenant, [], []) == [] and await core.mapping_lessons(tenant, ["..."], ["nothing"]) == []
     # What is learned after the index was built joins it.
     await core.learn(tenant, [mapping_correction("customer_nm", "customer_name")])
-    assert "customer_nm" in {c["corrected"]["source_field"] for c in await core.corrections(tenant, 5_000, keys)}
+    assert "customer_nm" in {c["corrected"]["source_field"] for c in await core.mapping_lessons(tenant, list(source), list(target))}
 
 
-async def test_a_relevant_correction_is_found_beyond_the_most_trusted_limit(engine, tenant):
+async def test_mapping_lessons_follow_trust_as_it_moves(engine, tenant):
+    """Random lessons over a small vocabulary (source fields taught several ways, aliases, "no
+    counterpart", accepted mappings), then feedback and repeats that reorder them: after every
+    change the selected lessons map random schemas exactly as every lesson does."""
+    from crews.field_matcher import FieldMatcher, Learned
+
+    rng = random.Random(23)
+    words = ["cust", "acct", "qzx", "blorp", "amt", "zzv", "ship", "dt", "wex", "kk", "total", "name"]
+    targets = [f"{a}_{b}" for a in ("customer", "invoice", "legacy", "delivery") for b in ("name", "total", "ref", "date")]
+
+    def name() -> str:
+        return "_".join(rng.sample(words, rng.choice((1, 2, 2, 3))))
+
+    def lesson() -> dict:
+        source = name()
+        if rng.random() < 0.15:
+            return {"type": "success", "result": {"source_field": source, "target_field": rng.choice(targets)},
+                    "context": {"source_field": source}}
+        return mapping_correction(source, None if rng.random() < 0.1 else rng.choice(targets))
+
     core = core_on(engine)
-    await core.learn(tenant, [mapping_correction(f"popular{i}", f"t{i}") for i in range(5)])
-    await core.learn(tenant, [mapping_correction(f"popular{i}", f"t{i}") for i in range(5)])  # support 2: more trusted
-    await core.learn(tenant, [mapping_correction("hostname", "host_name")])
-    assert "hostname" not in {c["corrected"]["source_field"] for c in await core.corrections(tenant, 5)}
-    from crews.field_matcher import Learned
-
-    [found] = await core.corrections(tenant, 5, Learned.keys_for(["hostname"], ["hostname", "host_name"]))
-    assert found["corrected"] == {"source_field": "hostname", "target_field": "host_name"}
+    await core.learn(tenant, [lesson() for _ in range(400)])
+    matcher = FieldMatcher()
+    checked = 0
+    for round_ in range(12):
+        for _ in range(3):
+            sources = sorted({name() for _ in range(rng.randint(1, 6))})
+            wanted = sorted(set(rng.sample(targets, rng.randint(1, 6))))
+            selected = Learned.from_corrections(await core.mapping_lessons(tenant, sources, wanted))
+            assert matcher.match(sources, wanted, learned=selected) == \
+                matcher.match(sources, wanted, learned=Learned.from_corrections(every_lesson(core, tenant))), round_
+            checked += 1
+        state = core.tenants.peek(tenant)
+        for pattern in rng.sample(list(state.patterns.values()), 40):  # trust moves both ways
+            await core.feedback(tenant, pattern.id, rng.random() < 0.5)
+        repeated = [p.data for p in rng.sample(list(state.patterns.values()), 20)]
+        await core.learn(tenant, [dict(d) for d in repeated if d["type"] == "correction"] + [lesson() for _ in range(20)])
+    assert checked == 36
 
 
 async def test_accepted_mappings_and_no_counterparts_are_found_by_target(engine, tenant):
@@ -218,8 +259,7 @@ async def test_accepted_mappings_and_no_counterparts_are_found_by_target(engine,
         {"type": "success", "result": {"source_field": "x", "target_field": None}, "context": {"source_field": "x"}},
         mapping_correction("etag", None, "identifier"),
     ])
-    keys = Learned.keys_for(["title"], ["title", "name"], ["name"])
-    found = await core.corrections(tenant, 5_000, keys)
+    found = await core.mapping_lessons(tenant, ["title"], ["name"])
     assert sorted((c["type"], c["corrected"]["source_field"], c["corrected"]["target_field"]) for c in found) == [
         ("correction", "etag", None), ("success", "volumeInfo.title", "name")]
     learned = Learned.from_corrections(found)

@@ -12,7 +12,7 @@ from storage.engine import create_engine
 from storage.patterns import PatternStore
 
 PUBLIC_METHODS = frozenset({"decide", "forget", "learn", "learn_from_correction", "learn_from_success", "feedback", "recommendations",
-                            "recommendations_many", "corrections", "stats_for", "set_limits"})
+                            "recommendations_many", "corrections", "mapping_lessons", "stats_for", "set_limits"})
 
 
 @ray.remote(num_cpus=0, max_concurrency=10_000)

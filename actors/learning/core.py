@@ -27,7 +27,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from actors.learning.decision_model import KEEP, Example
 from actors.learning.decision_model import decide as decide_values
@@ -38,7 +38,8 @@ from actors.substrate.limits import Limits, LimitsCache
 from actors.substrate.metrics import NO_METRICS, MetricSink
 from actors.substrate.operations import ActorError
 from actors.substrate.stamps import Stamps
-from crews.field_matcher import Learned
+from actors.learning.mapping_lessons import MappingLessons
+from crews.field_matcher import ALIASES_PER_TARGET
 from storage.patterns import PatternStore
 
 KIND = "learning"
@@ -142,9 +143,9 @@ class TenantPatterns:
     patterns: dict[str, Pattern] = field(default_factory=dict)
     by_fingerprint: dict[str, Pattern] = field(default_factory=dict)
     by_row: list[Pattern] = field(default_factory=list)
-    # what a correction of a field mapping teaches (Learned.keys_of) -> the corrections teaching it;
-    # built on the tenant's first mapping (activation stays as cheap for tenants that never map)
-    by_mapping_key: dict[str, list[Pattern]] | None = None
+    # the tenant's field-mapping lessons by what each teaches; built on the tenant's first mapping
+    # (activation stays as cheap for tenants that never map)
+    lessons: MappingLessons[Pattern] | None = None
     # the patterns' contexts alone, indexed on the tenant's first recommendation by context (the
     # agents' decisions, crews/decisions.py: items are alike when their contexts are, whatever
     # was decided about them)
@@ -163,28 +164,28 @@ class TenantPatterns:
         self.context_index.add([context_text(p.data.get("context") or {}) for p in patterns])
         self.by_context_row.extend(patterns)
 
-    def mapping_index(self) -> dict[str, list[Pattern]]:
-        if self.by_mapping_key is None:
-            self.by_mapping_key = {}
-            self.index_mappings(self.by_row)
-        return self.by_mapping_key
+    def mapping_lessons(self, options: LearningOptions) -> MappingLessons[Pattern]:
+        if self.lessons is None:
+            prior = options.prior_weight
+            self.lessons = MappingLessons(
+                trust=lambda p: (p.confidence(prior), p.support, p.updated_at, p.created_at, p.id),
+                usable=lambda p: p.confidence(prior) >= options.min_confidence,
+                mapping=_taught_mapping)
+            self.lessons.add(self.by_row)
+        return self.lessons
 
-    def index_mappings(self, patterns: list[Pattern]) -> None:
-        if self.by_mapping_key is None:
-            return
-        for pattern in patterns:
-            mapping = pattern.data.get("corrected" if pattern.type == CORRECTION else "result")
-            if isinstance(mapping, dict) and isinstance(mapping.get("source_field"), str) \
-                    and "target_field" in mapping \
-                    and (mapping["target_field"] is None or isinstance(mapping["target_field"], str)):
-                if pattern.type == CORRECTION:
-                    keys = Learned.keys_of(mapping["source_field"], mapping["target_field"])
-                elif mapping["target_field"] is not None:  # an accepted mapping: an alias of its target
-                    keys = Learned.keys_of_accepted(mapping["source_field"], mapping["target_field"])
-                else:
-                    continue
-                for key in keys:
-                    self.by_mapping_key.setdefault(key, []).append(pattern)
+    def trust_moved(self, patterns: Iterable[Pattern]) -> None:
+        if self.lessons is not None:
+            self.lessons.changed(patterns)
+
+
+def _taught_mapping(pattern: Pattern) -> tuple[str, str | None, bool] | None:
+    """The field mapping a correction (or an accepted mapping) teaches: (source, target, accepted)."""
+    mapping = pattern.data.get("corrected" if pattern.type == CORRECTION else "result")
+    if not isinstance(mapping, dict) or not isinstance(mapping.get("source_field"), str) \
+            or "target_field" not in mapping or not (mapping["target_field"] is None or isinstance(mapping["target_field"], str)):
+        return None
+    return mapping["source_field"], mapping["target_field"], pattern.type == SUCCESS
 
 
 class LearningCore:
@@ -227,7 +228,8 @@ class LearningCore:
         for pattern, row in zip(patterns, rows):
             pattern.row = row
             state.by_row.append(pattern)
-        state.index_mappings(patterns)
+        if state.lessons is not None:
+            state.lessons.add(patterns)
         state.index_contexts(patterns)
 
     async def _write(self, pending: list[Pending[list[Pattern]]]) -> None:
@@ -281,6 +283,8 @@ class LearningCore:
                     refuted.updated_at = now
                     touched[refuted.id] = refuted
 
+        state.trust_moved(touched.values())
+
         def undo() -> None:
             for pattern, updated_at in reversed(rejected):
                 pattern.rejected -= 1
@@ -291,6 +295,7 @@ class LearningCore:
             for pattern in created:
                 state.by_fingerprint.pop(pattern.fingerprint, None)
                 state.patterns.pop(pattern.id, None)
+            state.trust_moved(touched.values())
 
         if created and len(state.patterns) > limits.patterns:  # the new ones (and pending ones) included
             undo()
@@ -322,49 +327,55 @@ class LearningCore:
         field_name = "accepted" if accepted else "rejected"
         setattr(pattern, field_name, getattr(pattern, field_name) + 1)
         before, pattern.updated_at = pattern.updated_at, self._stamps.next() / 1_000_000
+        state.trust_moved([pattern])
 
         def undo() -> None:
             setattr(pattern, field_name, getattr(pattern, field_name) - 1)
             pattern.updated_at = before
+            state.trust_moved([pattern])
 
         await self._commits.commit(tenant, [pattern], undo)
         return pattern.view(self.options.prior_weight)
 
     # -- recommendations --------------------------------------------------------------------------
-    def _recommend(self, state: TenantPatterns, context: dict[str, Any], threshold: float, limit: int,
-                   by: str = "pattern"):
-        """`by="pattern"` compares the context with each pattern's whole text (the original's way);
-        `by="context"` with each pattern's context alone, so that a correction and a success about
-        alike items compare alike, whatever values they carry."""
+    def _recommend(self, state: TenantPatterns, contexts: list[dict[str, Any]], threshold: float, limit: int,
+                   by: str = "pattern") -> list[list[dict[str, Any]]]:
+        """Per context, its recommendations. `by="pattern"` compares the context with each
+        pattern's whole text (the original's way); `by="context"` with each pattern's context
+        alone, so that a correction and a success about alike items compare alike, whatever
+        values they carry."""
         prior = self.options.prior_weight
-        out = []
         index, rows = ((state.contexts(self.options.refit_growth), state.by_context_row) if by == "context"
                        else (state.index, state.by_row))
-        for match in index.query(context_text(context), threshold, limit * 10):
-            pattern = rows[match.row]
-            confidence = pattern.confidence(prior)
-            if confidence < self.options.min_confidence:
-                continue
-            correction = pattern.type == CORRECTION
-            out.append({
-                "type": "correction_recommendation" if correction else "success_recommendation",
-                "recommendation": pattern.data["corrected"] if correction else pattern.data["result"],
-                "confidence": round(match.similarity * confidence, 6),
-                "similarity": round(match.similarity, 6),
-                "reasoning": (f"Based on previous {'user correction' if correction else 'successful operation'} "
-                              f"with {match.similarity:.2%} similarity (support {pattern.support})"),
-                "pattern_id": pattern.id,
-            })
-        # By context the nearest come first (the agents' decisions vote among neighbours, crews/decisions.py).
-        out.sort(key=lambda r: r["similarity" if by == "context" else "confidence"], reverse=True)
-        return out[:limit]
+        found = []
+        for matches in index.query_many([context_text(c) for c in contexts], threshold, limit * 10):
+            out = []
+            for match in matches:
+                pattern = rows[match.row]
+                confidence = pattern.confidence(prior)
+                if confidence < self.options.min_confidence:
+                    continue
+                correction = pattern.type == CORRECTION
+                out.append({
+                    "type": "correction_recommendation" if correction else "success_recommendation",
+                    "recommendation": pattern.data["corrected"] if correction else pattern.data["result"],
+                    "confidence": round(match.similarity * confidence, 6),
+                    "similarity": round(match.similarity, 6),
+                    "reasoning": (f"Based on previous {'user correction' if correction else 'successful operation'} "
+                                  f"with {match.similarity:.2%} similarity (support {pattern.support})"),
+                    "pattern_id": pattern.id,
+                })
+            # By context the nearest come first (the agents' decisions vote among neighbours, crews/decisions.py).
+            out.sort(key=lambda r: r["similarity" if by == "context" else "confidence"], reverse=True)
+            found.append(out[:limit])
+        return found
 
     async def recommendations(self, tenant: str, context: dict[str, Any], threshold: float | None = None,
                               limit: int | None = None) -> list[dict[str, Any]]:
         state = await self._state(tenant)
         started = time.perf_counter()
-        found = self._recommend(state, context, self.options.threshold if threshold is None else threshold,
-                                limit or self.options.limit)
+        [found] = self._recommend(state, [context], self.options.threshold if threshold is None else threshold,
+                                  limit or self.options.limit)
         self.metrics.observe("raytenant_recommendation_ms", (time.perf_counter() - started) * 1000)
         return found
 
@@ -374,11 +385,11 @@ class LearningCore:
             raise LearningError(422, "invalid_by", "by must be pattern or context")
         state = await self._state(tenant)
         threshold = self.options.threshold if threshold is None else threshold
-        found = []
-        for context in contexts:
-            started = time.perf_counter()
-            found.append(self._recommend(state, context, threshold, limit or self.options.limit, by))
-            self.metrics.observe("raytenant_recommendation_ms", (time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+        found = self._recommend(state, contexts, threshold, limit or self.options.limit, by)
+        elapsed = (time.perf_counter() - started) * 1000
+        for _ in contexts:  # each context's share of the one pass over the index
+            self.metrics.observe("raytenant_recommendation_ms", elapsed / len(contexts))
         return found
 
     async def decide(self, tenant: str, contexts: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
@@ -415,26 +426,29 @@ class LearningCore:
                                 "reasoning": f"Taught by this tenant's corrections of {decision} (p={probability:.2f})"}
         return found
 
-    async def corrections(self, tenant: str, limit: int = 5_000, keys: list[str] | None = None) -> list[dict[str, Any]]:
-        """The tenant's recommendable corrections, most trusted first (what a field matcher applies).
-
-        With `keys` (Learned.keys_for the schemas being mapped), only the corrections of a field
-        mapping that teach one of them, and the accepted mappings (successes, `type` "success",
-        their result as `corrected`) of the targets among them, found through the shard's key
-        index instead of a scan of every pattern: a mapping costs what its fields need, however much the tenant taught, and
-        no correction that decides it is cut off by the limit behind thousands that do not."""
+    async def corrections(self, tenant: str, limit: int = 5_000) -> list[dict[str, Any]]:
+        """The tenant's recommendable corrections, most trusted first."""
         state = await self._state(tenant)
         prior = self.options.prior_weight
-        if keys is None:
-            candidates = [p for p in state.patterns.values() if p.type == CORRECTION]
-        else:
-            index = state.mapping_index()
-            candidates = list({id(p): p for key in keys for p in index.get(key, ())}.values())
-        rated = [(c, p) for p in candidates if (c := p.confidence(prior)) >= self.options.min_confidence]
+        rated = [(c, p) for p in state.patterns.values()
+                 if p.type == CORRECTION and (c := p.confidence(prior)) >= self.options.min_confidence]
         rated.sort(key=lambda cp: (cp[0], cp[1].support, cp[1].updated_at, cp[1].created_at, cp[1].id), reverse=True)
-        return [{"pattern_id": p.id, "type": p.type, "original": p.data.get("original"),
-                 "corrected": p.data["corrected"] if p.type == CORRECTION else p.data["result"],
-                 "context": p.data["context"], "confidence": c, "support": p.support} for c, p in rated[:limit]]
+        return [self._lesson(p, c) for c, p in rated[:limit]]
+
+    async def mapping_lessons(self, tenant: str, sources: list[str], targets: list[str]) -> list[dict[str, Any]]:
+        """The lessons that decide a field mapping of these source fields to these target fields,
+        most trusted first: given only these, the field matcher maps exactly as with every lesson of
+        the tenant (actors/learning/mapping_lessons.py). Corrections of field mappings and accepted
+        mappings (successes, `type` "success", their result as `corrected`)."""
+        state = await self._state(tenant)
+        lessons = state.mapping_lessons(self.options).select(sources, targets, ALIASES_PER_TARGET)
+        return [self._lesson(p, p.confidence(self.options.prior_weight)) for p in lessons]
+
+    @staticmethod
+    def _lesson(p: Pattern, confidence: float) -> dict[str, Any]:
+        return {"pattern_id": p.id, "type": p.type, "original": p.data.get("original"),
+                "corrected": p.data["corrected"] if p.type == CORRECTION else p.data["result"],
+                "context": p.data["context"], "confidence": confidence, "support": p.support}
 
     async def stats_for(self, tenant: str) -> dict[str, Any]:
         state = await self._state(tenant)

@@ -96,18 +96,38 @@ class PatternIndex:
 
     def query(self, text: str, threshold: float, limit: int) -> list[Match]:
         """Rows whose cosine similarity to `text` is at least `threshold`, best first."""
-        if not self.rows:
-            return []
-        q = term_counts([text])
-        if q.nnz == 0:
-            return []
-        weights = q.data * self._idf(q.indices)
-        weights /= np.linalg.norm(weights) or 1.0
-        scores = np.empty(self.rows, dtype=np.float32)
+        return self.query_many([text], threshold, limit)[0]
+
+    def query_many(self, texts: list[str], threshold: float, limit: int) -> list[list[Match]]:
+        """`query` for each text, with one vectorisation and one pass over the index's columns
+        for them all (a field mapping asks for every source field at once). Each query's scores
+        are the same floats as alone: the columns are summed in the same order, and a column only
+        another query has adds 0 to them."""
+        if not self.rows or not texts:
+            return [[] for _ in texts]
+        q = term_counts(texts)
+        q.sort_indices()
+        columns = np.unique(q.indices)
+        if not len(columns):
+            return [[] for _ in texts]
+        weights = np.zeros((len(columns), len(texts)), dtype=np.float32)
+        for k, (start, end) in enumerate(zip(q.indptr[:-1], q.indptr[1:])):
+            own = q.indices[start:end]
+            if not len(own):
+                continue
+            w = q.data[start:end] * self._idf(own)
+            w /= np.linalg.norm(w) or 1.0
+            weights[np.searchsorted(columns, own), k] = w
+        scores = np.empty((self.rows, len(texts)), dtype=np.float32)
         offset = 0
         for block in self._blocks:
-            scores[offset : offset + block.shape[0]] = block[:, q.indices] @ weights
+            scores[offset : offset + block.shape[0]] = block[:, columns] @ weights
             offset += block.shape[0]
+        return [self._best(scores[:, k], threshold, limit) if q.indptr[k] < q.indptr[k + 1] else []
+                for k in range(len(texts))]
+
+    @staticmethod
+    def _best(scores: np.ndarray, threshold: float, limit: int) -> list[Match]:
         found = np.flatnonzero(scores >= threshold - 1e-6)
         if len(found) > limit:
             found = found[np.argpartition(-scores[found], limit - 1)[:limit]]
