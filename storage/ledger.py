@@ -9,9 +9,9 @@ from sqlalchemy import and_, delete, func, insert, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.leases import PG_LEASE_CTE, PG_LEASE_HELD, ShardLease
+from storage.leases import ShardLease
 from storage.models import BudgetLevelRow, BudgetRow, PriceOverrideRow, ReservationRow, UsageRow
-from storage.strict_json import dumps_stored
+from storage.pg_arrays import arrays, batch_statements, run_batch, unnest_insert
 
 
 def utc(ts: datetime) -> datetime:
@@ -54,51 +54,19 @@ RESERVATION_COLUMNS = {
 }
 
 
-def _unnest_insert(table: str, prefix: str, columns: dict[str, str], conflict: tuple[str, ...] = (),
-                   where: str = "") -> str:
-    names = ", ".join(columns)
-    # JSONB travels as text (asyncpg has no jsonb[] codec) and is cast per row.
-    arrays = ", ".join(f"CAST(:{prefix}_{c} AS {'TEXT' if t == 'JSONB' else t}[])" for c, t in columns.items())
-    values = ", ".join(f"CAST({c} AS JSONB)" if t == "JSONB" else c for c, t in columns.items())
-    sql = f"INSERT INTO {table} ({names}) SELECT {values} FROM unnest({arrays}) AS batch({names})"
-    if where:
-        sql += f" WHERE {where}"
-    if conflict:
-        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in conflict)
-        sql += f" ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET {updates}"
-    return sql
-
-
 # On PostgreSQL a whole group commit is one statement over arrays (data-modifying CTEs): one round
 # trip, atomic in autocommit, one prepared statement whatever the batch size. Profiling showed the
 # per-row parameter handling of executemany and the BEGIN/COMMIT round trips as the commit's cost.
-def _pg_write(leased: bool) -> Any:
-    """The group commit's statement; `leased`, its inserts depend on this copy of the shard holding
-    its lease (storage/leases.py), and it answers whether it did."""
-    where = PG_LEASE_HELD if leased else ""
-    return text(
-        f"WITH {PG_LEASE_CTE + ', ' if leased else ''}"
-        f"u AS ({_unnest_insert('llm_usage', 'u', USAGE_COLUMNS, where=where)}), "
-        f"b AS ({_unnest_insert('llm_budgets', 'b', BUDGET_COLUMNS, ('tenant', 'month'), where)}), "
-        f"r AS ({_unnest_insert('llm_reservations', 'r', RESERVATION_COLUMNS, ('id',), where)}) "
-        + ("SELECT count(*) FROM lease" if leased else "SELECT 1")
-    )
-
-
-_PG_WRITE, _PG_WRITE_LEASED = _pg_write(False), _pg_write(True)
+_PG_WRITE = batch_statements(lambda where: {
+    "u": unnest_insert("llm_usage", "u", USAGE_COLUMNS, where=where),
+    "b": unnest_insert("llm_budgets", "b", BUDGET_COLUMNS, ("tenant", "month"), where),
+    "r": unnest_insert("llm_reservations", "r", RESERVATION_COLUMNS, ("id",), where),
+})
 _PG_KEYS = text(
     f"SELECT {', '.join('u.' + c for c in USAGE_COLUMNS)} FROM llm_usage AS u "
     "JOIN unnest(CAST(:tenants AS VARCHAR[]), CAST(:keys AS VARCHAR[])) AS k(tenant, key) "
     "ON u.tenant = k.tenant AND u.idempotency_key = k.key"
 )
-
-
-def _arrays(prefix: str, columns: dict[str, str], rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    return {f"{prefix}_{c}": [_pg_value(row[c], t) for row in rows] for c, t in columns.items()}
-
-
-def _pg_value(value: Any, kind: str) -> Any:
-    return dumps_stored(value) if kind == "JSONB" and value is not None else value
 
 
 class LedgerStore:
@@ -118,18 +86,11 @@ class LedgerStore:
         """One transaction for the whole batch: all of it is stored, or none."""
         if self.dialect == "postgresql" and not writes.overrides and not writes.levels:
             params = {
-                **_arrays("u", USAGE_COLUMNS, writes.usage),
-                **_arrays("b", BUDGET_COLUMNS, list(writes.budgets.values())),
-                **_arrays("r", RESERVATION_COLUMNS, list(writes.reservations.values())),
+                **arrays("u", USAGE_COLUMNS, writes.usage),
+                **arrays("b", BUDGET_COLUMNS, list(writes.budgets.values())),
+                **arrays("r", RESERVATION_COLUMNS, list(writes.reservations.values())),
             }
-            statement = _PG_WRITE
-            if self.lease is not None:
-                statement, params = _PG_WRITE_LEASED, {**params, **self.lease.params()}
-            async with self.engine.connect() as conn:
-                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                held = (await conn.execute(statement, params)).scalar_one()
-            if not held and self.lease is not None:
-                self.lease.lost()
+            await run_batch(self.engine, self.lease, _PG_WRITE, params)
             return
         async with self.engine.begin() as conn:
             if self.lease is not None:

@@ -1,27 +1,58 @@
-"""Repository for agent mailboxes: one-transaction batch writes, per-tenant loads."""
+"""Repository for agent mailboxes: one-transaction batch writes, per-tenant loads.
+
+A message's row is written whole once, when it is sent; handing it out, acknowledging it and
+expiring it change only its delivery state (`MUTABLE`), so those writes carry four columns, not
+its content again. On PostgreSQL a group commit without subscription changes is one statement.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.leases import ShardLease
 from storage.models import MessageRow, SubscriptionRow
+from storage.pg_arrays import arrays, batch_statements, run_batch, unnest_insert, unnest_update
 
 MUTABLE = ("state", "attempts", "visible_at", "updated_at")
+ROW_COLUMNS = {
+    "id": "VARCHAR", "tenant": "VARCHAR", "receiver": "VARCHAR", "sender": "VARCHAR", "type": "VARCHAR",
+    "content": "JSONB", "correlation_id": "VARCHAR", "topic": "VARCHAR", "state": "VARCHAR", "attempts": "INTEGER",
+    "visible_at": "TIMESTAMPTZ", "created_at": "TIMESTAMPTZ", "updated_at": "TIMESTAMPTZ",
+}
+STATE_COLUMNS = {"id": "VARCHAR", "state": "VARCHAR", "attempts": "INTEGER", "visible_at": "TIMESTAMPTZ",
+                 "updated_at": "TIMESTAMPTZ"}
 
 
 @dataclass
 class MailboxWrites:
-    messages: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> row (latest state)
+    messages: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> new row (latest state)
+    states: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> {id, *MUTABLE} of a stored row
     topics: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (tenant, agent) -> all topics
 
     def merge(self, other: "MailboxWrites") -> None:
-        self.messages.update(other.messages)
+        """`other` came later: its rows and states win; a state change of a row new in this batch
+        goes into that row."""
+        for message_id, row in other.messages.items():
+            self.states.pop(message_id, None)
+            self.messages[message_id] = row
+        for message_id, change in other.states.items():
+            if message_id in self.messages:
+                self.messages[message_id] = {**self.messages[message_id], **change}
+            else:
+                self.states[message_id] = change
         self.topics.update(other.topics)
+
+
+_PG_WRITE = batch_statements(lambda where: {
+    "m": unnest_insert("agent_messages", "m", ROW_COLUMNS, ("id",), where),
+    "s": unnest_update("agent_messages", "s", "id", STATE_COLUMNS, where),
+})
+_STATE_UPDATE = (update(MessageRow).where(MessageRow.id == bindparam("b_id"))
+                 .values({c: bindparam("b_" + c) for c in MUTABLE}))
 
 
 class MailboxStore:
@@ -33,6 +64,11 @@ class MailboxStore:
 
     async def write(self, writes: MailboxWrites) -> None:
         """New messages, state changes and subscription lists, all in one transaction."""
+        if self.dialect == "postgresql" and not writes.topics:
+            params = {**arrays("m", ROW_COLUMNS, list(writes.messages.values())),
+                      **arrays("s", STATE_COLUMNS, list(writes.states.values()))}
+            await run_batch(self.engine, self.lease, _PG_WRITE, params)
+            return
         async with self.engine.begin() as conn:
             if self.lease is not None:
                 await self.lease.hold(conn)
@@ -43,6 +79,9 @@ class MailboxStore:
                     index_elements=["id"], set_={c: statement.excluded[c] for c in MUTABLE}
                 )
                 await conn.execute(statement, list(writes.messages.values()))
+            if writes.states:
+                await conn.execute(_STATE_UPDATE, [{"b_" + c: v for c, v in change.items()}
+                                                   for change in writes.states.values()])
             for (tenant, agent), topics in writes.topics.items():
                 await conn.execute(
                     delete(SubscriptionRow).where(SubscriptionRow.tenant == tenant, SubscriptionRow.agent == agent)

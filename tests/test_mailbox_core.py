@@ -8,7 +8,7 @@ import pytest
 
 from actors.mailbox.core import MailboxCore, MailboxError, MailboxOptions
 from storage.engine import create_engine
-from storage.mailbox import MailboxStore
+from storage.mailbox import MailboxStore, MailboxWrites
 
 
 class Clock:
@@ -211,3 +211,20 @@ async def test_ack_many_looks_up_unknown_ids_in_one_query(engine, tenant):
         event.remove(engine.sync_engine, "before_cursor_execute", seen)
     assert result["not_found"] == unknown and result["acked"] == [sent["message_id"]]
     assert sum(s.lstrip().upper().startswith("SELECT") for s in statements) == 1
+
+
+def test_writes_merge_keeps_the_latest_state_and_writes_new_rows_whole():
+    """A group commit merges its operations' writes in order: a state change of a row new in the
+    same commit goes into that row (one insert), a later state change of a stored row wins, and
+    a later whole row supersedes an earlier state change."""
+    merged = MailboxWrites(messages={"a": {"id": "a", "content": {"x": 1}, "state": "ready", "attempts": 0}},
+                           states={"b": {"id": "b", "state": "inflight", "attempts": 1}})
+    merged.merge(MailboxWrites(states={"a": {"id": "a", "state": "inflight", "attempts": 1},
+                                       "b": {"id": "b", "state": "acked", "attempts": 1}}))
+    merged.merge(MailboxWrites(messages={"c": {"id": "c", "state": "ready"}}, states={"d": {"id": "d", "state": "dead"}}))
+    merged.merge(MailboxWrites(messages={"d": {"id": "d", "state": "ready", "content": None}},
+                               topics={("t", "agent"): ["x"]}))
+    assert merged.messages == {"a": {"id": "a", "content": {"x": 1}, "state": "inflight", "attempts": 1},
+                               "c": {"id": "c", "state": "ready"}, "d": {"id": "d", "state": "ready", "content": None}}
+    assert merged.states == {"b": {"id": "b", "state": "acked", "attempts": 1}}
+    assert merged.topics == {("t", "agent"): ["x"]}

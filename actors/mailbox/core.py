@@ -76,6 +76,10 @@ class Message:
             "updated_at": _dt(self.updated_at or self.created_at),
         }
 
+    def state_row(self) -> dict[str, Any]:
+        return {"id": self.id, "state": self.state, "attempts": self.attempts, "visible_at": _dt(self.visible_at),
+                "updated_at": _dt(self.updated_at or self.created_at)}
+
     def view(self) -> dict[str, Any]:
         return {
             "message_id": self.id, "type": self.type, "sender": self.sender, "receiver": self.receiver,
@@ -171,7 +175,13 @@ class MailboxCore:
         await self.store.write(merged)
 
     def _rows(self, tenant: str, messages: list[Message]) -> MailboxWrites:
+        """New messages, stored whole."""
         return MailboxWrites(messages={m.id: m.row(tenant) for m in messages})
+
+    @staticmethod
+    def _states(messages: list[Message]) -> MailboxWrites:
+        """Stored messages' new delivery state (their content is not written again)."""
+        return MailboxWrites(states={m.id: m.state_row() for m in messages})
 
     # -- sending ----------------------------------------------------------------------------------
     async def send(self, tenant: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -291,7 +301,7 @@ class MailboxCore:
                 m.state, m.attempts, m.visible_at, m.updated_at = st, attempts, visible_at, updated_at
             state.queue(agent).extendleft(reversed(taken))
 
-        await self._commits.commit(tenant, self._rows(tenant, taken), undo)
+        await self._commits.commit(tenant, self._states(taken), undo)
         self.counters["delivered"] += len(taken)
         return [m.view() for m in taken]
 
@@ -332,7 +342,7 @@ class MailboxCore:
             state.next_due = min([state.next_due, *(m.visible_at for m in found if m.state == "inflight")])
 
         if found:
-            await self._commits.commit(tenant, self._rows(tenant, found), undo)
+            await self._commits.commit(tenant, self._states(found), undo)
             self.counters["acked"] += len(found)
         result: dict[str, list[str]] = {"acked": [m.id for m in found], "not_found": [], "dead": []}
         stored = await self.store.states(tenant, missing)  # one query, however many ids
@@ -373,7 +383,7 @@ class MailboxCore:
                     state.queue(m.receiver).remove(m)
             state.next_due = min([state.next_due, *(m.visible_at for m in due)])
 
-        await self._commits.commit(tenant, self._rows(tenant, due), undo)
+        await self._commits.commit(tenant, self._states(due), undo)
         self.counters["redelivered"] += len(again)
         self.counters["dead"] += len(dead)
         self.metrics.inc("raytenant_mailbox_redeliveries", len(again))
