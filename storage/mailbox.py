@@ -20,7 +20,7 @@ from storage.pg_arrays import arrays, batch_statements, run_batch, unnest_insert
 MUTABLE = ("state", "attempts", "visible_at", "updated_at")
 ROW_COLUMNS = {
     "id": "VARCHAR", "tenant": "VARCHAR", "receiver": "VARCHAR", "sender": "VARCHAR", "type": "VARCHAR",
-    "content": "JSONB", "correlation_id": "VARCHAR", "topic": "VARCHAR", "state": "VARCHAR", "attempts": "INTEGER",
+    "content": "JSONB_VALUE", "correlation_id": "VARCHAR", "topic": "VARCHAR", "state": "VARCHAR", "attempts": "INTEGER",
     "visible_at": "TIMESTAMPTZ", "created_at": "TIMESTAMPTZ", "updated_at": "TIMESTAMPTZ",
 }
 STATE_COLUMNS = {"id": "VARCHAR", "state": "VARCHAR", "attempts": "INTEGER", "visible_at": "TIMESTAMPTZ",

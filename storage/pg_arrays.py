@@ -4,7 +4,8 @@ A group commit's rows become a handful of array parameters, so the whole batch i
 statement, one round trip, whatever its size: profiling the ledger, the hub and the mailbox showed
 executemany's per-row parameter handling and the BEGIN/COMMIT round trips as their commits' cost.
 Columns are given as {name: SQL type}; JSONB travels as text (asyncpg has no jsonb[] codec) and is
-cast per row.
+cast per row. `JSONB` stores None as SQL NULL (a nullable column); `JSONB_VALUE` stores it as the
+JSON value null, as SQLAlchemy's JSON type does, for a NOT NULL column whose value may be null.
 """
 from __future__ import annotations
 
@@ -19,8 +20,11 @@ from storage.strict_json import dumps_stored
 Statements = tuple[TextClause, TextClause]  # the batch's statement without and with a lease
 
 
+JSON_KINDS = ("JSONB", "JSONB_VALUE")
+
+
 def _array(prefix: str, column: str, kind: str) -> str:
-    return f"CAST(:{prefix}_{column} AS {'TEXT' if kind == 'JSONB' else kind}[])"
+    return f"CAST(:{prefix}_{column} AS {'TEXT' if kind in JSON_KINDS else kind}[])"
 
 
 def unnest_insert(table: str, prefix: str, columns: dict[str, str], conflict: tuple[str, ...] = (),
@@ -28,7 +32,7 @@ def unnest_insert(table: str, prefix: str, columns: dict[str, str], conflict: tu
     """INSERT of the rows in arrays `:<prefix>_<column>`; on a `conflict`, the other columns are updated."""
     names = ", ".join(columns)
     sources = ", ".join(_array(prefix, c, t) for c, t in columns.items())
-    values = ", ".join(f"CAST({c} AS JSONB)" if t == "JSONB" else c for c, t in columns.items())
+    values = ", ".join(f"CAST({c} AS JSONB)" if t in JSON_KINDS else c for c, t in columns.items())
     sql = f"INSERT INTO {table} ({names}) SELECT {values} FROM unnest({sources}) AS batch({names})"
     if where:
         sql += f" WHERE {where}"
@@ -42,7 +46,8 @@ def unnest_update(table: str, prefix: str, key: str, columns: dict[str, str], wh
     """UPDATE of the rows whose `key` is in the arrays, setting the other columns to theirs."""
     names = ", ".join(columns)
     sources = ", ".join(_array(prefix, c, t) for c, t in columns.items())
-    sets = ", ".join(f"{c} = batch.{c}" for c in columns if c != key)
+    sets = ", ".join(f"{c} = CAST(batch.{c} AS JSONB)" if t in JSON_KINDS else f"{c} = batch.{c}"
+                     for c, t in columns.items() if c != key)
     sql = f"UPDATE {table} SET {sets} FROM unnest({sources}) AS batch({names}) WHERE {table}.{key} = batch.{key}"
     return sql + (f" AND {where}" if where else "")
 
@@ -53,7 +58,9 @@ def arrays(prefix: str, columns: dict[str, str], rows: list[dict[str, Any]]) -> 
 
 
 def _value(value: Any, kind: str) -> Any:
-    return dumps_stored(value) if kind == "JSONB" and value is not None else value
+    if kind == "JSONB_VALUE" or (kind == "JSONB" and value is not None):
+        return dumps_stored(value)
+    return value
 
 
 def batch_statements(parts: Callable[[str], dict[str, str]]) -> Statements:

@@ -108,6 +108,33 @@ async def test_poll_returns_waits_wakes_and_times_out(store, tenant):
     assert empty["events"] == {}
 
 
+async def test_events_being_committed_are_not_visible_yet(store, tenant):
+    """While a commit is writing, heads, reads and polls show none of its seqs: a socket that
+    attaches meanwhile starts its live feed at the committed head, so the events in flight reach
+    it (a head that ran ahead skipped them for good)."""
+    gate = asyncio.Event()
+
+    class SlowStore(EventStore):
+        async def append(self, events):
+            await gate.wait()
+            await super().append(events)
+
+    hub = EventHubCore(SlowStore(store.engine))
+    gate.set()
+    await hub.append([(tenant, [ev(0)])])
+    gate.clear()
+    writing = asyncio.create_task(hub.append([(tenant, [ev(1), ev(2)])]))
+    await asyncio.sleep(0.05)
+    assert await hub.heads([tenant]) == {tenant: 1}
+    assert (await hub.read(tenant, 0))["head"] == 1
+    assert (await hub.poll({tenant: 1}, timeout=0.01))["events"] == {}
+    waiting = asyncio.create_task(hub.poll({tenant: 1}, timeout=5))
+    gate.set()
+    assert [e.seq for e in (await writing)[0]] == [2, 3]
+    assert [e.seq for e in (await asyncio.wait_for(waiting, 2))["events"][tenant]] == [2, 3]
+    assert await hub.heads([tenant]) == {tenant: 3}
+
+
 async def test_join_that_overtakes_its_poll_is_kept_for_it(store, tenant):
     """A replica's join can reach the hub before the poll it sent earlier registers; the joined
     tenant's events must still wake that poll, not wait for its timeout."""

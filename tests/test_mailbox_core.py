@@ -38,6 +38,18 @@ def msg(receiver="mapper", sender="validator", **extra):
     return {"receiver": receiver, "sender": sender, "type": "notification", "content": {"n": 1}, **extra}
 
 
+async def test_any_json_content_is_stored_and_read_back(engine, tenant):
+    """Content is any JSON value, null included (the column stores JSON null, not SQL NULL); it
+    survives a reload from storage."""
+    contents = [None, 0, "", [], {}, False, "text", [1, {"a": None}]]
+    box = mailbox(engine)
+    await box.send(tenant, [msg(content=c) for c in contents])
+    got = await box.receive(tenant, "mapper", 3)
+    assert [m["content"] for m in got] == contents[:3]
+    reloaded = mailbox(engine)
+    assert [m["content"] for m in await reloaded.receive(tenant, "mapper", 10)] == contents[3:]
+
+
 async def test_send_receive_ack_in_order(engine, tenant):
     events: list = []
     box = mailbox(engine, events=events)

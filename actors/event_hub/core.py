@@ -94,24 +94,23 @@ class EventHubCore:
 
     async def _commit(self, requests: list[AppendRequest]) -> list[list[Event]]:
         logs = await self.tenants.activate(tenant for tenant, _ in requests)
+        # Seqs are counted here and reach the logs only once stored: until then heads, reads and
+        # polls show none of them. (A head that ran ahead of the commit let a socket attaching
+        # meanwhile start its live feed past events it had not been sent, and never get them.)
         heads = {tenant: log.head for tenant, log in logs.items()}
         now = self.clock()
         events: list[Event] = []
         results: list[list[Event]] = []
         for tenant, items in requests:
-            log = logs[tenant]
             sequenced = []
             for item in items:
-                log.head += 1
-                sequenced.append(Event(tenant, log.head, item["type"], item.get("flow_id"), item.get("data") or {}, now))
+                heads[tenant] += 1
+                sequenced.append(Event(tenant, heads[tenant], item["type"], item.get("flow_id"), item.get("data") or {}, now))
             events += sequenced
             results.append(sequenced)
-        try:
-            await self.store.append(events)
-        except BaseException:
-            for tenant, head in heads.items():  # nothing was stored: hand the seqs out again
-                logs[tenant].head = head
-            raise
+        await self.store.append(events)  # on failure nothing was stored and no log changed
+        for tenant, head in heads.items():
+            logs[tenant].head = head
         trims: dict[str, int] = {}
         for event in events:
             logs[event.tenant].window.append(event)
