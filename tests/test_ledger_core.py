@@ -23,6 +23,38 @@ async def ledger(db_url):
     await found.engine.dispose()
 
 
+async def test_a_stored_key_resent_after_a_restart_costs_other_tenants_nothing(ledger, tenant):
+    """Unknown keys are written assuming they are new; a key stored before the restart makes the
+    shared commit refuse, and every record of that batch runs again: the re-sent one answers its
+    first result without being charged twice, the other tenant's is stored once, and the tenant
+    that re-sent a key looks its keys up first from then on."""
+    from actors.ledger.actor import PUBLIC_METHODS
+    from actors.substrate.operations import run_many
+
+    other = tenant + "-other"
+    for who in (tenant, other):
+        await ledger.core.set_budget(who, 100.0, 0.8)
+    first = await ledger.core.record_usage(tenant, [record(idempotency_key="kept")])
+    core = ledger.restart()
+    answers = await run_many(core, PUBLIC_METHODS, [
+        ("record_usage", tenant, ([record(idempotency_key="kept")],)),
+        ("record_usage", other, ([record(idempotency_key="fresh")],)),
+        ("record_usage", tenant, ([record(idempotency_key="new-one")],)),
+    ])
+    assert all("ok" in a for a in answers), answers
+    assert answers[0]["ok"][0] == {**first[0], "duplicate": True}
+    assert answers[1]["ok"][0]["duplicate"] is False and answers[2]["ok"][0]["duplicate"] is False
+    assert sorted(r["idempotency_key"] for r in await ledger.rows(tenant)) == ["kept", "new-one"]
+    assert [r["idempotency_key"] for r in await ledger.rows(other)] == ["fresh"]
+    assert (await core.get_budget(tenant))["used"] == pytest.approx(2 * first[0]["cost"])
+    assert core.tenants.peek(tenant).look_up_keys and not core.tenants.peek(other).look_up_keys
+    # A mismatch on a stored key is still refused, found by the lookup after the refusal.
+    again = ledger.restart()
+    with pytest.raises(LedgerError) as mismatch:
+        await again.record_usage(tenant, [record(inp=7, idempotency_key="kept")])
+    assert mismatch.value.code == "idempotency_mismatch"
+
+
 async def test_concurrent_reservations_never_overspend(ledger, tenant):
     core = ledger.core
     one = CATALOG.lookup("big-model").cost_nanos(1000, 500)  # 0.025 USD

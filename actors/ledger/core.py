@@ -29,7 +29,7 @@ from actors.ledger.model_quality import TASK_QUALITY, model_quality
 from actors.ledger.prices import NANOS, Price, PriceCatalog, default_catalog, usd
 from actors.substrate.activation import ActivationTable
 from actors.substrate.background import BackgroundPublisher
-from actors.substrate.batching import Batcher
+from actors.substrate.batching import SOLO, Batcher, Refused
 from actors.substrate.group_commit import GroupCommit, Pending
 from actors.substrate.metrics import NO_METRICS, MetricSink
 from actors.substrate.operations import ActorError
@@ -187,6 +187,7 @@ class TenantCosts:
     pending_keys: dict[str, str] = field(default_factory=dict)  # gateway keys whose call is in flight
     levels: dict[tuple[str, str], Level] = field(default_factory=dict)  # (scope, key) -> its level
     levels_roll_at: float = math.inf  # the end of the earliest level period
+    look_up_keys: bool = False  # it re-sent a stored key: its unknown keys are looked up before a commit
     # Levels being set, whose period spend is still being read from SQL: they count what happens meanwhile.
     counting: dict[tuple[str, str], list[Level]] = field(default_factory=dict)
 
@@ -608,11 +609,37 @@ class LedgerCore:
 
     # -- usage ------------------------------------------------------------------------------------
     async def record_usage(self, tenant: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Record a batch (all or nothing). A retried idempotency key returns its first result."""
+        """Record a batch (all or nothing). A retried idempotency key returns its first result.
+
+        A key this shard does not remember (recorded before the tenant was activated, or forgotten)
+        may be in the database. Looking every unknown key up first cost a database round trip
+        before each group commit, a quarter of the one-record-per-request rate. So the records
+        are written assuming their keys are new, and the usage table's unique key decides: when
+        the batch is refused, the keys are looked up and the records run again. A tenant found
+        re-sending a stored key looks its keys up first from then on (while it is in memory), so
+        its retries do not make other tenants' batches run twice."""
         state = await self._state(tenant)
         keys = [r["idempotency_key"] for r in records if r.get("idempotency_key")]
-        if any(k not in state.keys for k in keys):
-            await self._recall_keys(tenant, state, [k for k in keys if k not in state.keys])
+        unknown = [k for k in keys if k not in state.keys]
+        if not unknown or state.look_up_keys or SOLO.get():
+            return await self._record_usage(tenant, records, unknown)
+        try:
+            return await self._record_usage(tenant, records, [])
+        except (Refused, LedgerError) as error:
+            # The database refused the commit (this batch alone, 422, or the batch it joined):
+            # maybe for one of these keys, maybe for another value. Run again with the keys
+            # looked up; the retry joins a new batch.
+            if isinstance(error, LedgerError) and error.code != "value_not_storable":
+                raise
+            return await self._record_usage(tenant, records, unknown)
+
+    async def _record_usage(self, tenant: str, records: list[dict[str, Any]],
+                            look_up: list[str]) -> list[dict[str, Any]]:
+        state = await self._state(tenant)
+        look_up = [k for k in look_up if k not in state.keys]
+        if look_up:
+            if await self._recall_keys(tenant, state, look_up):
+                state.look_up_keys = True
             state = await self._state(tenant)  # a period may have ended during the lookup: roll first
         # From here to the commit nothing awaits: the check and the change are one step.
         priced = [(r, self.price(state, r["model"])) for r in records]
@@ -685,16 +712,18 @@ class LedgerCore:
         self._publish_level_alerts(tenant, level_alerts)
         return results
 
-    async def _recall_keys(self, tenant: str, state: TenantCosts, keys: list[str]) -> None:
+    async def _recall_keys(self, tenant: str, state: TenantCosts, keys: list[str]) -> int:
         """Keys recorded before this activation (or forgotten), from SQL into memory, each with
-        its first result and what its record said."""
+        its first result and what its record said. Returns how many were stored."""
         if not keys:
-            return
-        for key, row in (await self._key_lookups.submit((tenant, keys))).items():
+            return 0
+        found = await self._key_lookups.submit((tenant, keys))
+        for key, row in found.items():
             if key not in state.keys:
                 done = asyncio.get_running_loop().create_future()
                 done.set_result(None)
                 state.keys[key] = (_usage_result(row, duplicate=True), done, _fingerprint(row))
+        return len(found)
 
     def _measure(self, rows: list[dict[str, Any]], budget: Budget | None) -> None:
         """Metrics of stored usage: records and cost by model, and where the budget stands."""
