@@ -48,6 +48,15 @@ async def test_a_stored_key_resent_after_a_restart_costs_other_tenants_nothing(l
     assert [r["idempotency_key"] for r in await ledger.rows(other)] == ["fresh"]
     assert (await core.get_budget(tenant))["used"] == pytest.approx(2 * first[0]["cost"])
     assert core.tenants.peek(tenant).look_up_keys and not core.tenants.peek(other).look_up_keys
+    # A stored key re-sent when the budget has no room left answers its first result, uncharged
+    # (the budget refuses the record as new; the lookup then finds it).
+    await core.set_budget(tenant, 2 * first[0]["cost"], 0.8)
+    full = ledger.restart()
+    [late] = await full.record_usage(tenant, [record(idempotency_key="kept")])
+    assert late == {**first[0], "duplicate": True}
+    with pytest.raises(LedgerError) as over:
+        await full.record_usage(tenant, [record(idempotency_key="brand-new")])
+    assert over.value.code == "budget_exceeded"
     # A mismatch on a stored key is still refused, found by the lookup after the refusal.
     again = ledger.restart()
     with pytest.raises(LedgerError) as mismatch:

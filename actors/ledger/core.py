@@ -625,12 +625,10 @@ class LedgerCore:
             return await self._record_usage(tenant, records, unknown)
         try:
             return await self._record_usage(tenant, records, [])
-        except (Refused, LedgerError) as error:
-            # The database refused the commit (this batch alone, 422, or the batch it joined):
-            # maybe for one of these keys, maybe for another value. Run again with the keys
-            # looked up; the retry joins a new batch.
-            if isinstance(error, LedgerError) and error.code != "value_not_storable":
-                raise
+        except (Refused, LedgerError):
+            # Refused by the database (this batch alone, 422, or the batch it joined), or by a
+            # budget or a limit: a stored key among these would have answered its first result
+            # instead, uncharged. Run again with the keys looked up; the retry joins a new batch.
             return await self._record_usage(tenant, records, unknown)
 
     async def _record_usage(self, tenant: str, records: list[dict[str, Any]],
