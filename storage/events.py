@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import LargeBinary, Text, cast, delete, func, insert, select, text
+from sqlalchemy import LargeBinary, Text, cast, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.leases import PG_LEASE_CTE, PG_LEASE_HELD, ShardLease
+from storage.leases import ShardLease
 from storage.models import EventRow
-from storage.strict_json import dumps_stored
+from storage.pg_arrays import arrays, batch_statements, run_batch, unnest_insert
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,18 +72,11 @@ def _from_row(row: Any) -> Event:
     return Event(row.tenant, row.seq, row.type, row.flow_id, row.data, ts.timestamp())
 
 
-# On PostgreSQL a whole batch is one statement over arrays: one round trip, atomic without
-# BEGIN/COMMIT round trips, and one prepared statement whatever the batch size. Profiling the hub
+# On PostgreSQL a whole batch is one statement over arrays (storage/pg_arrays.py). Profiling the hub
 # showed BEGIN, the insert and COMMIT as three round trips and most of its time per commit.
-_PG_APPEND = text(
-    "INSERT INTO events (tenant, seq, type, flow_id, data, ts) "
-    "SELECT tenant, seq, type, flow_id, CAST(data AS JSONB), ts FROM unnest("
-    "CAST(:tenant AS VARCHAR[]), CAST(:seq AS BIGINT[]), CAST(:type AS VARCHAR[]), "
-    "CAST(:flow_id AS VARCHAR[]), CAST(:data AS TEXT[]), CAST(:ts AS TIMESTAMPTZ[])"
-    ") AS batch(tenant, seq, type, flow_id, data, ts)"
-)
-# The same, written only while this copy of the shard holds its lease (storage/leases.py).
-_PG_APPEND_LEASED = text(f"WITH {PG_LEASE_CTE} {_PG_APPEND.text} WHERE {PG_LEASE_HELD}")
+EVENT_COLUMNS = {"tenant": "VARCHAR", "seq": "BIGINT", "type": "VARCHAR", "flow_id": "VARCHAR",
+                 "data": "JSONB_VALUE", "ts": "TIMESTAMPTZ"}
+_PG_APPEND = batch_statements(lambda where: {"e": unnest_insert("events", "e", EVENT_COLUMNS, where=where)})
 
 
 class EventStore:
@@ -100,23 +93,7 @@ class EventStore:
         if not events:
             return
         if self._postgres:
-            columns = {
-                "tenant": [e.tenant for e in events],
-                "seq": [e.seq for e in events],
-                "type": [e.type for e in events],
-                "flow_id": [e.flow_id for e in events],
-                "data": [dumps_stored(e.data) for e in events],
-                "ts": [datetime.fromtimestamp(e.ts, timezone.utc) for e in events],
-            }
-            if self.lease is None:
-                statement = _PG_APPEND
-            else:
-                statement, columns = _PG_APPEND_LEASED, {**columns, **self.lease.params()}
-            async with self.engine.connect() as conn:
-                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                written = (await conn.execute(statement, columns)).rowcount
-            if written != len(events) and self.lease is not None:
-                self.lease.lost()
+            await run_batch(self.engine, self.lease, _PG_APPEND, arrays("e", EVENT_COLUMNS, [_to_row(e) for e in events]))
             return
         async with self.engine.begin() as conn:
             if self.lease is not None:

@@ -17,7 +17,6 @@ from storage.leases import ShardLease
 from storage.models import MessageRow, SubscriptionRow
 from storage.pg_arrays import arrays, batch_statements, run_batch, unnest_insert, unnest_update
 
-MUTABLE = ("state", "attempts", "visible_at", "updated_at")
 ROW_COLUMNS = {
     "id": "VARCHAR", "tenant": "VARCHAR", "receiver": "VARCHAR", "sender": "VARCHAR", "type": "VARCHAR",
     "content": "JSONB_VALUE", "correlation_id": "VARCHAR", "topic": "VARCHAR", "state": "VARCHAR", "attempts": "INTEGER",
@@ -25,6 +24,7 @@ ROW_COLUMNS = {
 }
 STATE_COLUMNS = {"id": "VARCHAR", "state": "VARCHAR", "attempts": "INTEGER", "visible_at": "TIMESTAMPTZ",
                  "updated_at": "TIMESTAMPTZ"}
+MUTABLE = tuple(c for c in STATE_COLUMNS if c != "id")  # what a delivery changes
 
 
 @dataclass
