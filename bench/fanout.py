@@ -27,6 +27,7 @@ import websockets
 from bench.common import (
     baseline_server,
     bench_database,
+    client_heap_frozen,
     emit,
     percentile,
     raytenant_service,
@@ -70,6 +71,7 @@ async def open_sockets(ws_url: str, clients: dict[str, AsyncClient], count: int)
         chunk = range(start, min(count, start + 50))
         opened = await asyncio.gather(*(
             websockets.connect(f"{ws_url}?flow_id=f", max_queue=None, compression=None, open_timeout=60,
+                               ping_interval=None,  # as a browser: it answers the server's pings, sends none
                                additional_headers={"Authorization": f"Bearer {clients[tenants[i % len(tenants)]].token}"})
             for i in chunk))
         for i, ws in zip(chunk, opened):
@@ -94,39 +96,40 @@ async def fan_out(label: str, clients: dict[str, AsyncClient], connections: int,
     tenant_count = len(tenants)
     ws_url = str(next(iter(clients.values())).url).replace("http", "ws", 1) + "/v1/ws"
     subs, sockets, readers = await open_sockets(ws_url, clients, connections)
-    await asyncio.sleep(1.0)  # let subscriptions settle (the proxy path confirms late)
-    published: dict[str, list[int]] = defaultdict(list)
-    errors = 0
-    post_ms: list[float] = []
-    total = int(rate * duration)
+    with client_heap_frozen():  # the bench's own GC pauses are not the service's latency
+        await asyncio.sleep(1.0)  # let subscriptions settle (the proxy path confirms late)
+        published: dict[str, list[int]] = defaultdict(list)
+        errors = 0
+        post_ms: list[float] = []
+        total = int(rate * duration)
 
-    async def post(k: int) -> None:
-        nonlocal errors
-        tenant = tenants[k % tenant_count]
-        sent = time.time()
-        try:
-            answer = await clients[tenant].events.publish({"type": "flow_update", "flow_id": "f",
-                                                           "data": {"sent_at": sent, "k": k}})
-        except RaytenantError:
-            errors += 1
-            return
-        published[tenant] += answer["seqs"]
-        post_ms.append((time.time() - sent) * 1000)
+        async def post(k: int) -> None:
+            nonlocal errors
+            tenant = tenants[k % tenant_count]
+            sent = time.time()
+            try:
+                answer = await clients[tenant].events.publish({"type": "flow_update", "flow_id": "f",
+                                                               "data": {"sent_at": sent, "k": k}})
+            except RaytenantError:
+                errors += 1
+                return
+            published[tenant] += answer["seqs"]
+            post_ms.append((time.time() - sent) * 1000)
 
-    started = time.time()
-    tasks = []
-    for k in range(total):  # fixed offered rate: each publish starts on schedule
-        delay = started + k / rate - time.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(post(k)))
-    await asyncio.gather(*tasks)
+        started = time.time()
+        tasks = []
+        for k in range(total):  # fixed offered rate: each publish starts on schedule
+            delay = started + k / rate - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(post(k)))
+        await asyncio.gather(*tasks)
 
-    expected = sum(len(published[s.tenant]) for s in subs)
-    deadline = time.time() + 15
-    while time.time() < deadline and sum(len(s.seqs) for s in subs) < expected:
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(0.5)  # catch duplicates that would arrive late
+        expected = sum(len(published[s.tenant]) for s in subs)
+        deadline = time.time() + 15
+        while time.time() < deadline and sum(len(s.seqs) for s in subs) < expected:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # catch duplicates that would arrive late
     for ws in sockets:
         await ws.close()
     await asyncio.gather(*readers, return_exceptions=True)

@@ -74,7 +74,8 @@ class TenantLifecycle:
         figures = await self.store.figures(names)
         await self.runtime.router.report_now()
         presence = await asyncio.gather(*(self.runtime.hub.presence(n) for n in names))
-        overrides = await asyncio.gather(*(self.runtime.limits_store.get(n) for n in names))
+        stored = await self.runtime.limits_store.get_many(names)
+        overrides = [stored.get(n) for n in names]
         defaults = self.runtime.settings.default_limits()
         return [{**r, "limits": _limits(defaults, o), "figures": {"connections": p["connections"], **figures[r["tenant"]]}}
                 for r, p, o in zip(records, presence, overrides)]

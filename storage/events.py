@@ -127,19 +127,23 @@ class EventStore:
         async with self.engine.connect() as conn:
             return [_from_row(row) for row in await conn.execute(query)]
 
-    async def retention_floor(self, tenant: str, max_bytes: int, oldest_ts: float, head: int) -> int:
-        """The lowest seq to keep so that the tenant's stored events hold at most `max_bytes` of
-        data and none older than `oldest_ts` (epoch seconds): head + 1 when none may stay."""
+    async def retention_floors(self, tenants: list[str], max_bytes: int, oldest_ts: float) -> dict[str, int]:
+        """For tenants under the same retention, in one query: the lowest seq each must keep so
+        that its stored events hold at most `max_bytes` of data and none older than `oldest_ts`
+        (epoch seconds). A tenant left out of the answer may keep none (its floor is head + 1).
+        (A hub sweeps all its tenants every 30 s; one query per tenant was a burst of a thousand.)"""
+        if not tenants:
+            return {}
         size = (func.octet_length(cast(EventRow.data, Text)) if self._postgres
                 else func.length(cast(EventRow.data, LargeBinary)))
-        running = select(EventRow.seq.label("seq"), EventRow.ts.label("ts"),
-                         func.sum(size).over(order_by=EventRow.seq.desc()).label("total")
-                         ).where(EventRow.tenant == tenant).subquery()
+        running = select(EventRow.tenant.label("tenant"), EventRow.seq.label("seq"), EventRow.ts.label("ts"),
+                         func.sum(size).over(partition_by=EventRow.tenant, order_by=EventRow.seq.desc()).label("total")
+                         ).where(EventRow.tenant.in_(tenants)).subquery()
         oldest = datetime.fromtimestamp(max(0.0, oldest_ts), timezone.utc)
-        query = select(func.min(running.c.seq)).where(running.c.total <= max_bytes, running.c.ts >= oldest)
+        query = (select(running.c.tenant, func.min(running.c.seq))
+                 .where(running.c.total <= max_bytes, running.c.ts >= oldest).group_by(running.c.tenant))
         async with self.engine.connect() as conn:
-            floor = (await conn.execute(query)).scalar_one_or_none()
-        return int(floor) if floor is not None else head + 1
+            return {tenant: int(floor) for tenant, floor in (await conn.execute(query)).all()}
 
     async def trim(self, floors: dict[str, int]) -> None:
         """Delete each tenant's events below its new floor (retention), in one transaction."""

@@ -22,6 +22,15 @@ class LimitsStore:
         async with self.engine.connect() as conn:
             return (await conn.execute(query)).scalar_one_or_none()
 
+    async def get_many(self, tenants: list[str]) -> dict[str, dict[str, Any]]:
+        """The overrides of those of `tenants` that have any, in one query (a shard re-reads the
+        limits of every tenant it serves, so one query per tenant would be one per request)."""
+        if not tenants:
+            return {}
+        query = select(TenantLimitsRow.tenant, TenantLimitsRow.limits).where(TenantLimitsRow.tenant.in_(tenants))
+        async with self.engine.connect() as conn:
+            return {tenant: limits for tenant, limits in (await conn.execute(query)).all()}
+
     async def put(self, tenant: str, overrides: dict[str, Any]) -> None:
         """Replace the tenant's overrides (an empty object: back to the defaults)."""
         if not overrides:

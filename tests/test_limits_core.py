@@ -43,24 +43,74 @@ def test_overrides_merge_on_the_defaults():
     assert Limits.from_json('{"events_per_second": 2}').rate("events") == 2.0 and Limits.from_json("") == Limits()
 
 
-async def test_cache_loads_pushes_expires_and_survives_storage_failure():
-    clock, stored, calls = Clock(), {"t": {"connections": 3}}, []
+class Storage:
+    """The tenant_limits table as `load_many` sees it: counts queries, can hold them or fail."""
 
-    async def load(tenant):
-        calls.append(tenant)
-        if stored is None:
+    def __init__(self, rows: dict[str, dict]) -> None:
+        self.rows, self.queries, self.away = rows, [], False
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def load_many(self, tenants):
+        self.queries.append(sorted(tenants))
+        await self.gate.wait()
+        if self.away:
             raise RuntimeError("database away")
-        return stored.get(tenant)
+        return {t: self.rows[t] for t in tenants if t in self.rows}
 
-    cache = LimitsCache(load, Limits(connections=9), ttl=5, clock=clock)
+
+async def test_cache_loads_pushes_expires_and_survives_storage_failure():
+    clock, storage = Clock(), Storage({"t": {"connections": 3}})
+    cache = LimitsCache(storage.load_many, Limits(connections=9), ttl=5, clock=clock)
     assert (await cache.of("t")).connections == 3 and (await cache.of("u")).connections == 9
-    assert (await cache.of("t")).connections == 3 and calls == ["t", "u"]  # cached
+    assert (await cache.of("t")).connections == 3 and len(storage.queries) == 2  # cached
     cache.put("t", {"connections": 4})
     assert cache.peek("t").connections == 4 and (await cache.of("t")).connections == 4
-    clock.now += 6
-    stored = None
+    clock.now += 11  # unused for over 2 x ttl: the next use waits for the read
+    storage.away = True
     assert (await cache.of("t")).connections == 4  # storage away: the known value stays
+    assert (await cache.of("new")).connections == 9  # nothing known: the defaults
     assert cache.put("t", {"connections": "bad"}).connections == 9  # a field invalid under these defaults is dropped
+
+
+async def test_reads_due_at_one_moment_are_one_query():
+    clock, storage = Clock(), Storage({f"t{i}": {"connections": i} for i in range(50)})
+    cache = LimitsCache(storage.load_many, Limits(connections=100), ttl=5, clock=clock)
+    storage.gate.clear()
+    uses = [asyncio.ensure_future(cache.of(f"t{i % 60}")) for i in range(120)]  # 60 tenants, each used twice
+    await asyncio.sleep(0)
+    storage.gate.set()
+    found = await asyncio.gather(*uses)
+    assert [limits.connections for limits in found[:60]] == list(range(50)) + [100] * 10
+    assert [len(q) for q in storage.queries] == [60]  # one query, each tenant once
+    clock.now += 11
+    assert (await cache.of_many(["t1", "t2", "x", "t1"]))["t2"].connections == 2
+    assert storage.queries[1:] == [["t1", "t2", "x"]]
+
+
+async def test_a_tenant_in_use_keeps_its_limits_while_they_are_read_again():
+    clock, storage = Clock(), Storage({"t": {"connections": 3}})
+    cache = LimitsCache(storage.load_many, Limits(), ttl=5, clock=clock)
+    assert (await cache.of("t")).connections == 3
+    storage.rows["t"] = {"connections": 7}  # changed by a push this shard missed
+    clock.now += 6
+    storage.gate.clear()  # the re-read hangs: the request does not wait for it
+    assert (await asyncio.wait_for(cache.of("t"), 1)).connections == 3
+    storage.gate.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert cache.peek("t").connections == 7 and len(storage.queries) == 2
+
+
+async def test_a_push_wins_over_a_read_that_began_before_it():
+    clock, storage = Clock(), Storage({"t": {"connections": 3}})
+    cache = LimitsCache(storage.load_many, Limits(), ttl=5, clock=clock)
+    storage.gate.clear()
+    use = asyncio.ensure_future(cache.of("t"))
+    await asyncio.sleep(0)
+    cache.put("t", {"connections": 8})  # the operator's change, stored and pushed while the read is out
+    storage.gate.set()
+    assert (await use).connections == 8 and cache.peek("t").connections == 8
 
 
 async def test_a_bucket_grants_its_rate_whatever_the_number_of_replicas():
@@ -203,3 +253,43 @@ async def test_retention_by_bytes_and_age_trims_the_oldest(store, tenant):
     await hub.enforce_retention()
     assert (await hub.read(tenant, 6))["floor"] == 7  # nothing young enough stays
     assert (await store.read(tenant, 0, limit=10)) == []
+
+
+async def test_retention_measures_tenants_under_the_same_limits_in_one_query(store, tenant):
+    hub = EventHubCore(store, HubOptions(limits=Limits(event_retention_bytes=10_000)))
+    queries = []
+    measure = store.retention_floors
+
+    async def counted(tenants, max_bytes, oldest_ts):
+        queries.append((sorted(tenants), max_bytes))
+        return await measure(tenants, max_bytes, oldest_ts)
+
+    store.retention_floors = counted
+    big = {"type": "flow_update", "flow_id": None, "data": {"blob": "x" * 3_000}}
+    names = [f"{tenant}-{i}" for i in range(4)]
+    hub.set_limits(names[3], {"event_retention_bytes": 4_000})
+    for count, name in zip((5, 2, 4, 3), names):
+        await hub.append([(name, [big] * count)])
+    assert await hub.enforce_retention() == 3
+    assert queries == [(names[:3], 10_000), ([names[3]], 4_000)]  # two retentions, two queries
+    floors = [(await hub.read(name, 0))["floor"] for name in names]
+    assert floors == [3, 1, 2, 3]  # ~9 KB kept under 10 KB; one event (~3 KB) under 4 KB
+
+
+async def test_stored_overrides_of_many_tenants_are_read_in_one_query(db_url, tenant):
+    from storage.limits import LimitsStore
+
+    engine = create_engine(db_url)
+    try:
+        store = LimitsStore(engine)
+        await store.put(f"{tenant}-a", {"connections": 2})
+        await store.put(f"{tenant}-b", {"patterns": 5})
+        found = await store.get_many([f"{tenant}-a", f"{tenant}-b", f"{tenant}-none"])
+        assert found == {f"{tenant}-a": {"connections": 2}, f"{tenant}-b": {"patterns": 5}}
+        assert await store.get_many([]) == {}
+        cache = LimitsCache(store.get_many, Limits(connections=9))
+        limits = await cache.of_many([f"{tenant}-a", f"{tenant}-b", f"{tenant}-none"])
+        assert [limits[f"{tenant}-{k}"].connections for k in ("a", "b", "none")] == [2, 9, 9]
+        assert limits[f"{tenant}-b"].patterns == 5
+    finally:
+        await engine.dispose()

@@ -36,7 +36,7 @@ class EventHub:
         self.engine = create_engine(database_url)
         self.lease = shard_lease(self.engine)
         self.core = EventHubCore(EventStore(self.engine, self.lease), options, metrics=RayMetrics.for_actor(),
-                                 limits=LimitsCache(LimitsStore(self.engine).get, options.limits))
+                                 limits=LimitsCache(LimitsStore(self.engine).get_many, options.limits))
         self._retention: asyncio.Task | None = None
         self._secret = secrets.token_hex(16)
         self.channel = ChannelServer(

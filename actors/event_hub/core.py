@@ -27,6 +27,7 @@ from storage.events import Event, EventStore
 KIND = "event-hub"
 EventIn = dict[str, Any]  # {"type": str, "flow_id": str | None, "data": dict}
 AppendRequest = tuple[str, list[EventIn]]
+RETENTION_BATCH = 500  # tenants measured by one retention query
 EARLY_JOIN_TTL = 60.0  # a join kept for a poll that never came (its replica died) is dropped after this
 
 
@@ -88,8 +89,7 @@ class EventHubCore:
     # -- append -----------------------------------------------------------------------------------
     async def append(self, requests: list[AppendRequest]) -> list[list[Event]]:
         """Append each request's events to its tenant's log; returns them, sequenced, once committed."""
-        for tenant in {tenant for tenant, _ in requests}:
-            await self.limits.of(tenant)  # known before the commit trims by the tenant's retention
+        await self.limits.of_many(tenant for tenant, _ in requests)  # known before the commit trims by retention
         return await self._commits.submit_many(requests)
 
     async def _commit(self, requests: list[AppendRequest]) -> list[list[Event]]:
@@ -134,21 +134,30 @@ class EventHubCore:
 
     async def enforce_retention(self) -> int:
         """Trim every active tenant's events beyond its retention by bytes and by age (count is
-        enforced on append). Returns how many tenants were trimmed."""
-        trims: dict[str, int] = {}
+        enforced on append). Returns how many tenants were trimmed. Tenants under the same
+        retention are measured together, RETENTION_BATCH to a query."""
         now = self.clock()
+        heads: dict[str, int] = {}
         for tenant in self.tenants.names():
             log = self.tenants.peek(tenant)
-            if log is None or log.head < log.floor:
-                continue
-            limits = await self.limits.of(tenant)
-            floor = await self.store.retention_floor(tenant, limits.event_retention_bytes,
-                                                     now - limits.event_retention_seconds, log.head)
-            log = self.tenants.peek(tenant)  # reloaded meanwhile? then its own bounds hold
-            if log is not None and floor > log.floor:
-                log.floor = trims[tenant] = floor
-                while log.window and log.window[0].seq < floor:
-                    log.window.popleft()
+            if log is not None and log.head >= log.floor:
+                heads[tenant] = log.head
+        limits = await self.limits.of_many(heads)
+        alike: dict[tuple[int, int], list[str]] = {}
+        for tenant in heads:
+            alike.setdefault((limits[tenant].event_retention_bytes, limits[tenant].event_retention_seconds), []).append(tenant)
+        trims: dict[str, int] = {}
+        for (max_bytes, seconds), tenants in alike.items():
+            for start in range(0, len(tenants), RETENTION_BATCH):
+                batch = tenants[start:start + RETENTION_BATCH]
+                floors = await self.store.retention_floors(batch, max_bytes, now - seconds)
+                for tenant in batch:
+                    floor = floors.get(tenant, heads[tenant] + 1)
+                    log = self.tenants.peek(tenant)  # reloaded meanwhile? then its own bounds hold
+                    if log is not None and floor > log.floor:
+                        log.floor = trims[tenant] = floor
+                        while log.window and log.window[0].seq < floor:
+                            log.window.popleft()
         if trims:
             self.retention_trims += len(trims)
             await self.store.trim(trims)

@@ -46,7 +46,7 @@ class FlowRunner(ShardActor):
             Services(hub=EventHubClient(**services["hub"]), ledger=CostLedgerClient(**services["ledger"]),
                      learning=LearningClient(**services["learning"]), mailbox=MailboxClient(**services["mailbox"])),
             options, index=int(name.rsplit("-", 1)[1]), metrics=RayMetrics.for_actor(),
-            limits=LimitsCache(LimitsStore(engine).get, options.limits),
+            limits=LimitsCache(LimitsStore(engine).get_many, options.limits),
         )
         self.sweep = self.core.resume
         quiet_gc()

@@ -27,5 +27,5 @@ class LearningModel(ShardActor):
         self.engine = create_engine(database_url)
         self.lease = shard_lease(self.engine)
         self.core = LearningCore(PatternStore(self.engine, self.lease), options, metrics=RayMetrics.for_actor(),
-                                 limits=LimitsCache(LimitsStore(self.engine).get, options.limits))
+                                 limits=LimitsCache(LimitsStore(self.engine).get_many, options.limits))
         quiet_gc()

@@ -30,6 +30,6 @@ class Mailbox(ShardActor):
         self.lease = shard_lease(self.engine)
         self.core = MailboxCore(MailboxStore(self.engine, self.lease), options, notify=stream_publisher(hub, "agent_message"),
                                 metrics=RayMetrics.for_actor(),
-                                limits=LimitsCache(LimitsStore(self.engine).get, options.limits))
+                                limits=LimitsCache(LimitsStore(self.engine).get_many, options.limits))
         self.sweep = self.core.sweep
         quiet_gc()

@@ -24,6 +24,6 @@ class Quotas(ShardActor):
         from storage.limits import LimitsStore
 
         store = LimitsStore(create_engine(database_url))
-        self.core = QuotaCore(LimitsCache(store.get, options.limits, ttl=options.limits_ttl), options,
+        self.core = QuotaCore(LimitsCache(store.get_many, options.limits, ttl=options.limits_ttl), options,
                               metrics=RayMetrics.for_actor())
         quiet_gc()
