@@ -8,7 +8,7 @@ import pytest
 from actors.substrate.limits import Limits
 from actors.event_hub.core import EventHubCore, HubOptions, TenantLog
 from storage.engine import create_engine
-from storage.events import EventStore
+from storage.events import Event, EventStore
 
 
 @pytest.fixture
@@ -87,13 +87,50 @@ async def test_failed_commit_acknowledges_nothing_and_reuses_seqs(store, tenant)
     assert [e.data["i"] for e in (await hub.read(tenant, 0))["events"]] == [0, 3]
 
 
+async def test_a_waiting_poll_looks_again_only_at_tenants_that_changed(store, tenant):
+    hub = EventHubCore(store)
+    mine = [f"{tenant}-{i}" for i in range(50)]
+    looked: list[list[str]] = []
+    activate = hub.tenants.activate
+
+    async def spy(tenants):
+        tenants = list(tenants)
+        looked.append(sorted(tenants))
+        return await activate(tenants)
+
+    hub.tenants.activate = spy
+    waiting = asyncio.create_task(hub.poll({t: 0 for t in mine}, timeout=5))
+    await asyncio.sleep(0.05)
+    looked.clear()
+    for i in range(3):  # other tenants' commits wake the poll; it looks at none of its 50
+        await hub.append([(f"{tenant}-other", [ev(i)])])
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    polls_looks = [names for names in looked if f"{tenant}-other" not in names]
+    assert polls_looks and all(names == [] for names in polls_looks)
+    await hub.append([(mine[7], [ev(9)]), (f"{tenant}-other", [ev(10)])])
+    woke = await asyncio.wait_for(waiting, 2)
+    assert list(woke["events"]) == [mine[7]] and woke["heads"] == {mine[7]: 1}
+    assert looked[-1] == [mine[7]]
+
+
+async def test_a_forgotten_tenant_wakes_its_waiting_poll(store, tenant):
+    hub = EventHubCore(store)
+    waiting = asyncio.create_task(hub.poll({tenant: 0}, timeout=5))
+    await asyncio.sleep(0.05)
+    await store.append([Event(tenant, 1, "flow_update", "f", {"i": 1}, 0.0)])  # imported behind the hub
+    hub.forget(tenant)
+    woke = await asyncio.wait_for(waiting, 1)
+    assert [e.seq for e in woke["events"][tenant]] == [1]
+
+
 async def test_poll_returns_waits_wakes_and_times_out(store, tenant):
     hub = EventHubCore(store)
     other = tenant + "-x"
     await hub.append([(tenant, [ev(0)])])
     ready = await hub.poll({tenant: 0, other: 0}, timeout=5)
     assert [e.seq for e in ready["events"][tenant]] == [1] and other not in ready["events"]
-    assert ready["heads"] == {tenant: 1, other: 0}
+    assert ready["heads"] == {tenant: 1} and ready["floors"] == {tenant: 1}
 
     waiting = asyncio.create_task(hub.poll({tenant: 1}, timeout=5, poll_id="r1:0"))
     await asyncio.sleep(0.05)

@@ -231,6 +231,30 @@ async def store(db_url):
     await engine.dispose()
 
 
+async def test_a_read_that_began_before_a_forget_is_not_used_and_the_caller_reads_again():
+    storage = Storage({"t": {"connections": 3}})
+    cache = LimitsCache(storage.load_many, Limits(connections=9), clock=Clock())
+    storage.gate.clear()
+    use = asyncio.ensure_future(cache.of("t"))
+    await asyncio.sleep(0)
+    cache.forget("t")  # purged and imported while its limits were being read
+    storage.rows["t"] = {"connections": 4}
+    storage.gate.set()
+    assert (await use).connections == 4 and len(storage.queries) == 2  # read again, not the defaults
+    assert cache._loading == {} and cache._pushes == {}
+
+
+def test_known_limits_of_many_tenants_are_answered_without_waiting():
+    storage = Storage({"a": {"connections": 1}})
+    cache = LimitsCache(storage.load_many, Limits(connections=9), clock=Clock())
+    cache.put("a", {"connections": 1})
+    cache.put("b", None)
+    answer = cache.of_many(["a", "b", "a"])
+    with pytest.raises(StopIteration) as done:  # finished at its first step: no task, no await
+        answer.send(None)
+    assert {t: limits.connections for t, limits in done.value.value.items()} == {"a": 1, "b": 9}
+
+
 async def test_retention_by_bytes_and_age_trims_the_oldest(store, tenant):
     clock = [10_000.0]
     hub = EventHubCore(store, HubOptions(limits=Limits(event_retention_bytes=10_000, event_retention_seconds=100)),
@@ -274,6 +298,48 @@ async def test_retention_measures_tenants_under_the_same_limits_in_one_query(sto
     assert queries == [(names[:3], 10_000), ([names[3]], 4_000)]  # two retentions, two queries
     floors = [(await hub.read(name, 0))["floor"] for name in names]
     assert floors == [3, 1, 2, 3]  # ~9 KB kept under 10 KB; one event (~3 KB) under 4 KB
+
+
+async def test_retention_spares_a_tenant_forgotten_while_it_was_measured(store, tenant):
+    hub = EventHubCore(store, HubOptions(limits=Limits(event_retention_bytes=4_000)))
+    big = {"type": "flow_update", "flow_id": None, "data": {"blob": "x" * 3_000}}
+    await hub.append([(tenant, [big] * 3)])
+    measure = store.retention_floors
+
+    async def imported_meanwhile(tenants, max_bytes, oldest_ts):
+        floors = await measure(tenants, max_bytes, oldest_ts)
+        hub.forget(tenant)  # purged and imported anew while the sweep measured it
+        await hub.heads([tenant])  # and active again
+        return floors
+
+    store.retention_floors = imported_meanwhile
+    assert await hub.enforce_retention() == 0
+    assert [e.seq for e in await store.read(tenant, 0, limit=10)] == [1, 2, 3]
+    assert (await hub.read(tenant, 0))["floor"] == 1
+
+
+async def test_retention_trims_what_it_decided_when_a_later_query_fails(store, tenant, monkeypatch):
+    import actors.event_hub.core as hub_core
+
+    monkeypatch.setattr(hub_core, "RETENTION_ROWS", 3)  # one tenant of three events per query
+    hub = EventHubCore(store, HubOptions(limits=Limits(event_retention_bytes=4_000)))
+    big = {"type": "flow_update", "flow_id": None, "data": {"blob": "x" * 3_000}}
+    first, second = f"{tenant}-a", f"{tenant}-b"
+    await hub.append([(first, [big] * 3), (second, [big] * 3)])
+    measure, queries = store.retention_floors, []
+
+    async def second_fails(tenants, max_bytes, oldest_ts):
+        queries.append(list(tenants))
+        if len(queries) > 1:
+            raise ConnectionError("database went away")
+        return await measure(tenants, max_bytes, oldest_ts)
+
+    store.retention_floors = second_fails
+    with pytest.raises(ConnectionError):
+        await hub.enforce_retention()
+    assert queries == [[first], [second]]
+    assert [e.seq for e in await store.read(first, 0, limit=10)] == [3]  # the first decision was kept
+    assert [e.seq for e in await store.read(second, 0, limit=10)] == [1, 2, 3]
 
 
 async def test_stored_overrides_of_many_tenants_are_read_in_one_query(db_url, tenant):

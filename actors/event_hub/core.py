@@ -28,6 +28,7 @@ KIND = "event-hub"
 EventIn = dict[str, Any]  # {"type": str, "flow_id": str | None, "data": dict}
 AppendRequest = tuple[str, list[EventIn]]
 RETENTION_BATCH = 500  # tenants measured by one retention query
+RETENTION_ROWS = 200_000  # stored events measured by one retention query (each sums its rows' sizes)
 EARLY_JOIN_TTL = 60.0  # a join kept for a poll that never came (its replica died) is dropped after this
 
 
@@ -58,6 +59,21 @@ class TenantLog:
         return [self.window[i] for i in range(start, min(len(self.window), start + limit))]
 
 
+class Change:
+    """One link of the hub's feed of changes, which waiting polls follow: `done` is set once
+    `tenants` changed (a commit stored their events, or a join added them to a poll), and `next`
+    is the link after it. A poll that wakes looks only at the tenants of the links it passed, so a
+    wake costs what changed, not every tenant the poll holds (a replica's poll holds every tenant
+    it has a socket for)."""
+
+    __slots__ = ("done", "tenants", "next")
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+        self.tenants: Iterable[str] = ()
+        self.next: Change | None = None
+
+
 class EventHubCore:
     def __init__(self, store: EventStore, options: HubOptions = HubOptions(), clock=time.time, *,
                  metrics: MetricSink = NO_METRICS, limits: LimitsCache | None = None) -> None:
@@ -70,7 +86,7 @@ class EventHubCore:
             self._load, idle_seconds=options.idle_seconds, max_tenants=options.max_tenants
         )
         self._commits: Batcher[AppendRequest, list[Event]] = Batcher(self._commit, isolate="split")
-        self._wake = asyncio.Event()
+        self._change = Change()
         self._presence: dict[str, tuple[float, dict[str, dict[str, int]]]] = {}
         self._trims: set[asyncio.Task] = set()
         self._polls: dict[str, dict[str, int]] = {}
@@ -122,9 +138,15 @@ class EventHubCore:
             self._trim_later(trims)
         self.appended += len(events)
         self.metrics.inc("raytenant_events_published", len(events))
-        self._wake.set()
-        self._wake = asyncio.Event()
+        self._announce(heads)
         return results
+
+    def _announce(self, tenants: Iterable[str]) -> None:
+        """Wake the waiting polls: these tenants changed."""
+        change = self._change
+        change.tenants = tenants
+        change.next = self._change = Change()
+        change.done.set()
 
     def _trim_later(self, floors: dict[str, int]) -> None:
         """Delete trimmed rows off the append path; until then reads below the floor are refused."""
@@ -135,33 +157,52 @@ class EventHubCore:
     async def enforce_retention(self) -> int:
         """Trim every active tenant's events beyond its retention by bytes and by age (count is
         enforced on append). Returns how many tenants were trimmed. Tenants under the same
-        retention are measured together, RETENTION_BATCH to a query."""
+        retention are measured together, up to RETENTION_BATCH tenants or RETENTION_ROWS stored
+        events to a query; what was decided is trimmed even if a later query fails."""
         now = self.clock()
-        heads: dict[str, int] = {}
+        logs: dict[str, TenantLog] = {}
         for tenant in self.tenants.names():
             log = self.tenants.peek(tenant)
             if log is not None and log.head >= log.floor:
-                heads[tenant] = log.head
-        limits = await self.limits.of_many(heads)
+                logs[tenant] = log
+        limits = await self.limits.of_many(logs)
         alike: dict[tuple[int, int], list[str]] = {}
-        for tenant in heads:
+        for tenant in logs:
             alike.setdefault((limits[tenant].event_retention_bytes, limits[tenant].event_retention_seconds), []).append(tenant)
         trims: dict[str, int] = {}
-        for (max_bytes, seconds), tenants in alike.items():
-            for start in range(0, len(tenants), RETENTION_BATCH):
-                batch = tenants[start:start + RETENTION_BATCH]
-                floors = await self.store.retention_floors(batch, max_bytes, now - seconds)
-                for tenant in batch:
-                    floor = floors.get(tenant, heads[tenant] + 1)
-                    log = self.tenants.peek(tenant)  # reloaded meanwhile? then its own bounds hold
-                    if log is not None and floor > log.floor:
-                        log.floor = trims[tenant] = floor
-                        while log.window and log.window[0].seq < floor:
-                            log.window.popleft()
-        if trims:
-            self.retention_trims += len(trims)
-            await self.store.trim(trims)
+        try:
+            for (max_bytes, seconds), tenants in alike.items():
+                for batch in self._retention_batches(tenants, logs):
+                    heads = {tenant: logs[tenant].head for tenant in batch}
+                    floors = await self.store.retention_floors(batch, max_bytes, now - seconds)
+                    for tenant in batch:
+                        floor = floors.get(tenant, heads[tenant] + 1)
+                        log = logs[tenant]
+                        if self.tenants.peek(tenant) is log and floor > log.floor:
+                            log.floor = trims[tenant] = floor
+                            while log.window and log.window[0].seq < floor:
+                                log.window.popleft()
+        finally:
+            # a tenant forgotten meanwhile (purged, or imported anew) keeps what storage holds
+            trims = {t: floor for t, floor in trims.items() if self.tenants.peek(t) is logs[t]}
+            if trims:
+                self.retention_trims += len(trims)
+                await self.store.trim(trims)
         return len(trims)
+
+    @staticmethod
+    def _retention_batches(tenants: list[str], logs: dict[str, TenantLog]) -> Iterable[list[str]]:
+        batch: list[str] = []
+        rows = 0
+        for tenant in tenants:
+            stored = logs[tenant].head - logs[tenant].floor + 1
+            if batch and (len(batch) >= RETENTION_BATCH or rows + stored > RETENTION_ROWS):
+                yield batch
+                batch, rows = [], 0
+            batch.append(tenant)
+            rows += stored
+        if batch:
+            yield batch
 
     def set_limits(self, tenant: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
         return self.limits.put(tenant, overrides).to_dict()
@@ -194,7 +235,8 @@ class EventHubCore:
     async def poll(self, cursors: dict[str, int], timeout: float, poll_id: str | None = None) -> dict[str, Any]:
         """Long-poll many tenants at once: returns as soon as any has events after its cursor.
 
-        Returns {"events": {tenant: [Event]}, "heads": {tenant: head}, "floors": {tenant: floor}}.
+        Returns {"events": {tenant: [Event]}, "heads": {tenant: head}, "floors": {tenant: floor}},
+        heads and floors of the tenants with events.
         A cursor behind the in-memory window is served from storage, so a poller that fell behind
         (or a hub that just restarted) still delivers every event in order. With a `poll_id`,
         `join` can add tenants to this poll while it waits.
@@ -229,17 +271,17 @@ class EventHubCore:
             return False
         for tenant, cursor in cursors.items():
             waiting.setdefault(tenant, cursor)
-        self._wake.set()
-        self._wake = asyncio.Event()
+        self._announce(list(cursors))
         return True
 
     async def _poll(self, cursors: dict[str, int], deadline: float) -> dict[str, Any]:
+        change = self._change
+        due: Iterable[str] = list(cursors)  # the first look: every tenant of the poll
         while True:
-            wake = self._wake
-            logs = await self.tenants.activate(list(cursors))
+            logs = await self.tenants.activate(due)
             found: dict[str, list[Event]] = {}
-            for tenant, cursor in cursors.items():
-                log = logs[tenant]
+            for tenant, log in logs.items():
+                cursor = cursors[tenant]
                 if cursor >= log.head:
                     continue
                 events = log.after(max(cursor, log.floor - 1), self.options.read_limit)
@@ -251,11 +293,16 @@ class EventHubCore:
             if found or remaining <= 0:
                 return {
                     "events": found,
-                    "heads": {t: log.head for t, log in logs.items()},
-                    "floors": {t: log.floor for t, log in logs.items()},
+                    "heads": {t: logs[t].head for t in found},
+                    "floors": {t: logs[t].floor for t in found},
                 }
             with contextlib.suppress(asyncio.TimeoutError):  # the timeout ends the poll at the loop's top
-                await asyncio.wait_for(wake.wait(), remaining)
+                await asyncio.wait_for(change.done.wait(), remaining)
+            changed: set[str] = set()
+            while change.done.is_set() and change.next is not None:  # every link passed since the last look
+                changed.update(tenant for tenant in change.tenants if tenant in cursors)
+                change = change.next
+            due = changed
 
     # -- presence ---------------------------------------------------------------------------------
     def report_presence(self, replica: str, counts: dict[str, dict[str, int]]) -> None:
@@ -287,7 +334,9 @@ class EventHubCore:
         """Drop the tenant from this shard's memory (its data was purged, or imported): its next
         use loads what storage holds."""
         self.limits.forget(tenant)
-        return self.tenants.forget(tenant)
+        active = self.tenants.forget(tenant)
+        self._announce([tenant])  # a waiting poll of the tenant looks again at what storage holds
+        return active
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -128,35 +128,62 @@ class LimitsCache:
     - every read waiting at one moment, for any tenants, is one query (a shard serving 1,000 busy
       tenants with one query each re-read 200 tenants a second, each on a connection of its own);
     - a tenant in use keeps its known limits while they are re-read in the background; only a
-      tenant unseen for over 2 x `ttl` (or never) waits for the read, as a first use does.
-    An operator's change pushed meanwhile (`put`) wins over a read that started before it."""
+      tenant not read for over 2 x `ttl` (or never) waits for the read, as a first use does.
+    An operator's change pushed meanwhile (`put`) wins over a read that started before it, and a
+    read that began before a `forget` is not used: the next use reads again."""
 
     def __init__(self, load_many: LoadMany | None, defaults: Limits = Limits(), *, ttl: float = 5.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._load_many, self.defaults, self.ttl, self._clock = load_many, defaults, ttl, clock
         self._cached: dict[str, tuple[float, Limits]] = {}
         self._reads: Batcher[str, dict[str, Any] | None] = Batcher(self._read, max_batch=READ_BATCH)
-        self._loading: dict[str, asyncio.Task] = {}
-        self._pushes: dict[str, int] = {}  # tenant -> pushes and forgets so far: a read older than one is dropped
+        # tenant -> (its read under way, the pushes counted when it began); pushes and forgets are
+        # counted only while a read is under way, and a read that saw fewer is not used
+        self._loading: dict[str, tuple[asyncio.Task, int]] = {}
+        self._pushes: dict[str, int] = {}
         self.reads = 0
 
     async def of(self, tenant: str) -> Limits:
-        found = self._cached.get(tenant)
-        if self._load_many is None:
-            return found[1] if found is not None else self.defaults
-        age = self._clock() - found[0] if found is not None else None
-        if age is not None and age < self.ttl:
-            return found[1]
-        loading = self._load(tenant)
-        if age is not None and age < 2 * self.ttl:
-            return found[1]  # re-read in the background
-        await asyncio.shield(loading)
+        for _ in range(3):
+            known = self._known(tenant)
+            if known is not None:
+                return known
+            await asyncio.shield(self._load(tenant))
+            found = self._cached.get(tenant)
+            if found is not None:
+                return found[1]
+            # forgotten while it was read: read again
         return self.peek(tenant)
 
     async def of_many(self, tenants: Iterable[str]) -> dict[str, Limits]:
-        """`of` for several tenants, their reads in one query."""
-        names = list(dict.fromkeys(tenants))
-        return dict(zip(names, await asyncio.gather(*(self.of(tenant) for tenant in names))))
+        """`of` for several tenants: the known ones at once, the reads of the others in one query."""
+        found: dict[str, Limits] = {}
+        waiting: list[str] = []
+        for tenant in dict.fromkeys(tenants):
+            known = self._known(tenant)
+            if known is None:
+                waiting.append(tenant)
+            else:
+                found[tenant] = known
+        if waiting:
+            found.update(zip(waiting, await asyncio.gather(*(self.of(tenant) for tenant in waiting))))
+        return found
+
+    def _known(self, tenant: str) -> Limits | None:
+        """The tenant's limits when they may be used without waiting (a stale entry starts its
+        re-read in the background); None when the caller must wait for a read."""
+        found = self._cached.get(tenant)
+        if self._load_many is None:
+            return found[1] if found is not None else self.defaults
+        if found is None:
+            return None
+        age = self._clock() - found[0]
+        if age < self.ttl:
+            return found[1]
+        if age < 2 * self.ttl:
+            self._load(tenant)
+            return found[1]
+        return None
 
     def peek(self, tenant: str) -> Limits:
         """The limits known now, without loading (the defaults when none are known)."""
@@ -165,33 +192,40 @@ class LimitsCache:
 
     def forget(self, tenant: str) -> None:
         self._cached.pop(tenant, None)
-        self._pushes[tenant] = self._pushes.get(tenant, 0) + 1
+        self._count_push(tenant)
 
     def put(self, tenant: str, overrides: dict[str, Any] | None) -> Limits:
         """The operator's change, pushed to the shard that owns the tenant: effective at once."""
         limits = self._resolve(overrides)
         self._cached[tenant] = (self._clock(), limits)
-        self._pushes[tenant] = self._pushes.get(tenant, 0) + 1
+        self._count_push(tenant)
         return limits
 
+    def _count_push(self, tenant: str) -> None:
+        if tenant in self._loading:
+            self._pushes[tenant] = self._pushes.get(tenant, 0) + 1
+
     def _load(self, tenant: str) -> asyncio.Task:
-        """The tenant's read, started unless one is under way."""
+        """The tenant's read: the one under way, unless a push or forget came after it began."""
+        pushes = self._pushes.get(tenant, 0)
         loading = self._loading.get(tenant)
-        if loading is None:
-            pushes = self._pushes.get(tenant, 0)
-            loading = self._loading[tenant] = asyncio.create_task(self._load_one(tenant, pushes))
-        return loading
+        if loading is not None and loading[1] == pushes:
+            return loading[0]
+        task = asyncio.create_task(self._load_one(tenant, pushes))
+        self._loading[tenant] = (task, pushes)
+        return task
 
     async def _load_one(self, tenant: str, pushes: int) -> None:
         try:
-            overrides = await self._reads.submit(tenant)
+            overrides, failed = await self._reads.submit(tenant), False
         except Exception:  # noqa: BLE001 - storage away: keep what was known, else the defaults
             overrides, failed = None, True
-        else:
-            failed = False
-        finally:
-            self._loading.pop(tenant, None)
-        if self._pushes.get(tenant, 0) != pushes:
+        current = self._pushes.get(tenant, 0) == pushes
+        loading = self._loading.get(tenant)
+        if loading is not None and loading[0] is asyncio.current_task():
+            del self._loading[tenant]
+            self._pushes.pop(tenant, None)
+        if not current:
             return  # the operator's push (or a forget) came after this read began
         if failed and tenant in self._cached:
             return  # the known value stays; its age makes the next use try again
@@ -200,7 +234,7 @@ class LimitsCache:
     async def _read(self, tenants: list[str]) -> list[dict[str, Any] | None]:
         assert self._load_many is not None
         self.reads += 1
-        stored = await self._load_many(sorted(set(tenants)))
+        stored = await self._load_many(sorted(tenants))
         return [stored.get(tenant) for tenant in tenants]
 
     def _resolve(self, overrides: dict[str, Any] | None) -> Limits:
