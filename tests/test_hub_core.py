@@ -91,14 +91,14 @@ async def test_a_waiting_poll_looks_again_only_at_tenants_that_changed(store, te
     hub = EventHubCore(store)
     mine = [f"{tenant}-{i}" for i in range(50)]
     looked: list[list[str]] = []
-    activate = hub.tenants.activate
+    look = hub._logs_of
 
     async def spy(tenants):
         tenants = list(tenants)
         looked.append(sorted(tenants))
-        return await activate(tenants)
+        return await look(tenants)
 
-    hub.tenants.activate = spy
+    hub._logs_of = spy
     waiting = asyncio.create_task(hub.poll({t: 0 for t in mine}, timeout=5))
     await asyncio.sleep(0.05)
     looked.clear()
@@ -106,12 +106,23 @@ async def test_a_waiting_poll_looks_again_only_at_tenants_that_changed(store, te
         await hub.append([(f"{tenant}-other", [ev(i)])])
     await asyncio.sleep(0.05)
     assert not waiting.done()
-    polls_looks = [names for names in looked if f"{tenant}-other" not in names]
-    assert polls_looks and all(names == [] for names in polls_looks)
+    assert looked and all(names == [] for names in looked)
     await hub.append([(mine[7], [ev(9)]), (f"{tenant}-other", [ev(10)])])
     woke = await asyncio.wait_for(waiting, 2)
     assert list(woke["events"]) == [mine[7]] and woke["heads"] == {mine[7]: 1}
     assert looked[-1] == [mine[7]]
+
+
+async def test_a_poll_looking_at_a_quiet_tenant_does_not_keep_it_in_memory(store, tenant):
+    hub = EventHubCore(store)
+    quiet, busy = f"{tenant}-quiet", f"{tenant}-busy"
+    await hub.append([(quiet, [ev(0)])])
+    await hub.append([(busy, [ev(1)])])
+    assert hub.tenants.names()[-2:] == [quiet, busy]
+    assert (await hub.poll({quiet: 1}, timeout=0))["events"] == {}
+    assert hub.tenants.names()[-2:] == [quiet, busy]  # still the least recently used of the two
+    hub.tenants.forget(quiet)
+    assert (await hub.poll({quiet: 0}, timeout=0))["events"][quiet][0].seq == 1  # loaded again to look
 
 
 async def test_a_forgotten_tenant_wakes_its_waiting_poll(store, tenant):

@@ -102,6 +102,27 @@ async def test_a_tenant_in_use_keeps_its_limits_while_they_are_read_again():
     assert cache.peek("t").connections == 7 and len(storage.queries) == 2
 
 
+async def test_a_re_read_takes_along_the_tenants_in_use_that_are_half_way_to_due():
+    clock, storage = Clock(), Storage({})
+    cache = LimitsCache(storage.load_many, Limits(), ttl=4, clock=clock)
+    await cache.of_many(["early", "idle"])
+    clock.now += 2
+    await cache.of("late")
+    clock.now += 0.5
+    await cache.of("late")  # in use; its limits are 0.5 s old
+    clock.now += 1.6
+    assert await cache.of("early") == Limits()  # 4.1 s old: re-read in the background
+    for _ in range(5):
+        await asyncio.sleep(0)
+    # "idle" (last used 4.1 s ago, within 2 x ttl) and "late" (2.1 s old: half-way) go along
+    assert storage.queries[2:] == [["early", "idle", "late"]]
+    clock.now += 5
+    await cache.of("late")  # 5 s old: re-read; "idle", unused for 9.1 s, stays out
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert storage.queries[3:] == [["early", "late"]]
+
+
 async def test_a_push_wins_over_a_read_that_began_before_it():
     clock, storage = Clock(), Storage({"t": {"connections": 3}})
     cache = LimitsCache(storage.load_many, Limits(), ttl=5, clock=clock)

@@ -278,7 +278,7 @@ class EventHubCore:
         change = self._change
         due: Iterable[str] = list(cursors)  # the first look: every tenant of the poll
         while True:
-            logs = await self.tenants.activate(due)
+            logs = await self._logs_of(due)
             found: dict[str, list[Event]] = {}
             for tenant, log in logs.items():
                 cursor = cursors[tenant]
@@ -303,6 +303,23 @@ class EventHubCore:
                 changed.update(tenant for tenant in change.tenants if tenant in cursors)
                 change = change.next
             due = changed
+
+    async def _logs_of(self, tenants: Iterable[str]) -> dict[str, TenantLog]:
+        """The logs of a poll's tenants: the active ones as they are, the others loaded. Looking is
+        not a use that keeps a tenant in memory (a commit is): touching each of 1,000 tenants at
+        each of ~100 polls a second was a sixth of the hub's time. A quiet tenant left memory
+        after `idle_seconds` is loaded again at the next look."""
+        logs: dict[str, TenantLog] = {}
+        missing: list[str] = []
+        for tenant in tenants:
+            log = self.tenants.peek(tenant)
+            if log is None:
+                missing.append(tenant)
+            else:
+                logs[tenant] = log
+        if missing:
+            logs.update(await self.tenants.activate(missing))
+        return logs
 
     # -- presence ---------------------------------------------------------------------------------
     def report_presence(self, replica: str, counts: dict[str, dict[str, int]]) -> None:
