@@ -321,6 +321,25 @@ async def test_retention_measures_tenants_under_the_same_limits_in_one_query(sto
     assert floors == [3, 1, 2, 3]  # ~9 KB kept under 10 KB; one event (~3 KB) under 4 KB
 
 
+async def test_events_are_not_trimmed_by_limits_that_could_not_be_read(store, tenant):
+    storage = Storage({tenant: {"event_retention_count": 3}})
+    storage.away = True
+    limits = LimitsCache(storage.load_many, Limits(event_retention_count=2), clock=Clock())
+    hub = EventHubCore(store, limits=limits)
+    await hub.append([(tenant, [ev_data(i) for i in range(5)])])
+    assert len(storage.queries) == 1  # one failed read, not one per retry
+    page = await hub.read(tenant, 0)
+    assert not page["gap"] and [e.seq for e in page["events"]] == [1, 2, 3, 4, 5]
+    assert await hub.enforce_retention() == 0 and len(await store.read(tenant, 0, limit=10)) == 5
+    storage.away = False
+    await hub.append([(tenant, [ev_data(5)])])  # read now: the tenant keeps its last 3, not 2
+    assert (await hub.read(tenant, 0))["floor"] == 4
+
+
+def ev_data(i: int) -> dict:
+    return {"type": "flow_update", "flow_id": None, "data": {"i": i}}
+
+
 async def test_retention_spares_a_tenant_forgotten_while_it_was_measured(store, tenant):
     hub = EventHubCore(store, HubOptions(limits=Limits(event_retention_bytes=4_000)))
     big = {"type": "flow_update", "flow_id": None, "data": {"blob": "x" * 3_000}}

@@ -102,6 +102,28 @@ async def test_activation_loads_missing_together_and_evicts():
     assert table.peek("a") is None
 
 
+async def test_a_tenant_evicted_while_another_activation_loads_is_loaded_again():
+    now = [0.0]
+    gate, loads = asyncio.Event(), []
+
+    async def loader(tenants):
+        loads.append(sorted(tenants))
+        if "slow" in tenants:
+            await gate.wait()
+        return {t: {"tenant": t, "load": len(loads)} for t in tenants}
+
+    table = ActivationTable(loader, idle_seconds=10, clock=lambda: now[0])
+    await table.activate(["x"])
+    now[0] = 11  # x is idle now
+    both = asyncio.ensure_future(table.activate(["x", "slow"]))  # x present: only "slow" loads
+    await asyncio.sleep(0)
+    await table.activate(["other"])  # finishes first, and its eviction drops idle x
+    assert "x" not in table
+    gate.set()
+    found = await both
+    assert sorted(found) == ["slow", "x"] and loads[-1] == ["x"]  # x read again from storage
+
+
 async def test_turns_serialise_a_tenant_but_not_others():
     turns = TenantTurns()
     order = []

@@ -131,6 +131,8 @@ class EventHubCore:
         for event in events:
             logs[event.tenant].window.append(event)
         for tenant, log in logs.items():
+            if not self.limits.known(tenant):
+                continue  # its limits could not be read: trim once they are
             floor = log.head - self.limits.peek(tenant).event_retention_count + 1
             if floor > log.floor:
                 log.floor = trims[tenant] = floor
@@ -166,6 +168,7 @@ class EventHubCore:
             if log is not None and log.head >= log.floor:
                 logs[tenant] = log
         limits = await self.limits.of_many(logs)
+        logs = {tenant: log for tenant, log in logs.items() if self.limits.known(tenant)}
         alike: dict[tuple[int, int], list[str]] = {}
         for tenant in logs:
             alike.setdefault((limits[tenant].event_retention_bytes, limits[tenant].event_retention_seconds), []).append(tenant)

@@ -66,12 +66,20 @@ class ActivationTable(Generic[S]):
         """The states of `tenants`, loading the inactive ones together."""
         wanted = list(dict.fromkeys(tenants))
         missing = [t for t in wanted if t not in self._states]
-        if missing:
+        for _ in range(3):
+            if not missing:
+                break
             loaded = await self._loader(missing)
             for tenant in missing:
                 if tenant not in self._states:  # another turn may have loaded it meanwhile
                     self._states[tenant] = loaded[tenant]
+                    self._last_used[tenant] = self._clock()
                     self.activations += 1
+            # Another activation may have evicted (or a forget dropped) some of `wanted` while this
+            # one loaded: they are loaded again, never put back from before.
+            missing = [t for t in wanted if t not in self._states]
+        if missing:
+            raise RuntimeError(f"{len(missing)} tenants kept leaving memory while they were activated")
         found = {t: self.touch(t) for t in wanted}
         self.evict()
         return found

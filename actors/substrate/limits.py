@@ -151,12 +151,19 @@ class LimitsCache:
             known = self._known(tenant)
             if known is not None:
                 return known
-            await asyncio.shield(self._load(tenant))
+            settled = await asyncio.shield(self._load(tenant))
             found = self._cached.get(tenant)
             if found is not None:
                 return found[1]
+            if settled:
+                break  # storage away and nothing known: the defaults, for this use only
             # forgotten while it was read: read again
         return self.peek(tenant)
+
+    def known(self, tenant: str) -> bool:
+        """Whether the tenant's limits were read (or pushed): otherwise `peek` answers the
+        defaults, which must not decide anything that cannot be undone, such as a trim."""
+        return self._load_many is None or tenant in self._cached
 
     async def of_many(self, tenants: Iterable[str]) -> dict[str, Limits]:
         """`of` for several tenants: the known ones at once, the reads of the others in one query."""
@@ -179,6 +186,7 @@ class LimitsCache:
         if self._load_many is None:
             return found[1] if found is not None else self.defaults
         now = self._clock()
+        self._used.pop(tenant, None)  # kept in order of use, most recent last
         self._used[tenant] = now
         if found is None:
             return None
@@ -195,14 +203,24 @@ class LimitsCache:
         """With one tenant's re-read, start those of the other tenants in use whose limits are
         half-way to due, so they share its query: tenants used at different moments would
         otherwise each be re-read alone (a hub appending for 1,000 tenants made one query per
-        append). At most one scan of the cache per ttl/4."""
+        append). At most one scan per ttl/4 and READ_BATCH tenants per scan; the scan walks only
+        the tenants used in the last 2 x ttl, most recent first, and forgets the older ones."""
         if now - self._ahead_at < self.ttl / 4:
             return
         self._ahead_at = now
-        for tenant, (read_at, _) in list(self._cached.items()):
-            if now - read_at >= self.ttl / 2 and now - self._used.get(tenant, float("-inf")) < 2 * self.ttl \
-                    and tenant not in self._loading:
+        while self._used:
+            oldest = next(iter(self._used))
+            if now - self._used[oldest] < 2 * self.ttl:
+                break
+            del self._used[oldest]
+        started = 0
+        for tenant in reversed(list(self._used)):
+            found = self._cached.get(tenant)
+            if found is not None and now - found[0] >= self.ttl / 2 and tenant not in self._loading:
                 self._load(tenant)
+                started += 1
+                if started >= READ_BATCH:
+                    break
 
     def peek(self, tenant: str) -> Limits:
         """The limits known now, without loading (the defaults when none are known)."""
@@ -235,10 +253,12 @@ class LimitsCache:
         self._loading[tenant] = (task, pushes)
         return task
 
-    async def _load_one(self, tenant: str, pushes: int) -> None:
+    async def _load_one(self, tenant: str, pushes: int) -> bool:
+        """Read the tenant's limits; False when the read is not used (a push or forget came
+        after it began)."""
         try:
             overrides, failed = await self._reads.submit(tenant), False
-        except Exception:  # noqa: BLE001 - storage away: keep what was known, else the defaults
+        except Exception:  # noqa: BLE001 - storage away: keep what was known
             overrides, failed = None, True
         current = self._pushes.get(tenant, 0) == pushes
         loading = self._loading.get(tenant)
@@ -246,10 +266,11 @@ class LimitsCache:
             del self._loading[tenant]
             self._pushes.pop(tenant, None)
         if not current:
-            return  # the operator's push (or a forget) came after this read began
-        if failed and tenant in self._cached:
-            return  # the known value stays; its age makes the next use try again
+            return False  # the operator's push (or a forget) came after this read began
+        if failed:
+            return True  # the known value stays (its age makes the next use try again), or none is known
         self._cached[tenant] = (self._clock(), self._resolve(overrides))
+        return True
 
     async def _read(self, tenants: list[str]) -> list[dict[str, Any] | None]:
         assert self._load_many is not None
