@@ -18,9 +18,7 @@ class LimitsStore:
 
     async def get(self, tenant: str) -> dict[str, Any] | None:
         """The tenant's overrides, or None when the operator set none."""
-        query = select(TenantLimitsRow.limits).where(TenantLimitsRow.tenant == tenant)
-        async with self.engine.connect() as conn:
-            return (await conn.execute(query)).scalar_one_or_none()
+        return (await self.get_many([tenant])).get(tenant)
 
     async def get_many(self, tenants: list[str]) -> dict[str, dict[str, Any]]:
         """The overrides of those of `tenants` that have any, in one query (a shard re-reads the

@@ -144,7 +144,6 @@ class LimitsCache:
         self._pushes: dict[str, int] = {}
         self._used: dict[str, float] = {}  # tenant -> when its limits were last asked for
         self._ahead_at = float("-inf")  # when the last read-ahead scan ran
-        self.reads = 0
 
     async def of(self, tenant: str) -> Limits:
         for _ in range(3):
@@ -274,7 +273,6 @@ class LimitsCache:
 
     async def _read(self, tenants: list[str]) -> list[dict[str, Any] | None]:
         assert self._load_many is not None
-        self.reads += 1
         stored = await self._load_many(sorted(tenants))
         return [stored.get(tenant) for tenant in tenants]
 
