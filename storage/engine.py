@@ -114,7 +114,8 @@ def create_engine(url: str | None = None, *, limits: PoolLimits | None = None) -
     engine = create_async_engine(
         url, json_serializer=dumps_stored, json_deserializer=loads_stored, pool_size=limits.size, max_overflow=limits.overflow, pool_recycle=3600,
         pool_timeout=limits.pool_timeout,
-        connect_args={"timeout": limits.connect_timeout, "command_timeout": limits.statement_timeout},
+        connect_args={"timeout": limits.connect_timeout, "command_timeout": limits.statement_timeout,
+                      "server_settings": {"plan_cache_mode": "force_custom_plan"}},
     )
     event.listen(engine.sync_engine, "checkout", _closed_by_server)
     return engine

@@ -7,7 +7,7 @@ its content again. On PostgreSQL a group commit without subscription changes is 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Hashable
 
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -32,6 +32,10 @@ class MailboxWrites:
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> new row (latest state)
     states: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> {id, *MUTABLE} of a stored row
     topics: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (tenant, agent) -> all topics
+
+    def rows(self) -> list[Hashable]:
+        """What these writes change: messages by id, and (tenant, agent) subscription lists."""
+        return [*self.messages, *self.states, *(("topics", *key) for key in self.topics)]
 
     def merge(self, other: "MailboxWrites") -> None:
         """`other` came later: its rows and states win; a state change of a row new in this batch

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from actors.mailbox.core import MailboxCore, MailboxError, MailboxOptions
+from actors.mailbox.core import MailboxCore, MailboxError, MailboxOptions, Message, Messages
 from storage.engine import create_engine
 from storage.mailbox import MailboxStore, MailboxWrites
 
@@ -189,6 +189,50 @@ async def test_failed_commit_changes_nothing_and_tenants_are_isolated(engine, te
     assert got["attempts"] == 1
 
 
+def gate_next_write(box: MailboxCore) -> asyncio.Event:
+    """The store's next write waits until the returned event is set."""
+    real, gate = box.store.write, asyncio.Event()
+
+    async def gated(writes):
+        box.store.write = real
+        await gate.wait()
+        await real(writes)
+
+    box.store.write = gated
+    return gate
+
+
+async def test_a_second_commit_goes_out_while_one_is_in_flight(engine, tenant):
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time: its mailbox keeps one commit in flight")
+    box = mailbox(engine)
+    gate = gate_next_write(box)
+    slow = asyncio.create_task(box.send(tenant, [msg()]))
+    await asyncio.sleep(0.05)
+    [other] = await asyncio.wait_for(box.send(tenant + "-b", [msg()]), 5)
+    assert not slow.done(), "the other tenant's send committed while the first commit was in flight"
+    gate.set()
+    await asyncio.wait_for(slow, 5)
+    assert (await box.store.states(tenant + "-b", [other["message_id"]]))[other["message_id"]] == ("mapper", "ready")
+
+
+async def test_an_ack_of_a_message_whose_hand_out_is_in_flight_is_stored_after_it(engine, tenant):
+    """Two commits in flight may land in either order: the ack must not be overwritten by the
+    hand-out it followed, or the message would come back after a restart."""
+    box = mailbox(engine)
+    [sent] = await box.send(tenant, [msg()])
+    gate = gate_next_write(box)
+    receiving = asyncio.create_task(box.receive(tenant, "mapper", 1))
+    await asyncio.sleep(0.05)
+    acking = asyncio.create_task(box.ack_many(tenant, "mapper", [sent["message_id"]]))
+    await asyncio.sleep(0.05)
+    assert not acking.done(), "the ack waits for the hand-out's commit"
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(receiving, acking), 5)
+    assert (await box.store.states(tenant, [sent["message_id"]]))[sent["message_id"]] == ("mapper", "acked")
+    assert await mailbox(engine).receive(tenant, "mapper", 5) == [], "nothing comes back after a restart"
+
+
 async def test_ack_many_in_one_commit(engine, tenant):
     clock = Clock()
     box = mailbox(engine, clock, max_attempts=1, visibility_timeout=1)
@@ -240,3 +284,20 @@ def test_writes_merge_keeps_the_latest_state_and_writes_new_rows_whole():
                                "c": {"id": "c", "state": "ready"}, "d": {"id": "d", "state": "ready", "content": None}}
     assert merged.states == {"b": {"id": "b", "state": "acked", "attempts": 1}}
     assert merged.topics == {("t", "agent"): ["x"]}
+
+
+def test_messages_are_counted_by_receiver_as_they_come_and_go():
+    """The queue quotas read these counts at every send instead of walking the tenant's queue."""
+    import random
+    from collections import Counter
+
+    rng = random.Random(7)
+    messages = Messages()
+    for step in range(2_000):
+        message_id = f"m{rng.randrange(60)}"
+        if message_id in messages and rng.random() < 0.5:
+            del messages[message_id]
+        else:  # new, or the same id again (an undo puts a message back)
+            messages[message_id] = Message(message_id, f"agent-{rng.randrange(4)}", "s", "notification", None,
+                                           None, None, float(step))
+        assert messages.per_receiver == Counter(m.receiver for m in messages.values())

@@ -64,6 +64,109 @@ async def test_batcher_respects_max_batch_and_result_count():
         await Batcher(short).submit(1)
 
 
+async def test_a_window_of_two_flushes_overlaps_them():
+    """While one flush is in flight, what arrives goes out in a second at once: the database works
+    on one transaction while the next is composed."""
+    started, release = [], asyncio.Event()
+
+    async def flush(items):
+        started.append(list(items))
+        await release.wait()
+        return items
+
+    batcher = Batcher(flush, window=2, keys=lambda item: [item])
+    first = asyncio.create_task(batcher.submit(1))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(batcher.submit(2))
+    third = asyncio.create_task(batcher.submit(3))
+    await asyncio.sleep(0.01)
+    assert started == [[1], [2, 3]], "the second flush started while the first was in flight"
+    fourth = asyncio.create_task(batcher.submit(4))
+    await asyncio.sleep(0.01)
+    assert len(started) == 2, "no third flush while two are in flight"
+    release.set()
+    assert await asyncio.wait_for(asyncio.gather(first, second, third, fourth), 5) == [1, 2, 3, 4]
+    assert started[2] == [4]
+    with pytest.raises(ValueError):
+        Batcher(flush, window=2)
+
+
+async def test_writes_to_a_row_in_flight_wait_for_it_and_keep_their_order():
+    """Two transactions in flight may commit in either order, so an item writing a row that the
+    flush in flight writes waits for it, and so does a later item sharing a row with the held one;
+    items on other rows go on."""
+    flushed, gates = [], {}
+
+    async def flush(items):
+        flushed.append([name for name, _ in items])
+        gate = gates.setdefault(items[0][0], asyncio.Event())
+        await gate.wait()
+        return [name for name, _ in items]
+
+    batcher = Batcher(flush, window=2, keys=lambda item: item[1])
+    first = asyncio.create_task(batcher.submit(("a", {"m1"})))
+    await asyncio.sleep(0.01)
+    later = [asyncio.create_task(batcher.submit(item)) for item in
+             [("b", {"m1", "m2"}), ("c", {"m3"}), ("d", {"m2"}), ("e", {"m4"})]]
+    await asyncio.sleep(0.01)
+    assert flushed == [["a"], ["c", "e"]], "b writes m1 (in flight), d writes m2 (held with b)"
+    gates["c"].set()
+    await asyncio.sleep(0.01)
+    assert flushed == [["a"], ["c", "e"]], "b and d still wait for a"
+    gates["a"].set()
+    gates["b"] = asyncio.Event()
+    gates["b"].set()
+    done = await asyncio.wait_for(asyncio.gather(first, *later), 5)
+    assert done == ["a", "b", "c", "d", "e"]
+    assert flushed[2] == ["b", "d"], "once a landed, the held items went out in their order"
+
+
+async def test_an_operation_run_again_alone_also_waits_for_its_rows_in_flight():
+    from actors.substrate.batching import SOLO
+
+    flushed, release = [], asyncio.Event()
+
+    async def flush(items):
+        flushed.append([name for name, _ in items])
+        if items[0][0] == "a":
+            await release.wait()
+        return [name for name, _ in items]
+
+    async def alone(item):
+        SOLO.set(True)
+        return await batcher.submit(item)
+
+    batcher = Batcher(flush, window=2, keys=lambda item: item[1], isolate="retry")
+    first = asyncio.create_task(batcher.submit(("a", {"m1"})))
+    await asyncio.sleep(0.01)
+    solo = asyncio.create_task(alone(("s", {"m1"})))
+    await asyncio.sleep(0.01)
+    assert flushed == [["a"]], "the solo retry writes m1, which is in flight"
+    release.set()
+    assert await asyncio.wait_for(asyncio.gather(first, solo), 5) == ["a", "s"]
+    assert flushed == [["a"], ["s"]]
+
+
+async def test_a_failed_flush_in_a_window_fails_only_its_own_items():
+    release = asyncio.Event()
+
+    async def flush(items):
+        await release.wait()
+        if "bad" in items:
+            raise RuntimeError("refused")
+        return items
+
+    batcher = Batcher(flush, window=2, keys=lambda item: [item])
+    bad = asyncio.create_task(batcher.submit("bad"))
+    await asyncio.sleep(0.01)
+    good = asyncio.create_task(batcher.submit("good"))
+    await asyncio.sleep(0.01)
+    release.set()
+    with pytest.raises(RuntimeError):
+        await bad
+    assert await good == "good"
+
+
 async def test_sharded_batcher_makes_one_call_per_shard():
     calls = collections.Counter()
 

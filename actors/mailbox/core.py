@@ -20,6 +20,7 @@ import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any, Awaitable, Callable
 
 from actors.substrate.activation import ActivationTable
@@ -84,7 +85,7 @@ class Message:
         return {
             "message_id": self.id, "type": self.type, "sender": self.sender, "receiver": self.receiver,
             "content": self.content, "correlation_id": self.correlation_id, "topic": self.topic,
-            "timestamp": _dt(self.created_at).isoformat(), "attempts": self.attempts,
+            "timestamp": _iso(self.created_at), "attempts": self.attempts,
         }
 
     @classmethod
@@ -94,18 +95,51 @@ class Message:
                    _ts(row["updated_at"]))
 
 
+@lru_cache(maxsize=4096)
 def _dt(ts: float) -> datetime:
+    """Cached: a batch's rows share their `now`, and a message is written and shown several times."""
     return datetime.fromtimestamp(ts, timezone.utc)
+
+
+@lru_cache(maxsize=4096)
+def _iso(ts: float) -> str:
+    return _dt(ts).isoformat()
 
 
 def _ts(value: datetime) -> float:
     return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
 
 
+class Messages(dict[str, Message]):
+    """A tenant's ready and in-flight messages by id, counted by receiver as they come and go, so
+    the queue quotas are checked without walking a deep queue at every send. Only `[]=`, `del`,
+    `get` and iteration are used on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.per_receiver: Counter[str] = Counter()
+
+    def __setitem__(self, message_id: str, message: Message) -> None:
+        previous = self.get(message_id)
+        if previous is not None:
+            self._uncount(previous.receiver)
+        super().__setitem__(message_id, message)
+        self.per_receiver[message.receiver] += 1
+
+    def __delitem__(self, message_id: str) -> None:
+        self._uncount(self[message_id].receiver)
+        super().__delitem__(message_id)
+
+    def _uncount(self, receiver: str) -> None:
+        self.per_receiver[receiver] -= 1
+        if not self.per_receiver[receiver]:
+            del self.per_receiver[receiver]
+
+
 @dataclass
 class TenantMailbox:
     queues: dict[str, deque[Message]] = field(default_factory=dict)
-    messages: dict[str, Message] = field(default_factory=dict)  # ready and in flight, by id
+    messages: Messages = field(default_factory=Messages)  # ready and in flight, by id
     topics: dict[str, set[str]] = field(default_factory=dict)  # topic -> agents
     agent_topics: dict[str, list[str]] = field(default_factory=dict)
     waiters: dict[str, list[asyncio.Future]] = field(default_factory=dict)
@@ -130,7 +164,9 @@ class MailboxCore:
                  metrics: MetricSink = NO_METRICS, limits: LimitsCache | None = None) -> None:
         self.store, self.options, self.notify, self.clock, self.metrics = store, options, notify, clock, metrics
         self.limits = limits or LimitsCache(None, options.limits)
-        self._commits: GroupCommit[MailboxWrites] = GroupCommit(self._write, MailboxError)
+        # Two commits in flight on PostgreSQL (SQLite has one writer at a time anyway).
+        self._commits: GroupCommit[MailboxWrites] = GroupCommit(
+            self._write, MailboxError, rows=MailboxWrites.rows if store.dialect == "postgresql" else None)
         self.tenants: ActivationTable[TenantMailbox] = ActivationTable(
             self._load, idle_seconds=options.idle_seconds, max_tenants=options.max_tenants, busy=self._busy
         )
@@ -223,8 +259,8 @@ class MailboxCore:
     def _admit(self, state: TenantMailbox, limits: Limits, wanted: Counter) -> None:
         """Refuse a send that would hold more than the tenant's queue quotas (ready, in flight
         and being stored count; dead letters do not)."""
-        queued = Counter(m.receiver for m in state.messages.values()) + state.sending
-        total, adding = sum(queued.values()), sum(wanted.values())
+        queued = state.messages.per_receiver + state.sending
+        total, adding = len(state.messages) + sum(state.sending.values()), sum(wanted.values())
         if total + adding > limits.queued_messages:
             self.metrics.inc("raytenant_limit_refusals", limit="queued_messages")
             raise MailboxError(429, "quota_exceeded", f"the tenant holds {total} queued messages of "

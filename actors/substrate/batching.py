@@ -1,7 +1,7 @@
 """Natural batching: the coalescing client and the group commit are the same small mechanism.
 
-A Batcher keeps at most one flush in flight. Whatever is submitted while it runs waits and goes out
-together in the next flush. Under light load a request leaves at once (no linger); under heavy load
+A Batcher keeps one flush in flight (or up to `window`, see below). Whatever is submitted while it
+runs waits and goes out together in the next flush. Under light load a request leaves at once (no linger); under heavy load
 batches grow by themselves to match the flush's latency. That is what the machine's physics asks
 for: a Ray actor call costs ~2-3 ms whatever it carries, and so does a database commit.
 
@@ -22,12 +22,21 @@ tenant isolation (`isolate`):
   about 2·log2(n) extra flushes. With `isolate="retry"` (cores that change their memory before the
   commit and undo it when the flush fails) every item fails with `Refused`; `run_many` then runs
   each of those operations again, `solo`, in a batch of its own, so only the bad one fails.
+
+With `window=2`, a second flush starts while the first is in flight, so the database works on one
+transaction while the shard composes the next and answers the last: a shard whose commits are
+short spends much of a commit's round trip waiting otherwise. Two transactions in flight may commit
+in either order, so an item whose `keys` (the rows it writes) meet those of a flush in flight waits
+for that flush, and so does every later item sharing a key with it: writes to one row stay in
+submission order. Only flushes whose items carry their writes whole may use it (the mailbox's); a
+flush that reads shared state when it runs (a tenant's budget snapshot) keeps a window of one.
 """
 from __future__ import annotations
 
 import asyncio
 import contextvars
-from typing import Awaitable, Callable, Generic, Hashable, Literal, TypeVar
+from collections import Counter
+from typing import Awaitable, Callable, Generic, Hashable, Iterable, Literal, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -96,12 +105,20 @@ def _sqlstate(error: BaseException | None) -> str:
 class Batcher(Generic[T, R]):
     def __init__(self, flush: Flush, *, max_batch: int = 10_000, linger: float = 0.0,
                  isolate: Literal["split", "retry"] | None = None,
-                 group: Callable[[T], Hashable] | None = None) -> None:
+                 group: Callable[[T], Hashable] | None = None, window: int = 1,
+                 keys: Callable[[T], Iterable[Hashable]] | None = None) -> None:
         """`group` (with isolate="retry") names the tenant an item belongs to, for cores whose flush
         snapshots a tenant's whole state: a batch then holds all or none of a tenant's pending
-        items, and a solo retry goes out with its own tenant's items only."""
+        items, and a solo retry goes out with its own tenant's items only. `window` flushes may be
+        in flight at once; with more than one, `keys` names the rows an item writes."""
+        if window > 1 and keys is None:
+            raise ValueError("a window of more than one flush needs the items' keys")
         self._flush = flush
         self._group = group
+        self.window = window
+        self._keys = keys
+        self._flying: set[asyncio.Task] = set()
+        self._flying_keys: Counter[Hashable] = Counter()
         self._solos = 0
         self.max_batch = max_batch
         self.linger = linger
@@ -133,7 +150,7 @@ class Batcher(Generic[T, R]):
         while a group has a solo item waiting, none of its items join other batches."""
         if not self._solos:
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
-            return batch
+            return self._clear_of_flying(batch) if self._flying_keys else batch
         first, _, first_solo = self._pending[0]
         if self._group is None:
             size = 1 if first_solo else 0
@@ -149,14 +166,57 @@ class Batcher(Generic[T, R]):
                 chosen = [self._group(item) not in held for item, _, _ in self._pending]
             batch = [entry for entry, take in zip(self._pending, chosen) if take]
             self._pending = [entry for entry, take in zip(self._pending, chosen) if not take]
+        if self._flying_keys:
+            batch = self._clear_of_flying(batch)
         self._solos -= sum(solo for _, _, solo in batch)
         return batch
+
+    def _clear_of_flying(self, batch: list[tuple[T, asyncio.Future, bool]]) -> list[tuple[T, asyncio.Future, bool]]:
+        """The items of `batch` that write no row of a flush in flight, nor of an earlier item held
+        back; the others go back to the front of the queue, in order."""
+        assert self._keys is not None
+        blocked = set(self._flying_keys)
+        taken, held = [], []
+        for entry in batch:
+            keys = set(self._keys(entry[0]))
+            if keys & blocked:
+                blocked |= keys
+                held.append(entry)
+            else:
+                taken.append(entry)
+        self._pending[:0] = held
+        return taken
 
     async def _run(self) -> None:
         while self._pending:
             if self.linger:
                 await asyncio.sleep(self.linger)
-            await self._flush_batch(self._next_batch())
+            if self.window == 1:
+                await self._flush_batch(self._next_batch())
+                continue
+            if len(self._flying) >= self.window:
+                await asyncio.wait(set(self._flying), return_when=asyncio.FIRST_COMPLETED)
+                continue
+            batch = self._next_batch()
+            if not batch and self._flying:  # every item waits for a row written by a flush in flight
+                await asyncio.wait(set(self._flying), return_when=asyncio.FIRST_COMPLETED)
+                continue
+            self._launch(batch)
+
+    def _launch(self, batch: list[tuple[T, asyncio.Future, bool]]) -> None:
+        assert self._keys is not None
+        keys = [key for item, _, _ in batch for key in set(self._keys(item))]
+        self._flying_keys.update(keys)
+        flight = asyncio.create_task(self._flush_batch(batch))
+        self._flying.add(flight)
+
+        def landed(task: asyncio.Task) -> None:
+            self._flying.discard(task)
+            self._flying_keys.subtract(keys)
+            self._flying_keys = +self._flying_keys
+            if self._pending and (self._runner is None or self._runner.done()):
+                self._runner = asyncio.create_task(self._run())
+        flight.add_done_callback(landed)
 
     async def _flush_batch(self, batch: list[tuple[T, asyncio.Future, bool]]) -> None:
         self.flushes += 1

@@ -7,7 +7,7 @@ a busy shard writes one transaction per database round trip, whatever the number
 `commit` returns once the rows are durable: what the shard acknowledges is stored.
 
 If the transaction fails, every operation of the batch is undone, newest first, before the next
-batch is composed. Then (actors/substrate/batching.py `commit_failure`):
+batch is composed (with two in flight, the other one writes none of its rows). Then (actors/substrate/batching.py `commit_failure`):
 - the database is away, or this copy of the shard was fenced: each operation answers 503;
 - the database refused something in the batch: each operation raises `Refused`, and
   `actors.operations.run_many` runs it again in a transaction of its own, so only the operation
@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Generic, TypeVar
+from typing import Awaitable, Callable, Generic, Hashable, Iterable, TypeVar
 
 from actors.substrate.activation import InFlight
 from actors.substrate.batching import Batcher, commit_failure
@@ -45,15 +45,19 @@ class Pending(Generic[W]):
 
 class GroupCommit(Generic[W]):
     def __init__(self, write: Callable[[list[Pending[W]]], Awaitable[None]], error_class: type[ActorError], *,
-                 whole_tenant: bool = False) -> None:
+                 whole_tenant: bool = False, rows: Callable[[W], Iterable[Hashable]] | None = None) -> None:
         """`write` stores a batch in one transaction. `whole_tenant`: the write snapshots each
         tenant's whole state (the ledger's budgets, learning's patterns), so a batch holds all or
-        none of a tenant's pending operations."""
+        none of a tenant's pending operations. `rows` names the rows an operation's writes change,
+        for cores whose writes are whole when submitted (the mailbox's): then two transactions
+        may be in flight, and an operation touching a row of the one in flight waits for it."""
         self._write = write
         self._error_class = error_class
         self._batcher: Batcher[Pending[W], None] = Batcher(
             self._flush, max_batch=2**62 if whole_tenant else 10_000, isolate="retry",
-            group=(lambda item: item.tenant) if whole_tenant else None)
+            group=(lambda item: item.tenant) if whole_tenant else None,
+            window=2 if rows is not None else 1,
+            keys=(lambda item: rows(item.writes)) if rows is not None else None)
         self._committing: dict[str, set[asyncio.Future]] = {}
         self.in_flight = InFlight()
 

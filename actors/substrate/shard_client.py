@@ -26,11 +26,16 @@ class ShardClient:
     # Ray actor calls. Either way they reach the same call_many in the same event loop.
     channel_methods: frozenset[str] = frozenset()
     channel_timeout = 60.0
+    # Calls in flight per shard. With two, the callers that arrive while one call is out go in a
+    # second at once instead of waiting for the first's answer, so the shard's group commit gets
+    # the next batch while it commits this one. Concurrent callers never had an order between them.
+    calls_in_flight = 1
 
     def __init__(self, actor_class: Any, kind: str, shards: int, *init_args: Any) -> None:
         self.actor_class, self.kind, self.shards, self.init_args = actor_class, kind, shards, init_args
         self._handles: dict[int, Any] = {}
-        self._calls = ShardedBatcher(lambda shard: partial(self._flush, shard))
+        self._calls = ShardedBatcher(lambda shard: partial(self._flush, shard), window=self.calls_in_flight,
+                                     keys=(lambda call: ()) if self.calls_in_flight > 1 else None)
         self.use_channel = bool(self.channel_methods) and os.environ.get("RAYTENANT_SHARD_CHANNEL", "1") != "0"
         self._channels: dict[int, ChannelClient] = {}
         self._channel_locks: dict[int, asyncio.Lock] = {}
