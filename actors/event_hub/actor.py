@@ -40,7 +40,8 @@ class EventHub:
         self._retention: asyncio.Task | None = None
         self._secret = secrets.token_hex(16)
         self.channel = ChannelServer(
-            {"append": self._wire_append, "poll": self._wire_poll, "read": self._wire_read, "heads": self.heads},
+            {"append": self._wire_append, "append_seqs": self.append_seqs, "poll": self._wire_poll,
+             "read": self._wire_read, "heads": self.heads},
             self._secret,
         )
         quiet_gc()
@@ -75,6 +76,12 @@ class EventHub:
 
     async def append(self, requests: list[AppendRequest]) -> list[list[Event]]:
         return await self._serve(self.core.append(requests))
+
+    async def append_seqs(self, requests: list[AppendRequest]) -> list[list[int]]:
+        """Like append, answering only the seqs: the actors publishing their events to a stream
+        (mailbox, ledger, flows) need nothing else, and encoding each stored event back to them
+        was a sixth of the mailbox shard's time."""
+        return [[event.seq for event in events] for events in await self.append(requests)]
 
     async def heads(self, tenants: list[str]) -> dict[str, int]:
         return await self._serve(self.core.heads(tenants))

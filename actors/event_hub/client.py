@@ -31,6 +31,7 @@ UNAVAILABLE = (RayActorError, GetTimeoutError, ChannelError, OSError, asyncio.Ti
 # How each latency-path call's channel reply becomes what the Ray call would have returned.
 _DECODE: dict[str, Callable[[Any], Any]] = {
     "append": lambda raw: [unwire_events(events) for events in raw],
+    "append_seqs": lambda raw: raw,
     "poll": lambda raw: {**raw, "events": {t: unwire_events(e) for t, e in raw["events"].items()}},
     "read": lambda raw: {**raw, "events": unwire_events(raw["events"])},
     "heads": lambda raw: raw,
@@ -63,7 +64,8 @@ class EventHubClient:
         self._handles: dict[int, Any] = {}
         self._channels: dict[int, ChannelClient] = {}
         self._channel_locks: dict[int, asyncio.Lock] = {}
-        self._appends = ShardedBatcher(lambda shard: partial(self._append_flush, shard))
+        self._appends = ShardedBatcher(lambda shard: partial(self._append_flush, shard, "append"))
+        self._seq_appends = ShardedBatcher(lambda shard: partial(self._append_flush, shard, "append_seqs"))
         self._heads = ShardedBatcher(lambda shard: partial(self._heads_flush, shard))
 
     def shard_of(self, tenant: str) -> int:
@@ -130,15 +132,15 @@ class EventHubClient:
     # -- appends ----------------------------------------------------------------------------------
     async def append(self, tenant: str, events: list[EventIn]) -> list[int]:
         """Durably append a tenant's events; returns their seqs. Raises HubUnavailable."""
-        return [event.seq for event in await self.append_events(tenant, events)]
+        return await self._seq_appends.submit(self.shard_of(tenant), (tenant, events))
 
     async def append_events(self, tenant: str, events: list[EventIn]) -> list[Event]:
         """Like append, but returns the stored events (seq and timestamp assigned)."""
         return await self._appends.submit(self.shard_of(tenant), (tenant, events))
 
-    async def _append_flush(self, shard: int, requests: list[tuple[str, list[EventIn]]]) -> list[list[Event]]:
+    async def _append_flush(self, shard: int, method: str, requests: list[tuple[str, list[EventIn]]]) -> list[Any]:
         try:
-            return await self._call(shard, "append", requests)
+            return await self._call(shard, method, requests)
         except UNAVAILABLE as error:
             raise HubUnavailable(f"event hub shard {shard} unavailable: {error}") from error
         except ActorError as error:
