@@ -228,7 +228,7 @@ def main() -> None:
                         / max(1e-9, statistics.median(r["delivered_per_s"] for r in base)),
                         2,
                     ),
-                    "target_p99_ratio": 3.0,
+                    "target_p99_ratio": 1.5,
                     "lost": sum(r["lost"] for r in mine),
                     "duplicated": sum(r["duplicated"] for r in mine),
                 }
