@@ -2,6 +2,7 @@
 real crewai crews on the OfflineLLM, both databases."""
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -145,6 +146,14 @@ async def test_budget_exhausted_mid_flow_fails_it_with_budget_exceeded(flows, te
         await admin.costs.set_budget(0.002, alert_threshold=1)
         flow_id = (await rt.flows.create(**flow_body()))["flow_id"]
         flow = await wait_flow(rt, flow_id)
+        # A failure is stored first and announced after (FlowRunnerCore._fail): the announcement
+        # may land just after the status is read. Wait for it, bounded; then make sure of one.
+        for _ in range(100):
+            events = (await rt.events.replay())["events"]
+            if any(e["type"] == "error_notification" for e in of_flow(events, flow_id)):
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
         events = (await rt.events.replay())["events"]
         budget = await rt.costs.budget()
     assert flow["status"] == "failed" and flow["error"]["reason"] == "budget_exceeded"
