@@ -55,7 +55,7 @@ class Allotments:
         # A request that finds the tokens gone waits for the next lease, as long as the shard grants
         # them: under a burst, the requests that joined a lease after it asked were served by later
         # leases, and a cap of three rounds refused some of a tenant's requests within its limit
-        # (7 of 500 in a probe, 50 of 500 once in the test suite). The bound only stops a shard that
+        # (6-9 of 500 in a probe, 50 of 500 once in the test suite). The bound only stops a shard that
         # grants nothing and says no wait.
         for _ in range(ADMIT_ROUNDS):
             now = self._clock()

@@ -1,8 +1,8 @@
 """Natural batching: the coalescing client and the group commit are the same small mechanism.
 
 A Batcher keeps one flush in flight (or up to `window`, see below). Whatever is submitted while it
-runs waits and goes out together in the next flush. Under light load a request leaves at once (no linger); under heavy load
-batches grow by themselves to match the flush's latency. That is what the machine's physics asks
+runs waits and goes out together in the next flush. Under light load a request leaves at once (no
+linger); under heavy load batches grow by themselves to match the flush's latency. That is what the machine's physics asks
 for: a Ray actor call costs ~2-3 ms whatever it carries, and so does a database commit.
 
 - In a client, the flush is one actor call per shard carrying every concurrent caller's request.
